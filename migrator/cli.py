@@ -1,0 +1,185 @@
+"""The command line: arguments (or MIGRATOR_COMMAND) to a command, errors to exit statuses."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+import sqlalchemy
+
+import alembic
+from migrator import __version__, commands, signals
+from migrator.config import (
+    LOG_FORMATS,
+    Settings,
+    check_target,
+    command_from_environment,
+    load_settings,
+)
+from migrator.errors import MigratorError, UsageError
+from migrator.logs import Summary, log, report_summary, setup_logging
+from migrator.run import Direction
+from migrator.wait import reason
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)  # one line, exit 2, like every other bad input
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    # SUPPRESS: an option given before the command is not reset by the command's parser.
+    common.add_argument(
+        "--config",
+        default=argparse.SUPPRESS,
+        metavar="PATH",
+        help="alembic.ini to use (MIGRATOR_CONFIG)",
+    )
+    common.add_argument(
+        "--wait-timeout",
+        default=argparse.SUPPRESS,
+        metavar="SECONDS",
+        help="seconds to wait for the database (MIGRATOR_WAIT_TIMEOUT)",
+    )
+    common.add_argument(
+        "--lock-timeout",
+        default=argparse.SUPPRESS,
+        metavar="SECONDS",
+        help="seconds to wait for the migration lock (MIGRATOR_LOCK_TIMEOUT)",
+    )
+    common.add_argument(
+        "--log-format",
+        default=argparse.SUPPRESS,
+        choices=LOG_FORMATS,
+        help="text or json (MIGRATOR_LOG_FORMAT)",
+    )
+    common.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="log at DEBUG, with tracebacks (MIGRATOR_LOG_LEVEL=DEBUG)",
+    )
+
+    parser = _Parser(
+        prog="migrator",
+        parents=[common],
+        description="Wait for PostgreSQL, take the migration lock, run Alembic to a target. "
+        "With no arguments, MIGRATOR_COMMAND and MIGRATOR_TARGET say what to do.",
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    subcommands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        return subcommands.add_parser(name, parents=[common], help=help_text, description=help_text)
+
+    upgrade = add("upgrade", "upgrade to TARGET (default head)")
+    upgrade.add_argument("target", nargs="?", metavar="TARGET")
+    upgrade.add_argument("--sql", action="store_true", help="print the SQL; no database needed")
+    downgrade = add("downgrade", "downgrade to TARGET")
+    downgrade.add_argument("target", metavar="TARGET")
+    downgrade.add_argument(
+        "--sql", action="store_true", help="print the SQL for FROM:TO; no database needed"
+    )
+    plan = add("plan", "the revisions an upgrade or downgrade would run")
+    plan.add_argument("direction", choices=("upgrade", "downgrade"))
+    plan.add_argument("target", metavar="TARGET")
+    plan.add_argument("--json", action="store_true", help="machine-readable output")
+    for name, help_text in (
+        ("current", "the database's revision, and whether it is head"),
+        ("history", "every revision, applied ones marked"),
+    ):
+        add(name, help_text).add_argument(
+            "--json", action="store_true", help="machine-readable output"
+        )
+    add("wait", "only wait until the database accepts connections")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    environ = os.environ
+    early_format = environ.get("MIGRATOR_LOG_FORMAT", "").strip().lower()
+    setup_logging("json" if early_format == "json" else "text", "INFO")
+    logging.captureWarnings(True)  # a library's warning is a log line too, in the log's format
+    try:
+        from_environment = not arguments
+        args = build_parser().parse_args(arguments or command_from_environment(environ))
+        settings = load_settings(environ, _flags(args))
+        setup_logging(settings.log_format, settings.log_level, settings.secrets)
+        work = _command(args, settings, from_environment)
+    except MigratorError as error:  # bad input: one line, nothing done
+        log.error("%s", error)
+        return error.exit_status
+
+    summary = Summary(command=args.command)
+    debug = settings.log_level == "DEBUG"
+    try:
+        # Relative paths in alembic.ini (prepend_sys_path, script_location) mean what they
+        # mean to `alembic` run beside the file.
+        os.chdir(settings.alembic_ini.parent)
+        signals.run_interruptibly(lambda: work(summary))
+        exit_status = 0
+    except MigratorError as error:
+        log.error("%s", error, exc_info=debug)
+        if isinstance(error, UsageError):
+            return error.exit_status  # nothing was done: the one line says it all
+        summary.status, exit_status = error.status, error.exit_status
+    except Exception as error:  # a bug or something unforeseen: still one line, still masked
+        log.error("unexpected %s: %s", type(error).__name__, reason(error), exc_info=debug)
+        summary.status, exit_status = "failed", 1
+    report_summary(summary, settings.secrets, settings.termination_log)
+    return exit_status
+
+
+def _command(
+    args: argparse.Namespace, settings: Settings, from_environment: bool
+) -> Callable[[Summary], None]:
+    """The command to run, with its arguments checked before anything connects."""
+    command: str = args.command
+    given = getattr(args, "target", None)
+    if command == "upgrade" and given is None:
+        given = os.environ.get("MIGRATOR_TARGET", "").strip() or "head"
+    target = check_target("MIGRATOR_TARGET" if from_environment else "TARGET", given or "head")
+    if command == "downgrade" and from_environment and not settings.allow_downgrade:
+        raise UsageError(
+            "MIGRATOR_COMMAND=downgrade needs MIGRATOR_ALLOW_DOWNGRADE=true: "
+            "downgrades from the environment are deliberate"
+        )
+    if command in ("upgrade", "downgrade"):
+        direction: Direction = "upgrade" if command == "upgrade" else "downgrade"
+        if args.sql:
+            return lambda summary: commands.write_sql(settings, direction, target, summary)
+        migrate = commands.upgrade if command == "upgrade" else commands.downgrade
+        return lambda summary: migrate(settings, target, summary)
+    if command == "plan":
+        return lambda summary: commands.plan(settings, args.direction, target, summary, args.json)
+    if command == "current":
+        return lambda summary: commands.current(settings, summary, args.json)
+    if command == "history":
+        return lambda summary: commands.history(settings, summary, args.json)
+    return lambda summary: commands.wait_for_database(settings, summary)
+
+
+def _flags(args: argparse.Namespace) -> dict[str, str | None]:
+    """Command-line flags by the environment variable they override."""
+    return {
+        "MIGRATOR_CONFIG": getattr(args, "config", None),
+        "MIGRATOR_WAIT_TIMEOUT": getattr(args, "wait_timeout", None),
+        "MIGRATOR_LOCK_TIMEOUT": getattr(args, "lock_timeout", None),
+        "MIGRATOR_LOG_FORMAT": getattr(args, "log_format", None),
+        "MIGRATOR_LOG_LEVEL": "DEBUG" if getattr(args, "debug", False) else None,
+    }
+
+
+def _version() -> str:
+    return (
+        f"migrator {__version__} (alembic {alembic.__version__}, "
+        f"sqlalchemy {sqlalchemy.__version__}, python {sys.version.split()[0]})"
+    )

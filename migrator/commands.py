@@ -1,0 +1,214 @@
+"""The user's commands, one function each, over the settings and Alembic's own objects."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import NoSuchModuleError
+from sqlalchemy.pool import NullPool
+
+from migrator import run, wait
+from migrator.config import Settings
+from migrator.errors import UsageError
+from migrator.lock import migration_lock
+from migrator.logs import Summary, log
+from migrator.run import Direction, State
+
+
+def upgrade(settings: Settings, target: str, summary: Summary) -> None:
+    """Wait, lock, upgrade to `target`, one revision per transaction."""
+    _migrate(settings, "upgrade", target, summary)
+
+
+def downgrade(settings: Settings, target: str, summary: Summary) -> None:
+    """Wait, lock, downgrade to `target`, one revision per transaction."""
+    _migrate(settings, "downgrade", target, summary)
+
+
+def write_sql(settings: Settings, direction: Direction, target: str, summary: Summary) -> None:
+    """The SQL an upgrade or downgrade would run, on stdout; no database needed."""
+    config, script = run.alembic_project(settings)
+    run.write_sql(config, script, direction, target)
+
+
+def plan(
+    settings: Settings, direction: Direction, target: str, summary: Summary, as_json: bool
+) -> None:
+    """The revisions an upgrade or downgrade would run, in order; changes nothing."""
+    config, script = run.alembic_project(settings)
+    run.check_target(script, target)
+    with _database(settings) as (_engine, connection):
+        config.attributes["connection"] = connection
+        state = _inspect(config, script, direction, target, settings, summary)
+    steps = [{"revision": step.revision, "message": step.doc} for step in state.steps]
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "direction": direction,
+                    "from": list(state.heads),
+                    "to": target,
+                    "revisions": steps,
+                }
+            )
+        )
+        return
+    print(f"{direction} from {_name(state.heads)} to {target}: {len(steps)} revision(s)")
+    for position, step in enumerate(steps, start=1):
+        print(f"  {position}. {step['revision']}  {step['message']}")
+
+
+def current(settings: Settings, summary: Summary, as_json: bool) -> None:
+    """The database's revision(s), and whether that is head."""
+    config, script = run.alembic_project(settings)
+    with _database(settings) as (_engine, connection):
+        config.attributes["connection"] = connection
+        state = run.inspect(config, script, "upgrade", "heads")
+    heads = script.get_heads()
+    at_head = set(state.heads) == set(heads)
+    summary.from_revision = _name(state.heads)
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "current": list(state.heads),
+                    "heads": heads,
+                    "at_head": at_head,
+                    "unknown": list(state.unknown),
+                    "pending": len(state.steps),
+                }
+            )
+        )
+        return
+    if state.unknown:
+        where = f"unknown to this project ({', '.join(state.unknown)}: a newer release?)"
+    elif at_head:
+        where = "head"
+    else:
+        where = f"not head: {len(state.steps)} revision(s) to apply up to {', '.join(heads)}"
+    print(f"{_name(state.heads)} ({where})")
+
+
+def history(settings: Settings, summary: Summary, as_json: bool) -> None:
+    """Every revision, oldest first, marked applied when a database is configured."""
+    config, script = run.alembic_project(settings)
+    applied: set[str] | None = None
+    if settings.database_url is not None:
+        with _database(settings) as (_engine, connection):
+            config.attributes["connection"] = connection
+            heads = run.inspect(config, script, "upgrade", "heads").heads
+        applied = {rev.revision for rev in script.iterate_revisions(heads, "base") if rev}
+    revisions = list(reversed(list(script.walk_revisions())))
+    script_heads = script.get_heads()
+    entries: list[dict[str, Any]] = [
+        {
+            "revision": rev.revision,
+            "down_revision": rev.down_revision,
+            "message": rev.doc,
+            "head": rev.revision in script_heads,
+            "applied": None if applied is None else rev.revision in applied,
+        }
+        for rev in revisions
+    ]
+    if as_json:
+        print(json.dumps(entries))
+        return
+    for entry in entries:
+        mark = {None: "", True: "applied  ", False: "pending  "}[entry["applied"]]
+        head = " (head)" if entry["head"] else ""
+        print(f"{mark}{entry['revision']}  {entry['message']}{head}")
+
+
+def wait_for_database(settings: Settings, summary: Summary) -> None:
+    """Only wait until the database accepts connections (an init container's job)."""
+    with _database(settings):
+        pass
+
+
+def _migrate(settings: Settings, direction: Direction, target: str, summary: Summary) -> None:
+    config, script = run.alembic_project(settings)
+    run.check_target(script, target)
+    with _database(settings) as (engine, connection):
+        config.attributes["connection"] = connection
+        # Check, lock, check again: a run with nothing to do never waits on the lock.
+        state = _inspect(config, script, direction, target, settings, summary)
+        if not state.steps:
+            return
+        log.info(
+            "%d revision(s) to %s from %s to %s",
+            len(state.steps),
+            direction,
+            _name(state.heads),
+            target,
+        )
+        with migration_lock(engine, settings.lock_timeout) as lock_connection:
+            state = _inspect(config, script, direction, target, settings, summary)
+            if not state.steps:
+                return
+            run.apply(
+                config,
+                script,
+                direction,
+                target,
+                total=len(state.steps),
+                settings=settings,
+                lock_connection=lock_connection,
+                summary=summary,
+            )
+    log.info("%s done: at %s", direction, summary.to_revision)
+
+
+def _inspect(
+    config: Config,
+    script: ScriptDirectory,
+    direction: Direction,
+    target: str,
+    settings: Settings,
+    summary: Summary,
+) -> State:
+    state = run.inspect(config, script, direction, target)
+    summary.from_revision = _name(state.heads)
+    if state.unknown:
+        message = (
+            f"the database is at {', '.join(state.unknown)}, a revision this project does not "
+            "know (a newer release migrated it?)"
+        )
+        if not (settings.allow_unknown_revision and direction == "upgrade"):
+            raise UsageError(
+                f"{message}; set MIGRATOR_ALLOW_UNKNOWN_REVISION=true to let an "
+                "upgrade start anyway"
+                if direction == "upgrade"
+                else message
+            )
+        log.warning("%s; MIGRATOR_ALLOW_UNKNOWN_REVISION is true: nothing to do", message)
+    elif not state.steps:
+        summary.to_revision = _name(state.heads)
+        log.info("nothing to do: the database is at %s", _name(state.heads))
+    return state
+
+
+@contextmanager
+def _database(settings: Settings) -> Iterator[tuple[Engine, Connection]]:
+    """An engine for the run, and a first connection once the database accepts one."""
+    log.info("connecting to %s", settings.masked_url())
+    try:
+        engine = create_engine(settings.connection_url(), poolclass=NullPool)
+    except (NoSuchModuleError, ImportError) as error:
+        raise UsageError(f"DATABASE_URL: its driver is not installed ({error})") from None
+    connection = wait.connect(engine, settings.wait_timeout)
+    try:
+        yield engine, connection
+    finally:
+        connection.close()
+        engine.dispose()
+
+
+def _name(heads: tuple[str, ...]) -> str:
+    return ",".join(heads) if heads else "base"

@@ -1,0 +1,294 @@
+"""Settings: environment variables and command-line flags, validated before anything connects.
+
+Every bad value is a UsageError (exit 2) naming the variable; no value of a secret is ever echoed.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, quote_plus
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from migrator.errors import UsageError
+
+# Commands a Job can ask for through MIGRATOR_COMMAND (it passes no arguments).
+ENVIRONMENT_COMMANDS = ("upgrade", "downgrade", "current", "history", "wait")
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off")
+_TARGET_CHARACTERS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_@+-:.")
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: URL | None
+    alembic_ini: Path
+    wait_timeout: float
+    connect_timeout: int
+    lock_timeout: float
+    statement_timeout: float | None
+    ddl_lock_timeout: float | None
+    ddl_lock_retries: int
+    log_format: str
+    log_level: str
+    allow_downgrade: bool
+    allow_unknown_revision: bool
+    termination_log: Path
+    secrets: tuple[str, ...]
+
+    def masked_url(self) -> str:
+        if self.database_url is None:
+            return "(no database configured)"
+        return self.database_url.render_as_string(hide_password=True)
+
+    def connection_url(self) -> URL:
+        """The URL every connection uses, Alembic's own included.
+
+        libpq parameters ride in the query string so that a standard env.py, which builds
+        its own engine from `sqlalchemy.url`, gets the same name and timeouts as we do.
+        """
+        if self.database_url is None:
+            raise UsageError(
+                "no database configured: set DATABASE_URL (or DATABASE_URL_FILE), "
+                "or DB_HOST, DB_NAME and DB_USER"
+            )
+        url = self.database_url
+        query: dict[str, str] = {}
+        if "application_name" not in url.query:
+            # Names this run in pg_stat_activity, so a waiting run can say who holds the lock.
+            query["application_name"] = f"migrator@{socket.gethostname()}"[:63]
+        if "connect_timeout" not in url.query:
+            query["connect_timeout"] = str(self.connect_timeout)
+        options = [str(url.query["options"])] if "options" in url.query else []
+        if self.statement_timeout is not None:
+            options.append(f"-c statement_timeout={_milliseconds(self.statement_timeout)}")
+        if self.ddl_lock_timeout is not None:
+            options.append(f"-c lock_timeout={_milliseconds(self.ddl_lock_timeout)}")
+        if options:
+            query["options"] = " ".join(options)
+        return url.update_query_dict(query)
+
+
+def load_settings(environ: Mapping[str, str], flags: Mapping[str, str | None]) -> Settings:
+    """Read settings; `flags` maps an environment variable's name to its command-line value."""
+    values = _Values(environ, flags)
+    database_url, secrets = _database_url(values)
+    return Settings(
+        database_url=database_url,
+        alembic_ini=_alembic_ini(values),
+        wait_timeout=_seconds(values, "MIGRATOR_WAIT_TIMEOUT", 60.0),
+        connect_timeout=_whole_seconds(values, "MIGRATOR_CONNECT_TIMEOUT", 5),
+        lock_timeout=_seconds(values, "MIGRATOR_LOCK_TIMEOUT", 300.0),
+        statement_timeout=_optional_seconds(values, "MIGRATOR_STATEMENT_TIMEOUT"),
+        ddl_lock_timeout=_optional_seconds(values, "MIGRATOR_DDL_LOCK_TIMEOUT"),
+        ddl_lock_retries=_count(values, "MIGRATOR_DDL_LOCK_RETRIES", 5),
+        log_format=_choice(values, "MIGRATOR_LOG_FORMAT", LOG_FORMATS, "text"),
+        log_level=_choice(values, "MIGRATOR_LOG_LEVEL", LOG_LEVELS, "INFO", upper=True),
+        allow_downgrade=_flag(values, "MIGRATOR_ALLOW_DOWNGRADE"),
+        allow_unknown_revision=_flag(values, "MIGRATOR_ALLOW_UNKNOWN_REVISION"),
+        termination_log=Path(values.raw("MIGRATOR_TERMINATION_LOG") or "/dev/termination-log"),
+        secrets=secrets,
+    )
+
+
+def command_from_environment(environ: Mapping[str, str]) -> list[str]:
+    """The arguments a Job means when it passes none: MIGRATOR_COMMAND and MIGRATOR_TARGET."""
+    command = environ.get("MIGRATOR_COMMAND", "").strip() or "upgrade"
+    if command not in ENVIRONMENT_COMMANDS:
+        raise UsageError(
+            f"MIGRATOR_COMMAND: {command!r} is not one of {', '.join(ENVIRONMENT_COMMANDS)}"
+        )
+    target = environ.get("MIGRATOR_TARGET", "").strip()
+    if command == "upgrade":
+        return [command, target or "head"]
+    if command == "downgrade":
+        if not target:
+            raise UsageError("MIGRATOR_TARGET: required when MIGRATOR_COMMAND is downgrade")
+        return [command, target]
+    return [command]
+
+
+def check_target(label: str, target: str) -> str:
+    """Reject what cannot be a revision before anything connects; Alembic resolves the rest."""
+    if not target or not set(target) <= _TARGET_CHARACTERS:
+        raise UsageError(f"{label}: {target!r} is not a revision, 'head', 'base', '+N' or '-N'")
+    return target
+
+
+class _Values:
+    """Raw values by environment-variable name; a command-line flag wins over the variable."""
+
+    def __init__(self, environ: Mapping[str, str], flags: Mapping[str, str | None]) -> None:
+        self._environ = environ
+        self._flags = {name: value for name, value in flags.items() if value is not None}
+
+    def raw(self, name: str) -> str | None:
+        value = self._flags.get(name, self._environ.get(name))
+        if value is None or not value.strip():
+            return None  # Kubernetes often passes an empty value for "not set"
+        return value.strip()
+
+    def label(self, name: str) -> str:
+        return f"{name} (command line)" if name in self._flags else name
+
+
+def _seconds(values: _Values, name: str, default: float) -> float:
+    raw = values.raw(name)
+    if raw is None:
+        return default
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
+        raise UsageError(f"{values.label(name)}: {raw!r} is not a number of seconds (0 or more)")
+    return seconds
+
+
+def _optional_seconds(values: _Values, name: str) -> float | None:
+    if values.raw(name) is None:
+        return None
+    seconds = _seconds(values, name, 0.0)
+    if seconds == 0:
+        raise UsageError(f"{values.label(name)}: must be more than 0 seconds (unset it for none)")
+    return seconds
+
+
+def _whole_seconds(values: _Values, name: str, default: int) -> int:
+    raw = values.raw(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise UsageError(
+            f"{values.label(name)}: {raw!r} is not a whole number of seconds (1 or more)"
+        )
+    return int(raw)
+
+
+def _count(values: _Values, name: str, default: int) -> int:
+    raw = values.raw(name)
+    if raw is None:
+        return default
+    if not raw.isdigit():
+        raise UsageError(f"{values.label(name)}: {raw!r} is not a whole number (0 or more)")
+    return int(raw)
+
+
+def _flag(values: _Values, name: str) -> bool:
+    raw = values.raw(name)
+    if raw is None or raw.lower() in _FALSE:
+        return False
+    if raw.lower() in _TRUE:
+        return True
+    raise UsageError(f"{values.label(name)}: {raw!r} is not true or false")
+
+
+def _choice(
+    values: _Values, name: str, choices: tuple[str, ...], default: str, upper: bool = False
+) -> str:
+    raw = values.raw(name)
+    if raw is None:
+        return default
+    value = raw.upper() if upper else raw.lower()
+    if value not in choices:
+        raise UsageError(f"{values.label(name)}: {raw!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def _alembic_ini(values: _Values) -> Path:
+    path = Path(values.raw("MIGRATOR_CONFIG") or "alembic.ini").absolute()
+    if not path.is_file():
+        raise UsageError(f"{values.label('MIGRATOR_CONFIG')}: {path} is not a file")
+    return path
+
+
+def _secret(values: _Values, name: str) -> str | None:
+    """A secret from NAME, or from the file NAME_FILE names (a Kubernetes Secret volume)."""
+    file_name = f"{name}_FILE"
+    direct, path = values.raw(name), values.raw(file_name)
+    if direct is not None and path is not None:
+        raise UsageError(f"{name} and {file_name}: set one, not both")
+    if path is None:
+        return direct
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
+        raise UsageError(f"{file_name}: cannot read {path}: {reason}") from None
+    secret = text.rstrip("\r\n")  # `echo secret > file` adds a newline nobody meant
+    if not secret:
+        raise UsageError(f"{file_name}: {path} is empty")
+    return secret
+
+
+def _database_url(values: _Values) -> tuple[URL | None, tuple[str, ...]]:
+    url_text = _secret(values, "DATABASE_URL")
+    if url_text is not None:
+        url = _parse_url(url_text)
+    elif any(values.raw(name) for name in ("DB_HOST", "DB_NAME", "DB_USER", "DB_PORT")):
+        url = _url_from_parts(values)
+    else:
+        return None, ()
+    return url.set(drivername=_psycopg2_driver(url)), _masked_forms(url.password)
+
+
+def _parse_url(text: str) -> URL:
+    try:
+        url = make_url(text)
+    except (ArgumentError, ValueError):
+        raise UsageError(
+            "DATABASE_URL: not a valid database URL "
+            "(expected postgresql://USER:PASSWORD@HOST:PORT/DATABASE)"
+        ) from None
+    if url.get_backend_name() not in ("postgresql", "postgres"):
+        raise UsageError(
+            f"DATABASE_URL: migrator runs on PostgreSQL only, not {url.get_backend_name()!r}"
+        )
+    if url.port is not None and not 1 <= url.port <= 65535:
+        raise UsageError(f"DATABASE_URL: port {url.port} is out of range (1-65535)")
+    return url
+
+
+def _url_from_parts(values: _Values) -> URL:
+    missing = [name for name in ("DB_HOST", "DB_NAME", "DB_USER") if values.raw(name) is None]
+    if missing:
+        raise UsageError(f"{', '.join(missing)}: required when DATABASE_URL is not set")
+    raw_port = values.raw("DB_PORT") or "5432"
+    if not raw_port.isdigit() or not 1 <= int(raw_port) <= 65535:
+        raise UsageError(f"{values.label('DB_PORT')}: {raw_port!r} is not a port (1-65535)")
+    return URL.create(
+        "postgresql",
+        username=values.raw("DB_USER"),
+        password=_secret(values, "DB_PASSWORD"),
+        host=values.raw("DB_HOST"),
+        port=int(raw_port),
+        database=values.raw("DB_NAME"),
+    )
+
+
+def _psycopg2_driver(url: URL) -> str:
+    """`postgresql://` and `postgres://` mean psycopg2, the driver we ship; `+driver` is kept."""
+    if "+" in url.drivername:
+        return url.drivername
+    return "postgresql+psycopg2"
+
+
+def _masked_forms(password: str | None) -> tuple[str, ...]:
+    """Every spelling of the password that could reach an output: raw, URL-encoded, %-escaped."""
+    if not password:
+        return ()
+    forms = {password, quote(password, safe=""), quote_plus(password), quote(password)}
+    forms |= {form.replace("%", "%%") for form in forms}
+    # Longest first, so that a form containing another is masked whole.
+    return tuple(sorted(forms, key=len, reverse=True))
+
+
+def _milliseconds(seconds: float) -> int:
+    return max(1, round(seconds * 1000))

@@ -1,0 +1,100 @@
+"""Logging: one line per event on stderr, text or JSON, every secret masked; the summary line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("migrator")
+
+
+@dataclass
+class Summary:
+    """What the run did; commands fill it in as they go, so a failure still reports it."""
+
+    command: str
+    from_revision: str | None = None
+    to_revision: str | None = None
+    applied: int = 0
+    status: str = "ok"
+    started: float = field(default_factory=time.monotonic)
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "command": self.command,
+            "from": self.from_revision,
+            "to": self.to_revision,
+            "applied": self.applied,
+            "seconds": round(time.monotonic() - self.started, 3),
+            "status": self.status,
+        }
+
+
+def mask(text: str, secrets: tuple[str, ...]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self, secrets: tuple[str, ...]) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%dT%H:%M:%S")
+        self.converter = time.gmtime
+        self.secrets = secrets
+
+    def format(self, record: logging.LogRecord) -> str:
+        return mask(super().format(record), self.secrets)
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return f"{super().formatTime(record, datefmt)}.{int(record.msecs):03d}Z"
+
+
+class JsonFormatter(TextFormatter):
+    """One JSON object per line: time, level, message, and the event's own fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record),
+            "level": record.levelname.lower(),
+            "message": record.getMessage(),
+        }
+        entry.update(getattr(record, "fields", {}))
+        if record.name != log.name:
+            entry["logger"] = record.name
+        if record.exc_info:
+            entry["traceback"] = self.formatException(record.exc_info)
+        masked = {
+            key: mask(value, self.secrets) if isinstance(value, str) else value
+            for key, value in entry.items()
+        }
+        return json.dumps(masked, default=str)
+
+
+def setup_logging(log_format: str, level: str, secrets: tuple[str, ...] = ()) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    formatter = JsonFormatter(secrets) if log_format == "json" else TextFormatter(secrets)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    # Alembic and SQLAlchemy speak only of warnings unless asked to debug.
+    root.setLevel(logging.WARNING)
+    log.setLevel(level)
+    logging.getLogger("alembic").setLevel(logging.INFO if level == "DEBUG" else logging.WARNING)
+
+
+def report_summary(summary: Summary, secrets: tuple[str, ...], termination_log: Path) -> None:
+    """The last log line; also Kubernetes' termination message, so `kubectl describe` shows it."""
+    values = summary.fields()
+    words = " ".join(f"{key}={'-' if value is None else value}" for key, value in values.items())
+    line = mask(f"summary {words}", secrets)
+    log.info(line, extra={"fields": {"event": "summary", **values}})
+    if termination_log.exists():
+        try:
+            termination_log.write_text(line + "\n", encoding="utf-8")
+        except OSError as error:
+            log.warning("could not write %s: %s", termination_log, error.strerror)

@@ -1,0 +1,105 @@
+"""Waiting for PostgreSQL: retry what time can fix, fail at once on what it cannot.
+
+A refused connection costs well under a millisecond, so tries are frequent (the backoff is
+capped at 0.2 s) and a database that becomes ready is noticed within about 0.1 s.
+"""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_before_delay,
+    stop_when_event_set,
+    wait_random_exponential,
+)
+
+from migrator import signals
+from migrator.errors import AccessDenied, DatabaseUnreachable, MigratorError, UsageError
+from migrator.logs import log
+
+# A failed connection carries no SQLSTATE (libpq reports it as text), so the decision
+# reads libpq's message. Anything not listed here is treated as transient.
+_PERMANENT_MESSAGES: tuple[tuple[str, type[MigratorError]], ...] = (
+    ("password authentication failed", AccessDenied),
+    ("no pg_hba.conf entry", AccessDenied),
+    ("permission denied", AccessDenied),
+    ('role "', AccessDenied),  # role "x" does not exist
+    ('database "', UsageError),  # database "x" does not exist: a typo waits for nothing
+    ("invalid connection option", UsageError),
+    ("invalid sslmode value", UsageError),
+    ("invalid integer value", UsageError),
+)
+
+REPORT_EVERY_SECONDS = 5.0
+
+
+def connect(engine: Engine, timeout: float) -> Connection:
+    """A connection, once the database accepts one; raise at the timeout or a permanent error."""
+    started = time.monotonic()
+    last_report = [-REPORT_EVERY_SECONDS]
+
+    def report(state: RetryCallState) -> None:
+        elapsed = time.monotonic() - started
+        if elapsed - last_report[0] >= REPORT_EVERY_SECONDS:
+            last_report[0] = elapsed
+            error = state.outcome.exception() if state.outcome else None
+            log.info("waiting for the database (%.0f of %g s): %s", elapsed, timeout, reason(error))
+
+    retrying = Retrying(
+        retry=retry_if_exception(is_transient),
+        wait=wait_random_exponential(multiplier=0.005, max=0.2),
+        stop=(stop_before_delay(timeout) if timeout > 0 else stop_after_attempt(1))
+        | stop_when_event_set(signals.stop_requested),
+        sleep=signals.sleep,
+        before_sleep=report,
+        reraise=True,
+    )
+    try:
+        connection = retrying(engine.connect)
+    except DBAPIError as error:
+        if signals.stop_requested.is_set():
+            raise signals.interrupted(" while waiting for the database") from None
+        permanent = permanent_error(error)
+        if permanent is not None:
+            raise permanent from None
+        raise DatabaseUnreachable(
+            f"database not reachable within {timeout:g} s: {reason(error)}"
+        ) from None
+    version = ".".join(str(part) for part in connection.dialect.server_version_info or ())
+    log.info(
+        "database ready after %.2f s (PostgreSQL %s)",
+        time.monotonic() - started,
+        version,
+        extra={"fields": {"event": "connected", "server_version": version}},
+    )
+    return connection
+
+
+def is_transient(error: BaseException) -> bool:
+    return isinstance(error, OperationalError) and permanent_error(error) is None
+
+
+def permanent_error(error: DBAPIError) -> MigratorError | None:
+    """The error to fail with at once, or None when waiting may help."""
+    if getattr(error.orig, "pgcode", None) in ("28P01", "28000", "42501"):
+        return AccessDenied(f"the database refused access: {reason(error)}")
+    text = reason(error)
+    for fragment, error_type in _PERMANENT_MESSAGES:
+        if fragment in text.lower():
+            return error_type(f"the database refused the connection: {text}")
+    if not isinstance(error, OperationalError):
+        return UsageError(f"cannot connect: {text}")
+    return None
+
+
+def reason(error: BaseException | None) -> str:
+    """The driver's own message on one line, without SQLAlchemy's boilerplate."""
+    original = getattr(error, "orig", None) or error
+    return " ".join(str(original).split()) or type(original).__name__
