@@ -197,9 +197,10 @@ def _inspect(
 @contextmanager
 def _database(settings: Settings) -> Iterator[tuple[Engine, Connection]]:
     """An engine for the run, and a first connection once the database accepts one."""
+    url = settings.connection_url()  # raises when no database is configured
     log.info("connecting to %s", settings.masked_url())
     try:
-        engine = create_engine(settings.connection_url(), poolclass=NullPool)
+        engine = create_engine(url, poolclass=NullPool)
     except (NoSuchModuleError, ImportError) as error:
         raise UsageError(f"DATABASE_URL: its driver is not installed ({error})") from None
     connection = wait.connect(engine, settings.wait_timeout)

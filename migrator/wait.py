@@ -25,16 +25,19 @@ from migrator.errors import AccessDenied, DatabaseUnreachable, MigratorError, Us
 from migrator.logs import log
 
 # A failed connection carries no SQLSTATE (libpq reports it as text), so the decision
-# reads libpq's message. Anything not listed here is treated as transient.
-_PERMANENT_MESSAGES: tuple[tuple[str, type[MigratorError]], ...] = (
-    ("password authentication failed", AccessDenied),
-    ("no pg_hba.conf entry", AccessDenied),
-    ("permission denied", AccessDenied),
-    ('role "', AccessDenied),  # role "x" does not exist
-    ('database "', UsageError),  # database "x" does not exist: a typo waits for nothing
-    ("invalid connection option", UsageError),
-    ("invalid sslmode value", UsageError),
-    ("invalid integer value", UsageError),
+# reads libpq's message: every fragment of an entry must be present. Anything not listed
+# here (refused, reset, DNS not yet resolvable, starting up, too many clients) is transient.
+_PERMANENT_MESSAGES: tuple[tuple[tuple[str, ...], type[MigratorError]], ...] = (
+    (("password authentication failed",), AccessDenied),
+    (("no pg_hba.conf entry",), AccessDenied),
+    (("permission denied",), AccessDenied),
+    (("role \"", "does not exist"), AccessDenied),
+    (("is not permitted to log in",), AccessDenied),
+    # A typo in the database name waits for nothing: fail at once.
+    (("database \"", "does not exist"), UsageError),
+    (("invalid connection option",), UsageError),
+    (("invalid sslmode value",), UsageError),
+    (("invalid integer value",), UsageError),
 )
 
 REPORT_EVERY_SECONDS = 5.0
@@ -91,8 +94,8 @@ def permanent_error(error: DBAPIError) -> MigratorError | None:
     if getattr(error.orig, "pgcode", None) in ("28P01", "28000", "42501"):
         return AccessDenied(f"the database refused access: {reason(error)}")
     text = reason(error)
-    for fragment, error_type in _PERMANENT_MESSAGES:
-        if fragment in text.lower():
+    for fragments, error_type in _PERMANENT_MESSAGES:
+        if all(fragment in text for fragment in fragments):
             return error_type(f"the database refused the connection: {text}")
     if not isinstance(error, OperationalError):
         return UsageError(f"cannot connect: {text}")

@@ -1,0 +1,192 @@
+"""The test harness: a real PostgreSQL in a container, a fresh database per test, and the
+migrator run as a user runs it (a subprocess), with every output checked for the password.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, quote_plus
+
+import pytest
+import sqlalchemy as sa
+from testcontainers.community.postgres import PostgresContainer
+
+ROOT = Path(__file__).resolve().parent.parent
+PROJECTS = Path(__file__).resolve().parent / "projects"
+POSTGRES_IMAGE = os.environ.get("MIGRATOR_TEST_POSTGRES_IMAGE", "postgres:16")
+# Every character that breaks a naively built URL or an unescaped configparser value.
+PASSWORD = "p@ss%w:rd/#?"
+PASSWORD_FORMS = {PASSWORD, quote(PASSWORD, safe=""), quote_plus(PASSWORD), quote(PASSWORD)}
+ROLE = "app_owner"
+LOCK_KEY = int.from_bytes(b"migrator", "big")
+
+os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")  # the reaper image is not here
+
+
+def start_postgres(port: int | None = None, **env: str) -> PostgresContainer:
+    container = PostgresContainer(POSTGRES_IMAGE, password="admin-secret", driver="psycopg2")
+    for key, value in env.items():
+        container.with_env(key, value)
+    if port is not None:
+        container.with_bind_ports(5432, port)
+    container.start()
+    return container
+
+
+@dataclass
+class Server:
+    host: str
+    port: int
+    admin: sa.Engine  # superuser, for setting up and looking
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[Server]:
+    container = start_postgres()
+    admin = sa.create_engine(container.get_connection_url(), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text(f"CREATE ROLE {ROLE} LOGIN CREATEDB PASSWORD '{PASSWORD}'"))
+    host = container.get_container_host_ip()
+    yield Server(host, int(container.get_exposed_port(5432)), admin)
+    admin.dispose()
+    container.stop()
+
+
+@dataclass
+class Database:
+    """A fresh database owned by ROLE, whose password is PASSWORD."""
+
+    server: Server
+    name: str
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            "DB_HOST": self.server.host,
+            "DB_PORT": str(self.server.port),
+            "DB_NAME": self.name,
+            "DB_USER": ROLE,
+            "DB_PASSWORD": PASSWORD,
+        }
+
+    @property
+    def url(self) -> str:
+        password = quote(PASSWORD, safe="")
+        return f"postgresql://{ROLE}:{password}@{self.server.host}:{self.server.port}/{self.name}"
+
+    def engine(self, **kwargs: Any) -> sa.Engine:
+        # NullPool: closing a connection ends its session, and any advisory lock with it.
+        return sa.create_engine(self.url.replace("postgresql://", "postgresql+psycopg2://"),
+                                poolclass=sa.NullPool, **kwargs)
+
+    def query(self, sql: str, **params: Any) -> list[Any]:
+        engine = self.engine()
+        try:
+            with engine.begin() as connection:
+                result = connection.execute(sa.text(sql), params)
+                return list(result) if result.returns_rows else []
+        finally:
+            engine.dispose()
+
+    def revision(self) -> str | None:
+        if not self.tables() >= {"alembic_version"}:
+            return None
+        rows = self.query("SELECT version_num FROM alembic_version")
+        return ",".join(sorted(row[0] for row in rows)) or None
+
+    def tables(self) -> set[str]:
+        rows = self.query("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        return {row[0] for row in rows}
+
+    def advisory_locks(self) -> int:
+        rows = self.query(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        )
+        return int(rows[0][0])
+
+
+@pytest.fixture
+def database(server: Server) -> Iterator[Database]:
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    with server.admin.connect() as connection:
+        connection.execute(sa.text(f"CREATE DATABASE {name} OWNER {ROLE}"))
+    yield Database(server, name)
+    with server.admin.connect() as connection:
+        connection.execute(sa.text(f"DROP DATABASE {name} WITH (FORCE)"))
+
+
+def migrator_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment a user's shell would have: nothing of ours but what a test sets."""
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("DB_", "DATABASE_URL", "MIGRATOR_", "SAMPLE_"))}
+    env["MIGRATOR_CONFIG"] = str(ROOT / "alembic.ini")
+    env.update(extra or {})
+    return env
+
+
+@dataclass
+class Result:
+    status: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def assert_no_password(text: str) -> None:
+    for form in PASSWORD_FORMS:
+        assert form not in text, f"the password ({form!r}) appears in the output"
+
+
+def finish(process: subprocess.Popen[str], started: float, timeout: float = 120) -> Result:
+    stdout, stderr = process.communicate(timeout=timeout)
+    result = Result(process.returncode, stdout, stderr, time.monotonic() - started)
+    assert_no_password(result.output)
+    return result
+
+
+def start_migrator(*args: str, env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "migrator", *args],
+        env=migrator_env(env),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def run_migrator(*args: str, env: Mapping[str, str] | None = None, timeout: float = 120) -> Result:
+    """Run the CLI as a user does; fail the test if the password shows anywhere."""
+    started = time.monotonic()
+    return finish(start_migrator(*args, env=env), started, timeout)
+
+
+def wait_for_line(process: subprocess.Popen[str], fragment: str, timeout: float = 30) -> list[str]:
+    """Read the process's stderr until a line contains `fragment`; returns the lines read."""
+    assert process.stderr is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+        assert_no_password(line)
+        if fragment in line:
+            return lines
+    process.send_signal(signal.SIGKILL)
+    raise AssertionError(f"no line with {fragment!r} in:\n{''.join(lines)}")

@@ -1,0 +1,103 @@
+"""Other Alembic projects, URLs and secrets: what a team brings, the migrator takes unchanged."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import PASSWORD, PROJECTS, ROLE, Database, run_migrator
+
+WIDGETS_REVISION = '''
+def upgrade() -> None:
+    op.create_table("widgets", sa.Column("id", sa.Integer, primary_key=True))
+
+
+def downgrade() -> None:
+    op.drop_table("widgets")
+'''
+
+
+def alembic_init_project(directory: Path) -> Path:
+    """A project exactly as `alembic init` writes it, plus one revision a developer wrote."""
+    def alembic(*args: str) -> str:
+        return subprocess.run([sys.executable, "-m", "alembic", *args], cwd=directory,
+                              check=True, capture_output=True, text=True).stdout
+
+    alembic("init", "migrations")
+    alembic("revision", "-m", "create widgets", "--rev-id", "w1")
+    (revision,) = (directory / "migrations" / "versions").glob("w1_*.py")
+    text = revision.read_text()
+    body_start = text.index("def upgrade()")
+    revision.write_text(text[:body_start] + WIDGETS_REVISION.lstrip())
+    return directory / "alembic.ini"
+
+
+def test_an_unchanged_alembic_init_project_upgrades_and_downgrades(
+    database: Database, tmp_path: Path
+) -> None:
+    ini = alembic_init_project(tmp_path)
+    env = {"DATABASE_URL": database.url, "MIGRATOR_CONFIG": str(ini)}
+
+    upgraded = run_migrator("upgrade", "head", env=env)
+    tables_after_upgrade = database.tables()
+    downgraded = run_migrator("downgrade", "base", env=env)
+
+    assert upgraded.status == 0, upgraded.output
+    assert "[1/1] w1 (create widgets) applied" in upgraded.stderr
+    assert tables_after_upgrade == {"alembic_version", "widgets"}
+    assert downgraded.status == 0, downgraded.output
+    assert database.tables() == {"alembic_version"}
+    # env.py's fileConfig() did not take over the log: our format throughout.
+    assert all(line[:4].isdigit() for line in upgraded.stderr.splitlines())
+    assert "driver://user:pass@localhost/dbname" in ini.read_text()  # the ini was not written
+
+
+def test_two_heads_name_them_or_take_both(database: Database) -> None:
+    env = {**database.env, "MIGRATOR_CONFIG": str(PROJECTS / "two_heads" / "alembic.ini")}
+
+    ambiguous = run_migrator("upgrade", "head", env=env)
+    one = run_migrator("upgrade", "bbb111", env=env)
+    both = run_migrator("upgrade", "heads", env=env)
+
+    assert ambiguous.status == 2
+    assert "the migrations have 2 heads (bbb111, bbb222)" in ambiguous.stderr
+    assert one.status == 0 and both.status == 0, both.output
+    assert database.revision() == "bbb111,bbb222"
+    assert database.tables() >= {"t_aaa111", "t_bbb111", "t_bbb222"}
+
+
+def test_postgresql_and_postgres_urls_run_on_psycopg2(database: Database) -> None:
+    postgres_url = database.url.replace("postgresql://", "postgres://")
+
+    first = run_migrator("upgrade", "4b1e7f3a9c20", env={"DATABASE_URL": database.url})
+    second = run_migrator("upgrade", "head", env={"DATABASE_URL": postgres_url})
+
+    assert first.status == 0, first.output
+    assert second.status == 0, second.output
+    assert "postgresql+psycopg2://app_owner:***@" in first.stderr
+    assert database.revision() == "c3f9b7d21a58"
+
+
+def test_secrets_from_files(database: Database, tmp_path: Path) -> None:
+    password_file = tmp_path / "password"
+    password_file.write_text(PASSWORD + "\n")  # as `echo` writes it
+    url_file = tmp_path / "url"
+    url_file.write_text(database.url)
+    parts = {**database.env, "DB_PASSWORD": "", "DB_PASSWORD_FILE": str(password_file)}
+
+    by_password_file = run_migrator("upgrade", "4b1e7f3a9c20", env=parts)
+    by_url_file = run_migrator("upgrade", "head", env={"DATABASE_URL_FILE": str(url_file)})
+
+    assert by_password_file.status == 0, by_password_file.output
+    assert by_url_file.status == 0, by_url_file.output
+    assert database.revision() == "c3f9b7d21a58"
+
+
+def test_the_password_works_in_every_form(database: Database) -> None:
+    """p@ss%w:rd/#? through DB_* parts and through an encoded URL, and never printed."""
+    by_parts = run_migrator("current", "--json", env=database.env)
+    by_url = run_migrator("current", "--json", env={"DATABASE_URL": database.url})
+
+    assert by_parts.status == 0 and by_url.status == 0
+    assert ROLE in by_parts.stderr  # the user is shown, the password is not
