@@ -31,10 +31,10 @@ _PERMANENT_MESSAGES: tuple[tuple[tuple[str, ...], type[MigratorError]], ...] = (
     (("password authentication failed",), AccessDenied),
     (("no pg_hba.conf entry",), AccessDenied),
     (("permission denied",), AccessDenied),
-    (("role \"", "does not exist"), AccessDenied),
+    (('role "', "does not exist"), AccessDenied),
     (("is not permitted to log in",), AccessDenied),
     # A typo in the database name waits for nothing: fail at once.
-    (("database \"", "does not exist"), UsageError),
+    (('database "', "does not exist"), UsageError),
     (("invalid connection option",), UsageError),
     (("invalid sslmode value",), UsageError),
     (("invalid integer value",), UsageError),

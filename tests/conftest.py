@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -30,6 +31,12 @@ ROLE = "app_owner"
 LOCK_KEY = int.from_bytes(b"migrator", "big")
 
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")  # the reaper image is not here
+
+
+def free_port() -> int:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        return int(listener.getsockname()[1])
 
 
 def start_postgres(port: int | None = None, **env: str) -> PostgresContainer:
@@ -85,8 +92,11 @@ class Database:
 
     def engine(self, **kwargs: Any) -> sa.Engine:
         # NullPool: closing a connection ends its session, and any advisory lock with it.
-        return sa.create_engine(self.url.replace("postgresql://", "postgresql+psycopg2://"),
-                                poolclass=sa.NullPool, **kwargs)
+        return sa.create_engine(
+            self.url.replace("postgresql://", "postgresql+psycopg2://"),
+            poolclass=sa.NullPool,
+            **kwargs,
+        )
 
     def query(self, sql: str, **params: Any) -> list[Any]:
         engine = self.engine()
@@ -127,8 +137,11 @@ def database(server: Server) -> Iterator[Database]:
 
 def migrator_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment a user's shell would have: nothing of ours but what a test sets."""
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("DB_", "DATABASE_URL", "MIGRATOR_", "SAMPLE_"))}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("DB_", "DATABASE_URL", "MIGRATOR_", "SAMPLE_"))
+    }
     env["MIGRATOR_CONFIG"] = str(ROOT / "alembic.ini")
     env.update(extra or {})
     return env

@@ -19,8 +19,12 @@ def test_upgrade_head_migrates_a_fresh_database(database: Database) -> None:
     assert result.status == 0, result.stderr
     assert database.revision() == HEAD
     assert database.tables() == {"alembic_version", "cars", "services"}
-    indexes = {row[0]: row[1] for row in database.query(
-        "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'cars'")}
+    indexes = {
+        row[0]: row[1]
+        for row in database.query(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'cars'"
+        )
+    }
     assert "UNIQUE" in indexes["ix_cars_model"] and "ix_cars_id" in indexes
     for position, revision in enumerate(EXAMPLE_REVISIONS, start=1):
         assert f"[{position}/4] {revision}" in result.stderr
@@ -97,7 +101,11 @@ def test_current_reports_revision_and_head(database: Database) -> None:
     assert before.status == 0
     assert before.stdout.strip() == "base (not head: 4 revision(s) to apply up to c3f9b7d21a58)"
     assert json.loads(after.stdout) == {
-        "current": [HEAD], "heads": [HEAD], "at_head": True, "unknown": [], "pending": 0,
+        "current": [HEAD],
+        "heads": [HEAD],
+        "at_head": True,
+        "unknown": [],
+        "pending": 0,
     }
 
 
@@ -156,8 +164,11 @@ def test_offline_sql_needs_no_database() -> None:
 def test_json_logs_are_one_object_per_line(database: Database, tmp_path) -> None:  # type: ignore[no-untyped-def]
     termination_log = tmp_path / "termination-log"
     termination_log.touch()
-    env = {**database.env, "MIGRATOR_LOG_FORMAT": "json",
-           "MIGRATOR_TERMINATION_LOG": str(termination_log)}
+    env = {
+        **database.env,
+        "MIGRATOR_LOG_FORMAT": "json",
+        "MIGRATOR_TERMINATION_LOG": str(termination_log),
+    }
 
     result = run_migrator("upgrade", "head", env=env)
 
@@ -192,8 +203,13 @@ def test_the_tutorial_workflow_works_with_plain_alembic(database: Database) -> N
 
     def alembic(*args: str) -> subprocess.CompletedProcess[str]:
         env = {"PATH": os.environ["PATH"], **database.env}
-        return subprocess.run([sys.executable, "-m", "alembic", *args], cwd=ROOT, env=env,
-                              capture_output=True, text=True)
+        return subprocess.run(
+            [sys.executable, "-m", "alembic", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
 
     upgraded = alembic("upgrade", "head")
     checked = alembic("check")

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import sqlalchemy as sa
-
 from conftest import (
     LOCK_KEY,
     PROJECTS,
@@ -56,8 +55,9 @@ def test_nothing_to_do_never_waits_on_the_lock(database: Database) -> None:
     run_migrator("upgrade", "head", env={**database.env, **AUDITED})
     with session(database, "deploy-holder") as holder:
         holder.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": LOCK_KEY})
-        result = run_migrator("upgrade", "head",
-                              env={**database.env, **AUDITED, "MIGRATOR_LOCK_TIMEOUT": "5"})
+        result = run_migrator(
+            "upgrade", "head", env={**database.env, **AUDITED, "MIGRATOR_LOCK_TIMEOUT": "5"}
+        )
 
     assert result.status == 0, result.output
     assert "nothing to do" in result.stderr
@@ -68,8 +68,9 @@ def test_nothing_to_do_never_waits_on_the_lock(database: Database) -> None:
 def test_lock_timeout_exits_4_naming_the_holder(database: Database) -> None:
     with session(database, "deploy-holder") as holder:
         holder.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": LOCK_KEY})
-        result = run_migrator("upgrade", "head",
-                              env={**database.env, **AUDITED, "MIGRATOR_LOCK_TIMEOUT": "1.5"})
+        result = run_migrator(
+            "upgrade", "head", env={**database.env, **AUDITED, "MIGRATOR_LOCK_TIMEOUT": "1.5"}
+        )
 
     assert result.status == 4, result.output
     assert "migration lock not taken within 1.5 s; held by pid" in result.stderr
@@ -86,15 +87,18 @@ def test_waiting_for_the_lock_names_the_holder_and_then_runs(database: Database)
         result = run_migrator("upgrade", "head", env={**database.env, **AUDITED})
 
     assert result.status == 0, result.output
-    waits = [line for line in result.stderr.splitlines() if "waiting for the migration lock" in line]
+    waits = [
+        line for line in result.stderr.splitlines() if "waiting for the migration lock" in line
+    ]
     assert len(waits) == 1  # every few seconds, not once a poll
     assert "held by pid" in waits[0] and "deploy-holder" in waits[0]
     assert database.revision() == "a3a3a3a3a3a3"
 
 
 def interrupt_slow_revision(database: Database, sig: signal.Signals) -> tuple[int, str]:
-    process = start_migrator("upgrade", "head", env={**database.env, **AUDITED,
-                                                     "SAMPLE_SLEEP": "60"})
+    process = start_migrator(
+        "upgrade", "head", env={**database.env, **AUDITED, "SAMPLE_SLEEP": "60"}
+    )
     wait_for_line(process, "[1/3] a1a1a1a1a1a1")
     time.sleep(0.5)  # revision a2 is now inside pg_sleep
     sent = time.monotonic()
@@ -127,8 +131,9 @@ def test_sigint_exits_130(database: Database) -> None:
 
 
 def test_sigterm_while_waiting_for_the_database_exits_143_at_once() -> None:
-    process = start_migrator("wait", env={"DB_HOST": "127.0.0.1", "DB_PORT": "9",
-                                          "DB_NAME": "app", "DB_USER": "app"})
+    process = start_migrator(
+        "wait", env={"DB_HOST": "127.0.0.1", "DB_PORT": "9", "DB_NAME": "app", "DB_USER": "app"}
+    )
     wait_for_line(process, "waiting for the database")
     sent = time.monotonic()
     process.send_signal(signal.SIGTERM)
@@ -156,8 +161,9 @@ def test_failed_revision_rolls_back_and_a_rerun_resumes(database: Database) -> N
 
 
 def test_debug_shows_a_traceback_still_masked(database: Database) -> None:
-    result = run_migrator("upgrade", "head", "--debug",
-                          env={**database.env, **AUDITED, "SAMPLE_FAIL": "1"})
+    result = run_migrator(
+        "upgrade", "head", "--debug", env={**database.env, **AUDITED, "SAMPLE_FAIL": "1"}
+    )
 
     assert result.status == 1
     assert "Traceback" in result.stderr  # and conftest checked the password is not there
@@ -208,13 +214,15 @@ def test_unknown_revision_in_the_database(database: Database) -> None:
     database.query("UPDATE alembic_version SET version_num = 'ffffffffffff'")
 
     refused = run_migrator("upgrade", "head", env=database.env)
-    allowed = run_migrator("upgrade", "head",
-                           env={**database.env, "MIGRATOR_ALLOW_UNKNOWN_REVISION": "true"})
+    allowed = run_migrator(
+        "upgrade", "head", env={**database.env, "MIGRATOR_ALLOW_UNKNOWN_REVISION": "true"}
+    )
     current = run_migrator("current", env=database.env)
 
     assert refused.status == 2
     assert "the database is at ffffffffffff, a revision this project does not know" in (
-        refused.stderr)
+        refused.stderr
+    )
     assert allowed.status == 0
     assert "MIGRATOR_ALLOW_UNKNOWN_REVISION is true: nothing to do" in allowed.stderr
     assert current.status == 0

@@ -8,21 +8,27 @@ from pathlib import Path
 
 from conftest import PASSWORD, PROJECTS, ROLE, Database, run_migrator
 
-WIDGETS_REVISION = '''
+WIDGETS_REVISION = """
 def upgrade() -> None:
     op.create_table("widgets", sa.Column("id", sa.Integer, primary_key=True))
 
 
 def downgrade() -> None:
     op.drop_table("widgets")
-'''
+"""
 
 
 def alembic_init_project(directory: Path) -> Path:
     """A project exactly as `alembic init` writes it, plus one revision a developer wrote."""
+
     def alembic(*args: str) -> str:
-        return subprocess.run([sys.executable, "-m", "alembic", *args], cwd=directory,
-                              check=True, capture_output=True, text=True).stdout
+        return subprocess.run(
+            [sys.executable, "-m", "alembic", *args],
+            cwd=directory,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
 
     alembic("init", "migrations")
     alembic("revision", "-m", "create widgets", "--rev-id", "w1")

@@ -3,7 +3,7 @@
 from alembic import op
 
 revision = "bbb111"
-down_revision = 'aaa111'
+down_revision = "aaa111"
 
 
 def upgrade() -> None:
