@@ -39,10 +39,10 @@ def free_port() -> int:
         return int(listener.getsockname()[1])
 
 
-def start_postgres(port: int | None = None, **env: str) -> PostgresContainer:
-    container = PostgresContainer(POSTGRES_IMAGE, password="admin-secret", driver="psycopg2")
-    for key, value in env.items():
-        container.with_env(key, value)
+def start_postgres(port: int | None = None, dbname: str = "test") -> PostgresContainer:
+    container = PostgresContainer(
+        POSTGRES_IMAGE, password="admin-secret", dbname=dbname, driver="psycopg2"
+    )
     if port is not None:
         container.with_bind_ports(5432, port)
     container.start()

@@ -96,7 +96,7 @@ def test_too_many_connections_is_retried_until_a_slot_frees(
     url = database.url.replace(f"{ROLE}:", "limited:", 1).replace(
         "postgresql:", "postgresql+psycopg2:"
     )
-    hog_engine = sa.create_engine(url)
+    hog_engine = sa.create_engine(url, poolclass=sa.NullPool)  # close() ends the session
     hog = hog_engine.connect()
     threading.Timer(2.0, hog.close).start()
     try:
@@ -118,7 +118,7 @@ def test_server_that_starts_three_seconds_late() -> None:
     port = free_port()
     containers = []
     starter = threading.Timer(
-        3.0, lambda: containers.append(start_postgres(port=port, POSTGRES_DB="app"))
+        3.0, lambda: containers.append(start_postgres(port=port, dbname="app"))
     )
     starter.start()
     try:
