@@ -144,6 +144,8 @@ def _command(
     """The command to run, with its arguments checked before anything connects."""
     command: str = args.command
     given = getattr(args, "target", None)
+    if not from_environment:
+        _refuse_conflicts(command, given)
     if command == "upgrade" and given is None:
         given = os.environ.get("MIGRATOR_TARGET", "").strip() or "head"
     target = check_target("MIGRATOR_TARGET" if from_environment else "TARGET", given or "head")
@@ -165,6 +167,22 @@ def _command(
     if command == "history":
         return lambda summary: commands.history(settings, summary, args.json)
     return lambda summary: commands.wait_for_database(settings, summary)
+
+
+def _refuse_conflicts(command: str, target: str | None) -> None:
+    """Arguments and MIGRATOR_COMMAND/MIGRATOR_TARGET that disagree are an error, not a guess.
+
+    In a container the image's CMD (`upgrade head`) counts as arguments: a Job that means
+    its environment to decide must not quietly run the CMD instead.
+    """
+    for name, given in (("MIGRATOR_COMMAND", command), ("MIGRATOR_TARGET", target)):
+        value = os.environ.get(name, "").strip()
+        if value and given is not None and value != given:
+            raise UsageError(
+                f"{name}={value} disagrees with the arguments ({given}); arguments are given "
+                "(in a container, the image's CMD counts), so drop one: to let the "
+                "environment decide, run `migrator` with no arguments"
+            )
 
 
 def _flags(args: argparse.Namespace) -> dict[str, str | None]:

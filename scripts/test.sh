@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
 # Runs the test suite on this machine, bare or not: sets up .venv and a Docker engine,
-# finds a PostgreSQL image, then pytest (arguments are passed on).
+# picks base images (official, or built from Debian packages), then pytest (arguments are passed on).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/setup.sh
 scripts/start-docker.sh
-MIGRATOR_TEST_POSTGRES_IMAGE=${MIGRATOR_TEST_POSTGRES_IMAGE:-$(scripts/postgres-image.sh)}
-export MIGRATOR_TEST_POSTGRES_IMAGE
+# Debian packages some tests drive: the compose client, and PostgreSQL's server binaries
+# (a standby held in recovery is the one way to see "not accepting connections" for real).
+missing=()
+command -v docker-compose >/dev/null || missing+=(docker-compose)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "test: installing ${missing[*]}" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+eval "$(scripts/pick-base-images.sh)"
 export TESTCONTAINERS_RYUK_DISABLED=true  # its reaper image needs a registry
-echo "test: PostgreSQL image $MIGRATOR_TEST_POSTGRES_IMAGE" >&2
+echo "test: images $MIGRATOR_TEST_PYTHON_IMAGE, $MIGRATOR_TEST_POSTGRES_IMAGE" >&2
 exec .venv/bin/pytest "$@"

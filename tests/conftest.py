@@ -24,6 +24,10 @@ from testcontainers.community.postgres import PostgresContainer
 ROOT = Path(__file__).resolve().parent.parent
 PROJECTS = Path(__file__).resolve().parent / "projects"
 POSTGRES_IMAGE = os.environ.get("MIGRATOR_TEST_POSTGRES_IMAGE", "postgres:16")
+# The base of the migrator image under test (scripts/test.sh picks a stand-in where no
+# registry answers); the Dockerfile's own default is the official slim image.
+PYTHON_IMAGE = os.environ.get("MIGRATOR_TEST_PYTHON_IMAGE", "python:3.12-slim")
+MIGRATOR_IMAGE = "migrator:test"
 # Every character that breaks a naively built URL or an unescaped configparser value.
 PASSWORD = "p@ss%w:rd/#?"
 PASSWORD_FORMS = {PASSWORD, quote(PASSWORD, safe=""), quote_plus(PASSWORD), quote(PASSWORD)}
@@ -54,6 +58,7 @@ class Server:
     host: str
     port: int
     admin: sa.Engine  # superuser, for setting up and looking
+    container_id: str
 
 
 @pytest.fixture(scope="session")
@@ -63,9 +68,27 @@ def server() -> Iterator[Server]:
     with admin.connect() as connection:
         connection.execute(sa.text(f"CREATE ROLE {ROLE} LOGIN CREATEDB PASSWORD '{PASSWORD}'"))
     host = container.get_container_host_ip()
-    yield Server(host, int(container.get_exposed_port(5432)), admin)
+    port = int(container.get_exposed_port(5432))
+    yield Server(host, port, admin, container.get_wrapped_container().id)
     admin.dispose()
     container.stop()
+
+
+def docker_build(tag: str, context: Path, *build_args: str) -> None:
+    arguments = [item for arg in build_args for item in ("--build-arg", arg)]
+    subprocess.run(
+        ["docker", "build", "-q", "--network", "host", *arguments, "-t", tag, str(context)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+
+
+@pytest.fixture(scope="session")
+def migrator_image() -> str:
+    """The image, built from this checkout's Dockerfile."""
+    docker_build(MIGRATOR_IMAGE, ROOT, f"PYTHON_IMAGE={PYTHON_IMAGE}")
+    return MIGRATOR_IMAGE
 
 
 @dataclass
