@@ -12,7 +12,6 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
-
 from conftest import (
     PASSWORD,
     POSTGRES_IMAGE,
