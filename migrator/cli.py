@@ -91,9 +91,18 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("direction", choices=("upgrade", "downgrade"))
     plan.add_argument("target", metavar="TARGET")
     plan.add_argument("--json", action="store_true", help="machine-readable output")
+    verify = add(
+        "verify",
+        "on a scratch database: one head, every downgrade undoes its upgrade, models match",
+    )
+    verify.add_argument(
+        "target", nargs="?", metavar="TARGET", help="the heads to verify, when there are several"
+    )
+    verify.add_argument("--json", action="store_true", help="machine-readable output")
     for name, help_text in (
         ("current", "the database's revision, and whether it is head"),
         ("history", "every revision, applied ones marked"),
+        ("check", "exit 5 unless the database is at head and the models match it"),
     ):
         add(name, help_text).add_argument(
             "--json", action="store_true", help="machine-readable output"
@@ -148,7 +157,11 @@ def _command(
         _refuse_conflicts(command, given)
     if command == "upgrade" and given is None:
         given = os.environ.get("MIGRATOR_TARGET", "").strip() or "head"
-    target = check_target("MIGRATOR_TARGET" if from_environment else "TARGET", given or "head")
+    label = "MIGRATOR_TARGET" if from_environment else "TARGET"
+    if command == "verify":
+        verify_target = check_target(label, given) if given else None
+        return lambda summary: commands.verify(settings, verify_target, summary, args.json)
+    target = check_target(label, given or "head")
     if command == "downgrade" and from_environment and not settings.allow_downgrade:
         raise UsageError(
             "MIGRATOR_COMMAND=downgrade needs MIGRATOR_ALLOW_DOWNGRADE=true: "
@@ -166,6 +179,8 @@ def _command(
         return lambda summary: commands.current(settings, summary, args.json)
     if command == "history":
         return lambda summary: commands.history(settings, summary, args.json)
+    if command == "check":
+        return lambda summary: commands.check(settings, summary, args.json)
     return lambda summary: commands.wait_for_database(settings, summary)
 
 

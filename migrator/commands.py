@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from typing import Any
 
 from alembic.config import Config
@@ -16,10 +17,11 @@ from sqlalchemy.pool import NullPool
 
 from migrator import run, wait
 from migrator.config import Settings
-from migrator.errors import UsageError
+from migrator.errors import DifferenceFound, UsageError
 from migrator.lock import migration_lock
 from migrator.logs import Summary, log
 from migrator.run import Direction, State
+from migrator.verify import model_differences, stairway
 
 
 def upgrade(settings: Settings, target: str, summary: Summary) -> None:
@@ -124,6 +126,74 @@ def history(settings: Settings, summary: Summary, as_json: bool) -> None:
         mark = {None: "", True: "applied  ", False: "pending  "}[entry["applied"]]
         head = " (head)" if entry["head"] else ""
         print(f"{mark}{entry['revision']}  {entry['message']}{head}")
+
+
+def verify(settings: Settings, target: str | None, summary: Summary, as_json: bool) -> None:
+    """On a scratch database: one head; every downgrade undoes its upgrade; models match."""
+    report = stairway(settings, target)
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "ok": not report.problems,
+                    "heads": report.heads,
+                    "stairs": [asdict(stair) for stair in report.stairs],
+                    "models": report.models,
+                    "problems": report.problems,
+                }
+            )
+        )
+    elif report.problems:
+        print("verify found problems:")
+        print("\n".join(f"  - {problem}" for problem in report.problems))
+    else:
+        models = "models match" if report.models is not None else "no models to compare"
+        print(f"verified: {len(report.stairs)} revision(s) up, down and up again; {models}")
+    summary.applied = len(report.stairs)
+    if report.problems:
+        raise DifferenceFound(f"verify: {report.problems[0]}")
+
+
+def check(settings: Settings, summary: Summary, as_json: bool) -> None:
+    """Without changing the database: is it at head, and do the models match its schema?"""
+    config, script = run.alembic_project(settings)
+    with _database(settings) as (_engine, connection):
+        config.attributes["connection"] = connection
+        state = run.inspect(config, script, "upgrade", "heads")
+        at_head = not state.unknown and not state.steps
+        # Like `alembic check`: models are compared only with a database at head.
+        models = model_differences(config, script) if at_head else None
+    summary.from_revision = summary.to_revision = _name(state.heads)
+    problems = []
+    if state.unknown:
+        problems.append(f"the database is at {', '.join(state.unknown)}, unknown to this project")
+    elif state.steps:
+        problems.append(
+            f"the database is at {_name(state.heads)}, not head: "
+            f"{len(state.steps)} revision(s) to apply"
+        )
+    problems += [f"models: {difference}" for difference in models or []]
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "ok": not problems,
+                    "current": list(state.heads),
+                    "heads": script.get_heads(),
+                    "models": models,
+                    "problems": problems,
+                }
+            )
+        )
+    elif problems:
+        print("\n".join(problems))
+    else:
+        print(
+            f"{_name(state.heads)} (head); "
+            + ("models match" if models is not None else "no models to compare")
+        )
+    if problems:
+        raise DifferenceFound(f"check: {problems[0]}")
 
 
 def wait_for_database(settings: Settings, summary: Summary) -> None:

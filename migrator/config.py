@@ -18,7 +18,7 @@ from sqlalchemy.exc import ArgumentError
 from migrator.errors import UsageError
 
 # Commands a Job can ask for through MIGRATOR_COMMAND (it passes no arguments).
-ENVIRONMENT_COMMANDS = ("upgrade", "downgrade", "current", "history", "wait")
+ENVIRONMENT_COMMANDS = ("upgrade", "downgrade", "current", "history", "check", "verify", "wait")
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _TRUE = ("true", "1", "yes", "on")
@@ -41,6 +41,7 @@ class Settings:
     allow_downgrade: bool
     allow_unknown_revision: bool
     termination_log: Path
+    verify_url: URL | None
     secrets: tuple[str, ...]
 
     def masked_url(self) -> str:
@@ -80,6 +81,11 @@ def load_settings(environ: Mapping[str, str], flags: Mapping[str, str | None]) -
     """Read settings; `flags` maps an environment variable's name to its command-line value."""
     values = _Values(environ, flags)
     database_url, secrets = _database_url(values)
+    verify_url = _verify_url(values)
+    if verify_url is not None:
+        secrets = tuple(
+            sorted({*secrets, *_masked_forms(verify_url.password)}, key=len, reverse=True)
+        )
     return Settings(
         database_url=database_url,
         alembic_ini=_alembic_ini(values),
@@ -94,6 +100,7 @@ def load_settings(environ: Mapping[str, str], flags: Mapping[str, str | None]) -
         allow_downgrade=_flag(values, "MIGRATOR_ALLOW_DOWNGRADE"),
         allow_unknown_revision=_flag(values, "MIGRATOR_ALLOW_UNKNOWN_REVISION"),
         termination_log=Path(values.raw("MIGRATOR_TERMINATION_LOG") or "/dev/termination-log"),
+        verify_url=verify_url,
         secrets=secrets,
     )
 
@@ -108,6 +115,8 @@ def command_from_environment(environ: Mapping[str, str]) -> list[str]:
     target = environ.get("MIGRATOR_TARGET", "").strip()
     if command == "upgrade":
         return [command, target or "head"]
+    if command == "verify":
+        return [command, target] if target else [command]
     if command == "downgrade":
         if not target:
             raise UsageError("MIGRATOR_TARGET: required when MIGRATOR_COMMAND is downgrade")
@@ -239,20 +248,28 @@ def _database_url(values: _Values) -> tuple[URL | None, tuple[str, ...]]:
     return url.set(drivername=_psycopg2_driver(url)), _masked_forms(url.password)
 
 
-def _parse_url(text: str) -> URL:
+def _verify_url(values: _Values) -> URL | None:
+    text = values.raw("MIGRATOR_VERIFY_URL")
+    if text is None:
+        return None
+    url = _parse_url(text, "MIGRATOR_VERIFY_URL")
+    return url.set(drivername=_psycopg2_driver(url))
+
+
+def _parse_url(text: str, label: str = "DATABASE_URL") -> URL:
     try:
         url = make_url(text)
     except (ArgumentError, ValueError):
         raise UsageError(
-            "DATABASE_URL: not a valid database URL "
+            f"{label}: not a valid database URL "
             "(expected postgresql://USER:PASSWORD@HOST:PORT/DATABASE)"
         ) from None
     if url.get_backend_name() not in ("postgresql", "postgres"):
         raise UsageError(
-            f"DATABASE_URL: migrator runs on PostgreSQL only, not {url.get_backend_name()!r}"
+            f"{label}: migrator runs on PostgreSQL only, not {url.get_backend_name()!r}"
         )
     if url.port is not None and not 1 <= url.port <= 65535:
-        raise UsageError(f"DATABASE_URL: port {url.port} is out of range (1-65535)")
+        raise UsageError(f"{label}: port {url.port} is out of range (1-65535)")
     return url
 
 

@@ -92,7 +92,7 @@ def inspect(config: Config, script: ScriptDirectory, direction: Direction, targe
         found.append(State(heads, unknown, steps))
         return []
 
-    _run_env(config, script, record, dont_mutate=True)
+    run_env(config, script, record, dont_mutate=True)
     return found[0]
 
 
@@ -143,7 +143,7 @@ def apply(
     )
     try:
         retrying(
-            _run_env,
+            run_env,
             config,
             script,
             lambda heads, context: progress.track(_plan(script, direction, target, heads)),
@@ -168,6 +168,16 @@ def apply(
         ) from error
 
 
+def step(config: Config, script: ScriptDirectory, direction: Direction, target: str) -> None:
+    """Upgrade or downgrade to `target` at once: no lock, no retries, nothing logged."""
+    run_env(
+        config,
+        script,
+        lambda heads, context: _plan(script, direction, target, heads),
+        destination_rev=target,
+    )
+
+
 def write_sql(config: Config, script: ScriptDirectory, direction: Direction, target: str) -> None:
     """Offline mode: the SQL for the revisions to `target`, on stdout, no database needed.
 
@@ -176,7 +186,7 @@ def write_sql(config: Config, script: ScriptDirectory, direction: Direction, tar
     starting_rev, _, destination = target.rpartition(":")
     if direction == "downgrade" and not starting_rev:
         raise UsageError("downgrade --sql needs FROM:TO, for example head:base")
-    _run_env(
+    run_env(
         config,
         script,
         lambda heads, context: _plan(script, direction, destination, heads),
@@ -228,7 +238,7 @@ def _environment(
     return environment
 
 
-def _run_env(
+def run_env(
     config: Config,
     script: ScriptDirectory,
     steps: Callable[[tuple[str, ...], MigrationContext], Iterable[Any]],

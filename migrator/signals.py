@@ -12,11 +12,12 @@ import contextlib
 import signal
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import Pool
 
 from migrator.errors import Interrupted
@@ -68,6 +69,14 @@ def run_interruptibly(work: Callable[[], T]) -> T:
     return outcome["value"]  # type: ignore[no-any-return]
 
 
+@contextmanager
+def cleanup_connection(engine: Engine) -> Iterator[Connection]:
+    """A connection that still works after a stop was requested: for cleaning up."""
+    with engine.connect().execution_options(migrator_cleanup=True) as connection:
+        _open_connections.discard(connection.connection.dbapi_connection)
+        yield connection
+
+
 def _on_signal(signal_number: int, frame: object) -> None:
     _signals_received.append(signal_number)
     stop_requested.set()
@@ -77,8 +86,8 @@ def _track_connection(dbapi_connection: Any, connection_record: Any) -> None:
     _open_connections.add(dbapi_connection)
 
 
-def _refuse_after_stop(*args: Any, **kwargs: Any) -> None:
-    if stop_requested.is_set():
+def _refuse_after_stop(connection: Connection, *args: Any) -> None:
+    if stop_requested.is_set() and not connection.get_execution_options().get("migrator_cleanup"):
         raise interrupted()
 
 
