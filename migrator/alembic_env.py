@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import MetaData, create_engine
-from sqlalchemy.engine import URL, Connection
+from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.pool import NullPool
 
 from alembic import context
@@ -35,9 +35,13 @@ def run_migrations(
         with context.begin_transaction():
             context.run_migrations()
         return
-    connection: Connection | None = config.attributes.get("connection")
-    if connection is not None:
-        _run_online(connection, options)
+    shared: Connection | Engine | None = config.attributes.get("connection")
+    if isinstance(shared, Connection):
+        _run_online(shared, options)
+        return
+    if shared is not None:  # some tools (pytest-alembic) share an Engine instead
+        with shared.connect() as own_connection:
+            _run_online(own_connection, options)
         return
     if url is None:
         raise RuntimeError("no database URL: set sqlalchemy.url or pass default_url")

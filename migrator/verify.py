@@ -298,12 +298,8 @@ def _in_order(script: ScriptDirectory, target: str) -> list[Script]:
 
 
 def _below(revision: Script) -> str:
-    down = revision.down_revision
-    if down is None:
-        return "base"
-    if isinstance(down, str):
-        return down
-    return f"{revision.revision}-1"  # a merge: one step down from it
+    # `rev@-1` steps down that revision alone, leaving any other branch where it is.
+    return f"{revision.revision}@-1"
 
 
 def _where(kind: str) -> str:
