@@ -232,16 +232,18 @@ def test_unknown_revision_in_the_database(database: Database) -> None:
 
 def test_a_killed_run_leaves_no_lock_behind(database: Database) -> None:
     """SIGKILL gives no chance to clean up: the lock goes with the connection."""
-    process = start_migrator("upgrade", "head", env={**database.env, **AUDITED,
-                                                     "SAMPLE_SLEEP": "3"})
+    process = start_migrator(
+        "upgrade", "head", env={**database.env, **AUDITED, "SAMPLE_SLEEP": "3"}
+    )
     wait_for_line(process, "[1/3] a1a1a1a1a1a1")
     process.kill()
     process.wait()
 
     # The killed run's statement still sleeps in its server process; the lock is free,
     # and the rerun's revision waits for that statement to end and roll back.
-    rerun = run_migrator("upgrade", "head",
-                         env={**database.env, **AUDITED, "MIGRATOR_LOCK_TIMEOUT": "1"})
+    rerun = run_migrator(
+        "upgrade", "head", env={**database.env, **AUDITED, "MIGRATOR_LOCK_TIMEOUT": "1"}
+    )
 
     assert rerun.status == 0, rerun.output
     assert "waiting for the migration lock" not in rerun.stderr
