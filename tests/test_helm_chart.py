@@ -1,0 +1,311 @@
+"""The Helm chart, rendered by Helm's own engine, checked against the Kubernetes schemas,
+and its rendered Job run for real under Docker against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import helm_python
+import kubernetes_validate
+import pytest
+import yaml
+from conftest import PASSWORD, ROLE, ROOT, Database, assert_no_password
+
+CHART = ROOT / "helm" / "migrator"
+KUBERNETES = kubernetes_validate.latest_version()
+PARTS = {"database": {"host": "db.internal", "name": "app", "user": "app", "password": PASSWORD}}
+URL = {"database": {"url": f"postgresql://app:{PASSWORD}@db.internal:5432/app"}}
+
+VALUE_SETS: dict[str, dict[str, Any]] = {
+    "defaults, database parts": PARTS,
+    "database url": URL,
+    "existing secret, password key": {
+        "database": {
+            "host": "db",
+            "name": "app",
+            "user": "app",
+            "existingSecret": {"name": "shop-db", "passwordKey": "pg-password"},
+        }
+    },
+    "existing secret, url key": {
+        "database": {"existingSecret": {"name": "shop-db", "urlKey": "database-url"}}
+    },
+    "plain job for Argo CD": {**PARTS, "job": {"hook": False, "argocd": True}},
+    "plain job": {**PARTS, "job": {"hook": False}},
+    "downgrade": {
+        **PARTS,
+        "migrator": {"command": "downgrade", "target": "base", "allowDowngrade": True},
+    },
+    "own migrations in a volume": {
+        **PARTS,
+        "migrator": {"config": "/project/alembic.ini", "statementTimeout": 30, "ddlLockTimeout": 2},
+        "extraVolumes": [{"name": "project", "configMap": {"name": "shop-migrations"}}],
+        "extraVolumeMounts": [{"name": "project", "mountPath": "/project", "readOnly": True}],
+        "extraEnv": [{"name": "MY_SETTING", "value": "1"}],
+    },
+    "service account and scheduling": {
+        **PARTS,
+        "serviceAccount": {"create": True, "annotations": {"iam.example/role": "migrator"}},
+        "nodeSelector": {"pool": "jobs"},
+        "tolerations": [{"key": "jobs", "operator": "Exists", "effect": "NoSchedule"}],
+        "imagePullSecrets": [{"name": "regcred"}],
+        "podAnnotations": {"team": "shop"},
+        "job": {"ttlSecondsAfterFinished": 3600},
+    },
+}
+
+
+def render(values: dict[str, Any], revision: int = 1) -> dict[str, dict[str, Any]]:
+    """Manifests by kind, as Helm renders them for release `shop` in namespace `prod`."""
+    chart = helm_python.Chart.load(str(CHART))
+    rendered = chart.render(
+        values, name="shop", namespace="prod", revision=revision, is_install=True
+    )
+    manifests = {}
+    for path, text in rendered.items():
+        if path.endswith(".yaml"):
+            for document in yaml.safe_load_all(text):
+                if document:
+                    manifests[document["kind"]] = document
+    return manifests
+
+
+def container(job: dict[str, Any]) -> dict[str, Any]:
+    (migrator,) = job["spec"]["template"]["spec"]["containers"]
+    return migrator
+
+
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=list(VALUE_SETS))
+def test_every_rendering_is_valid_kubernetes_and_keeps_what_matters(
+    values: dict[str, Any],
+) -> None:
+    manifests = render(values)
+    job = manifests["Job"]
+    pod = job["spec"]["template"]["spec"]
+    migrator = container(job)
+    env = {item["name"]: item.get("value") for item in migrator["env"]}
+
+    for manifest in manifests.values():
+        kubernetes_validate.validate(manifest, KUBERNETES, strict=True)
+    # What a retry cannot fix fails the Job at once; evictions do not count.
+    assert job["spec"]["podFailurePolicy"]["rules"] == [
+        {
+            "action": "FailJob",
+            "onExitCodes": {"containerName": "migrator", "operator": "In", "values": [2, 5, 6]},
+        },
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+    ]
+    assert pod["restartPolicy"] == "Never"
+    assert migrator["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert migrator["command"] == ["migrator"] and "args" not in migrator
+    # Hardened pod and container.
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 10001
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    assert migrator["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert {"name": "tmp", "mountPath": "/tmp"} in migrator["volumeMounts"]
+    assert job["spec"]["template"]["metadata"]["labels"]["sidecar.istio.io/inject"] == "false"
+    assert job["spec"]["template"]["metadata"]["annotations"]["linkerd.io/inject"] == "disabled"
+    # The secret arrives as a file, never as an env value.
+    secret_volume = next(v for v in pod["volumes"] if v["name"] == "database-secret")
+    (item,) = secret_volume["secret"]["items"]
+    file_variable = "DATABASE_URL_FILE" if "DATABASE_URL_FILE" in env else "DB_PASSWORD_FILE"
+    assert env[file_variable] == f"/var/run/secrets/migrator/{item['path']}"
+    assert "DB_PASSWORD" not in env and "DATABASE_URL" not in env
+    assert_no_password(yaml.safe_dump(job))
+
+
+def test_a_hook_job_comes_after_its_secret() -> None:
+    manifests = render(PARTS)
+    job_annotations = manifests["Job"]["metadata"]["annotations"]
+    secret_annotations = manifests["Secret"]["metadata"]["annotations"]
+
+    assert job_annotations["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert job_annotations["helm.sh/hook-delete-policy"] == "before-hook-creation"
+    assert secret_annotations["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert int(secret_annotations["helm.sh/hook-weight"]) < int(
+        job_annotations["helm.sh/hook-weight"]
+    )
+    assert manifests["Secret"]["stringData"] == {"password": PASSWORD}
+    assert manifests["Job"]["metadata"]["name"] == "shop-migrator"
+
+
+def test_a_plain_job_for_argo_cd_has_argo_hooks_only_and_a_name_per_revision() -> None:
+    first = render({**PARTS, "job": {"hook": False, "argocd": True}}, revision=1)
+    second = render({**PARTS, "job": {"hook": False, "argocd": True}}, revision=2)
+    annotations = first["Job"]["metadata"]["annotations"]
+
+    assert annotations["argocd.argoproj.io/hook"] == "PreSync"
+    assert not any(key.startswith("helm.sh/") for key in annotations)
+    assert first["Secret"]["metadata"]["annotations"]["argocd.argoproj.io/hook"] == "PreSync"
+    assert first["Job"]["metadata"]["name"] == "shop-migrator-1"
+    assert second["Job"]["metadata"]["name"] == "shop-migrator-2"
+
+
+def test_an_existing_secret_is_used_and_none_is_created() -> None:
+    manifests = render(VALUE_SETS["existing secret, url key"])
+    volume = next(
+        v
+        for v in manifests["Job"]["spec"]["template"]["spec"]["volumes"]
+        if v["name"] == "database-secret"
+    )
+
+    assert "Secret" not in manifests
+    assert volume["secret"]["secretName"] == "shop-db"
+    assert volume["secret"]["items"] == [{"key": "database-url", "path": "url"}]
+
+
+def test_lint_is_clean_and_app_version_follows_the_package() -> None:
+    report = helm_python.lint(str(CHART), PARTS, strict=True)
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    package = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+    assert report["errors"] == []
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+    assert chart["appVersion"] == package["version"]
+
+
+BAD_VALUES = {
+    "unknown top-level key": {**PARTS, "databse": {"host": "x"}},
+    "command not known": {**PARTS, "migrator": {"command": "migrate"}},
+    "port out of range": {"database": {**PARTS["database"], "port": 70000}},
+    "port as text": {"database": {**PARTS["database"], "port": "5432"}},
+    "negative backoff": {**PARTS, "job": {"backoffLimit": -1}},
+    "log format": {**PARTS, "migrator": {"logFormat": "xml"}},
+    "timeout as text": {**PARTS, "migrator": {"waitTimeout": "soon"}},
+    "hook is not a boolean": {**PARTS, "job": {"hook": "yes"}},
+}
+
+
+@pytest.mark.parametrize("values", BAD_VALUES.values(), ids=list(BAD_VALUES))
+def test_the_schema_rejects_bad_values_with_helms_own_error(values: dict[str, Any]) -> None:
+    chart = helm_python.Chart.load(str(CHART))
+    with pytest.raises(helm_python.HelmValuesError):
+        chart.validate_schema(chart.merge_values(values))
+    with pytest.raises(helm_python.HelmError):
+        chart.render(values, name="shop", namespace="prod")
+
+
+def test_values_are_all_documented() -> None:
+    """Every value in values.yaml has a comment line just above it."""
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    inside_block = False  # security contexts and resources: Kubernetes' own fields
+    for number, line in enumerate(lines):
+        stripped = line.strip()
+        if not line.startswith(" "):
+            inside_block = stripped.startswith(
+                ("podSecurityContext:", "securityContext:", "resources:")
+            )
+        elif inside_block:
+            continue
+        if stripped and not stripped.startswith(("#", "-")) and ":" in stripped:
+            above = lines[number - 1].strip()
+            opens_section = stripped.endswith(":") and not inside_block
+            assert above.startswith("#") or opens_section, f"undocumented value: {stripped}"
+
+
+def run_rendered_job(
+    image: str, manifests: dict[str, Any], secret_data: dict[str, str], directory: Path
+) -> subprocess.CompletedProcess[str]:
+    """Run the rendered pod spec under Docker as the kubelet would: same image, command,
+    env, Secret files, user, read-only root, dropped capabilities, tmpfs /tmp."""
+    pod = manifests["Job"]["spec"]["template"]["spec"]
+    migrator = container(manifests["Job"])
+    security = pod["securityContext"]
+    secret_dir = directory / "secret"
+    secret_dir.mkdir(parents=True)
+    volume = next(v for v in pod["volumes"] if v["name"] == "database-secret")
+    for item in volume["secret"]["items"]:
+        path = secret_dir / item["path"]
+        path.write_text(secret_data[item["key"]])
+        os.chown(path, 0, security["fsGroup"])
+        path.chmod(volume["secret"]["defaultMode"])
+    mount = next(m for m in migrator["volumeMounts"] if m["name"] == "database-secret")
+    env = {item["name"]: item["value"] for item in migrator["env"]}
+    command = [
+        "docker",
+        "run",
+        "--rm",
+        "--user",
+        f"{security['runAsUser']}:{security['runAsGroup']}",
+        "--group-add",
+        str(security["fsGroup"]),
+        "--read-only",
+        "--cap-drop",
+        "ALL",
+        "--security-opt",
+        "no-new-privileges",
+        "--tmpfs",
+        "/tmp",
+        "-v",
+        f"{secret_dir}:{mount['mountPath']}:ro",
+        *[item for key in env for item in ("-e", key)],
+        "--entrypoint",
+        migrator["command"][0],
+        image,
+        *migrator["command"][1:],
+    ]
+    result = subprocess.run(
+        command, env={**os.environ, **env}, capture_output=True, text=True, timeout=300
+    )
+    assert_no_password(result.stdout + result.stderr)
+    return result
+
+
+def test_the_rendered_job_runs(migrator_image: str, database: Database, tmp_path: Path) -> None:
+    server = database.server
+    values = {
+        "database": {
+            "host": server.host,
+            "port": server.port,
+            "name": database.name,
+            "user": ROLE,
+            "password": PASSWORD,
+        }
+    }
+    manifests = render(values)
+    secret = manifests["Secret"]["stringData"]
+    wrong = {**values, "database": {**values["database"], "password": "wrong"}}
+    wrong_manifests = render(wrong)
+
+    ran = run_rendered_job(migrator_image, manifests, secret, tmp_path / "right")
+    refused = run_rendered_job(
+        migrator_image, wrong_manifests, wrong_manifests["Secret"]["stringData"], tmp_path / "wrong"
+    )
+    fail_job = wrong_manifests["Job"]["spec"]["podFailurePolicy"]["rules"][0]
+
+    assert ran.returncode == 0, ran.stderr
+    assert database.revision() == "c3f9b7d21a58"
+    assert '"event": "summary"' in ran.stderr.splitlines()[-1]  # JSON logs by default
+    assert refused.returncode == 6, refused.stderr
+    assert fail_job["action"] == "FailJob" and 6 in fail_job["onExitCodes"]["values"]
+
+
+def test_the_chart_readme_documents_every_value() -> None:
+    readme = (CHART / "README.md").read_text()
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+
+    def keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
+        found = []
+        for key, value in tree.items():
+            if (
+                isinstance(value, dict)
+                and value
+                and key not in ("podSecurityContext", "securityContext", "resources")
+            ):
+                found += keys(value, f"{prefix}{key}.")
+            else:
+                found.append(f"{prefix}{key}")
+        return found
+
+    missing = [key for key in keys(values) if f"`{key}`" not in readme]
+    assert missing == []
