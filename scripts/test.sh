@@ -9,11 +9,14 @@ scripts/start-docker.sh
 # Debian packages some tests drive: the compose client, and PostgreSQL's server binaries
 # (a standby held in recovery is the one way to see "not accepting connections" for real).
 missing=()
-command -v docker-compose >/dev/null || missing+=(docker-compose)
+command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 \
+  || missing+=(docker-compose)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "test: installing ${missing[*]}" >&2
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  sudo=$([ "$(id -u)" = 0 ] || echo sudo)
+  $sudo apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 eval "$(scripts/pick-base-images.sh)"
 export TESTCONTAINERS_RYUK_DISABLED=true  # its reaper image needs a registry

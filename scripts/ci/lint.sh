@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Every linter CI runs: Python (ruff, mypy --strict), Dockerfiles (hadolint), GitHub
+# Actions (actionlint, zizmor, the GitHub JSON schemas), and the Helm chart (Helm's lint).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+bin=.venv/bin
+
+echo "== ruff" && $bin/ruff check . && $bin/ruff format --check migrator
+echo "== mypy --strict" && $bin/mypy --strict migrator
+echo "== hadolint" && $bin/hadolint Dockerfile action/Dockerfile
+echo "== actionlint" && $bin/actionlint .github/workflows/*.yml
+echo "== zizmor" && $bin/zizmor --offline --min-severity low .github/workflows action.yml
+echo "== GitHub schemas"
+$bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+$bin/check-jsonschema --builtin-schema vendor.github-actions action.yml
+echo "== helm lint"
+$bin/python - <<'PY'
+import sys
+
+import helm_python
+
+values = {"database": {"host": "db", "name": "app", "user": "app", "password": "lint"}}
+report = helm_python.lint("helm/migrator", values, strict=True)
+problems = report["errors"] + [m["error"] for m in report["messages"] if m["severity"] >= 2]
+print("\n".join(problems) or "helm/migrator: no problems")
+sys.exit(1 if problems else 0)
+PY

@@ -1,0 +1,22 @@
+"""Prints the schema of the database DB_* / DATABASE_URL name, one object per line, sorted:
+what `migrator verify` compares, for comparing two moments of a database with `diff`.
+
+Usage: .venv/bin/python scripts/ci/schema_dump.py > schema.txt
+"""
+
+import os
+from pathlib import Path
+
+from sqlalchemy import create_engine
+from sqlalchemy.pool import NullPool
+
+from migrator.config import load_settings
+from migrator.verify import snapshot
+
+ROOT = Path(__file__).resolve().parents[2]
+settings = load_settings(os.environ, {"MIGRATOR_CONFIG": str(ROOT / "alembic.ini")})
+engine = create_engine(settings.connection_url(), poolclass=NullPool)
+with engine.connect() as connection:
+    for name, definition in sorted(snapshot(connection).items()):
+        print(f"{name}: {definition}")
+engine.dispose()
