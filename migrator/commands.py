@@ -11,7 +11,7 @@ from typing import Any
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import NoSuchModuleError
 from sqlalchemy.pool import NullPool
 
@@ -46,8 +46,7 @@ def plan(
     """The revisions an upgrade or downgrade would run, in order; changes nothing."""
     config, script = run.alembic_project(settings)
     run.check_target(script, target)
-    with _database(settings) as (_engine, connection):
-        config.attributes["connection"] = connection
+    with _database(settings, config):
         state = _inspect(config, script, direction, target, settings, summary)
     steps = [{"revision": step.revision, "message": step.doc} for step in state.steps]
     if as_json:
@@ -70,8 +69,7 @@ def plan(
 def current(settings: Settings, summary: Summary, as_json: bool) -> None:
     """The database's revision(s), and whether that is head."""
     config, script = run.alembic_project(settings)
-    with _database(settings) as (_engine, connection):
-        config.attributes["connection"] = connection
+    with _database(settings, config):
         state = run.inspect(config, script, "upgrade", "heads")
     heads = script.get_heads()
     at_head = set(state.heads) == set(heads)
@@ -103,8 +101,7 @@ def history(settings: Settings, summary: Summary, as_json: bool) -> None:
     config, script = run.alembic_project(settings)
     applied: set[str] | None = None
     if settings.database_url is not None:
-        with _database(settings) as (_engine, connection):
-            config.attributes["connection"] = connection
+        with _database(settings, config):
             heads = run.inspect(config, script, "upgrade", "heads").heads
         applied = {rev.revision for rev in script.iterate_revisions(heads, "base") if rev}
     revisions = list(reversed(list(script.walk_revisions())))
@@ -157,8 +154,7 @@ def verify(settings: Settings, target: str | None, summary: Summary, as_json: bo
 def check(settings: Settings, summary: Summary, as_json: bool) -> None:
     """Without changing the database: is it at head, and do the models match its schema?"""
     config, script = run.alembic_project(settings)
-    with _database(settings) as (_engine, connection):
-        config.attributes["connection"] = connection
+    with _database(settings, config):
         state = run.inspect(config, script, "upgrade", "heads")
         at_head = not state.unknown and not state.steps
         # Like `alembic check`: models are compared only with a database at head.
@@ -205,8 +201,7 @@ def wait_for_database(settings: Settings, summary: Summary) -> None:
 def _migrate(settings: Settings, direction: Direction, target: str, summary: Summary) -> None:
     config, script = run.alembic_project(settings)
     run.check_target(script, target)
-    with _database(settings) as (engine, connection):
-        config.attributes["connection"] = connection
+    with _database(settings, config) as engine:
         # Check, lock, check again: a run with nothing to do never waits on the lock.
         state = _inspect(config, script, direction, target, settings, summary)
         if not state.steps:
@@ -265,8 +260,9 @@ def _inspect(
 
 
 @contextmanager
-def _database(settings: Settings) -> Iterator[tuple[Engine, Connection]]:
-    """An engine for the run, and a first connection once the database accepts one."""
+def _database(settings: Settings, config: Config | None = None) -> Iterator[Engine]:
+    """An engine for the run, once the database accepts a connection; that connection is
+    handed to env.py through the Alembic config (Alembic's connection-sharing recipe)."""
     url = settings.connection_url()  # raises when no database is configured
     log.info("connecting to %s", settings.masked_url())
     try:
@@ -274,8 +270,10 @@ def _database(settings: Settings) -> Iterator[tuple[Engine, Connection]]:
     except (NoSuchModuleError, ImportError) as error:
         raise UsageError(f"DATABASE_URL: its driver is not installed ({error})") from None
     connection = wait.connect(engine, settings.wait_timeout)
+    if config is not None:
+        config.attributes["connection"] = connection
     try:
-        yield engine, connection
+        yield engine
     finally:
         connection.close()
         engine.dispose()

@@ -211,6 +211,20 @@ def run_migrator(*args: str, env: Mapping[str, str] | None = None, timeout: floa
     return finish(start_migrator(*args, env=env), started, timeout)
 
 
+def run_alembic(
+    *args: str, cwd: Path, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Plain `alembic`, as the tutorial runs it."""
+    environment = {"PATH": os.environ["PATH"], **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "alembic", *args],
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+    )
+
+
 def wait_for_line(process: subprocess.Popen[str], fragment: str, timeout: float = 30) -> list[str]:
     """Read the process's stderr until a line contains `fragment`; returns the lines read."""
     assert process.stderr is not None

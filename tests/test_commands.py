@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
-from conftest import ROOT, Database, run_migrator
+from conftest import ROOT, Database, run_alembic, run_migrator
 
 HEAD = "c3f9b7d21a58"
 EXAMPLE_REVISIONS = ["0d25ea6c8183", "4b1e7f3a9c20", "8d2c5a61e0f4", HEAD]
@@ -201,19 +198,9 @@ def test_wait_command_returns_once_the_database_answers(database: Database) -> N
 def test_the_tutorial_workflow_works_with_plain_alembic(database: Database) -> None:
     """`alembic upgrade head`, `alembic check` (autogenerate finds no change), `downgrade -1`."""
 
-    def alembic(*args: str) -> subprocess.CompletedProcess[str]:
-        env = {"PATH": os.environ["PATH"], **database.env}
-        return subprocess.run(
-            [sys.executable, "-m", "alembic", *args],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-
-    upgraded = alembic("upgrade", "head")
-    checked = alembic("check")
-    downgraded = alembic("downgrade", "-1")
+    upgraded = run_alembic("upgrade", "head", cwd=ROOT, env=database.env)
+    checked = run_alembic("check", cwd=ROOT, env=database.env)
+    downgraded = run_alembic("downgrade", "-1", cwd=ROOT, env=database.env)
 
     assert upgraded.returncode == 0, upgraded.stderr
     assert checked.returncode == 0, checked.stderr

@@ -33,6 +33,15 @@ def session(database: Database, name: str) -> Iterator[sa.Connection]:
         engine.dispose()
 
 
+@contextmanager
+def holding_the_lock(database: Database) -> Iterator[sa.Connection]:
+    """Another deploy's session, holding the migration lock."""
+    with session(database, "deploy-holder") as holder:
+        holder.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": LOCK_KEY})
+        holder.commit()
+        yield holder
+
+
 def applied_counts(database: Database) -> dict[str, int]:
     rows = database.query("SELECT revision, count(*) FROM applied GROUP BY revision")
     return {row[0]: int(row[1]) for row in rows}
@@ -53,8 +62,7 @@ def test_eight_concurrent_upgrades_apply_each_revision_once(database: Database) 
 
 def test_nothing_to_do_never_waits_on_the_lock(database: Database) -> None:
     run_migrator("upgrade", "head", env={**database.env, **AUDITED})
-    with session(database, "deploy-holder") as holder:
-        holder.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": LOCK_KEY})
+    with holding_the_lock(database):
         result = run_migrator(
             "upgrade", "head", env={**database.env, **AUDITED, "MIGRATOR_LOCK_TIMEOUT": "5"}
         )
@@ -66,8 +74,7 @@ def test_nothing_to_do_never_waits_on_the_lock(database: Database) -> None:
 
 
 def test_lock_timeout_exits_4_naming_the_holder(database: Database) -> None:
-    with session(database, "deploy-holder") as holder:
-        holder.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": LOCK_KEY})
+    with holding_the_lock(database):
         result = run_migrator(
             "upgrade", "head", env={**database.env, **AUDITED, "MIGRATOR_LOCK_TIMEOUT": "1.5"}
         )
@@ -80,9 +87,7 @@ def test_lock_timeout_exits_4_naming_the_holder(database: Database) -> None:
 
 
 def test_waiting_for_the_lock_names_the_holder_and_then_runs(database: Database) -> None:
-    with session(database, "deploy-holder") as holder:
-        holder.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": LOCK_KEY})
-        holder.commit()
+    with holding_the_lock(database) as holder:
         threading.Timer(2.5, holder.close).start()
         result = run_migrator("upgrade", "head", env={**database.env, **AUDITED})
 

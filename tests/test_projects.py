@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
-from conftest import PASSWORD, PROJECTS, ROLE, Database, run_migrator
+from conftest import PASSWORD, PROJECTS, ROLE, Database, run_alembic, run_migrator
 
 WIDGETS_REVISION = """
 def upgrade() -> None:
@@ -21,17 +19,8 @@ def downgrade() -> None:
 def alembic_init_project(directory: Path) -> Path:
     """A project exactly as `alembic init` writes it, plus one revision a developer wrote."""
 
-    def alembic(*args: str) -> str:
-        return subprocess.run(
-            [sys.executable, "-m", "alembic", *args],
-            cwd=directory,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-
-    alembic("init", "migrations")
-    alembic("revision", "-m", "create widgets", "--rev-id", "w1")
+    for args in (("init", "migrations"), ("revision", "-m", "create widgets", "--rev-id", "w1")):
+        run_alembic(*args, cwd=directory).check_returncode()
     (revision,) = (directory / "migrations" / "versions").glob("w1_*.py")
     text = revision.read_text()
     body_start = text.index("def upgrade()")
