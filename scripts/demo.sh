@@ -10,7 +10,7 @@ export DB_HOST=127.0.0.1 DB_PORT=${DEMO_PORT:-55432} DB_NAME=app DB_USER=app
 export DB_PASSWORD="demo-$RANDOM$RANDOM"
 
 if docker info >/dev/null 2>&1; then
-  eval "$(scripts/pick-base-images.sh)"
+  [ -n "${MIGRATOR_TEST_POSTGRES_IMAGE:-}" ] || eval "$(scripts/pick-base-images.sh)"
   image=$MIGRATOR_TEST_POSTGRES_IMAGE
   container=$(docker run -d --rm -p "127.0.0.1:$DB_PORT:5432" -e POSTGRES_USER=app \
     -e POSTGRES_PASSWORD="$DB_PASSWORD" -e POSTGRES_DB=app "$image")
