@@ -96,3 +96,22 @@ def test_the_password_works_in_every_form(database: Database) -> None:
 
     assert by_parts.status == 0 and by_url.status == 0
     assert ROLE in by_parts.stderr  # the user is shown, the password is not
+
+
+def test_verify_and_check_on_an_unchanged_alembic_init_project(
+    database: Database, tmp_path: Path
+) -> None:
+    """Its env.py builds its own engine and names no models: the stairway still runs."""
+    ini = alembic_init_project(tmp_path)
+    env = {"DATABASE_URL": database.url, "MIGRATOR_CONFIG": str(ini)}
+
+    verified = run_migrator("verify", env=env)
+    run_migrator("upgrade", "head", env=env)
+    checked = run_migrator("check", env=env)
+
+    assert verified.status == 0, verified.output
+    assert "verified: 1 revision(s) up, down and up again; no models to compare" in (
+        verified.stdout
+    )
+    assert checked.status == 0, checked.output
+    assert checked.stdout.strip() == "w1 (head); no models to compare"
