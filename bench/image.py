@@ -35,34 +35,68 @@ def timed(command: list[str], runs: int, env: dict[str, str] | None = None) -> s
         started = time.perf_counter()
         subprocess.run(command, check=True, capture_output=True, env=env, cwd=ROOT)
         seconds.append(time.perf_counter() - started)
-    return (f"min {min(seconds):.3f}  median {statistics.median(seconds):.3f}"
-            f"  max {max(seconds):.3f}")
+    return (
+        f"min {min(seconds):.3f}  median {statistics.median(seconds):.3f}  max {max(seconds):.3f}"
+    )
 
 
 def main() -> None:
     image, base, postgres_image = sys.argv[1:4]
     runs = int(sys.argv[4]) if len(sys.argv) > 4 else 10
-    print(f"image {image}: {size_mb(image):.1f} MB; base {base}: {size_mb(base):.1f} MB; "
-          f"delta {size_mb(image) - size_mb(base):.1f} MB")
-    print(f"docker run --rm {image} --version, {runs} runs (s): "
-          + timed(["docker", "run", "--rm", image, "--version"], runs))
+    print(
+        f"image {image}: {size_mb(image):.1f} MB; base {base}: {size_mb(base):.1f} MB; "
+        f"delta {size_mb(image) - size_mb(base):.1f} MB"
+    )
+    print(
+        f"docker run --rm {image} --version, {runs} runs (s): "
+        + timed(["docker", "run", "--rm", image, "--version"], runs)
+    )
 
-    container = docker("run", "-d", "--rm", "-p", "127.0.0.1::5432", "-e",
-                       f"POSTGRES_PASSWORD={PASSWORD}", postgres_image).strip()
+    container = docker(
+        "run",
+        "-d",
+        "--rm",
+        "-p",
+        "127.0.0.1::5432",
+        "-e",
+        f"POSTGRES_PASSWORD={PASSWORD}",
+        postgres_image,
+    ).strip()
     try:
         port = docker("port", container, "5432/tcp").split(":")[-1].strip()
-        env = {**os.environ, "DB_HOST": "127.0.0.1", "DB_PORT": port, "DB_NAME": "postgres",
-               "DB_USER": "postgres", "DB_PASSWORD": PASSWORD, "MIGRATOR_WAIT_TIMEOUT": "60",
-               "MIGRATOR_CONFIG": str(ROOT / "alembic.ini")}
+        env = {
+            **os.environ,
+            "DB_HOST": "127.0.0.1",
+            "DB_PORT": port,
+            "DB_NAME": "postgres",
+            "DB_USER": "postgres",
+            "DB_PASSWORD": PASSWORD,
+            "MIGRATOR_WAIT_TIMEOUT": "60",
+            "MIGRATOR_CONFIG": str(ROOT / "alembic.ini"),
+        }
         migrator = str(Path(sys.executable).parent / "migrator")
         subprocess.run([migrator, "upgrade", "head"], check=True, capture_output=True, env=env)
-        in_container = ["docker", "run", "--rm", "--network", "host",
-                        *[item for key in ("DB_HOST", "DB_PORT", "DB_NAME", "DB_USER",
-                                           "DB_PASSWORD") for item in ("-e", key)], image]
-        print(f"no-op upgrade head in the container, {runs} runs (s): "
-              + timed(in_container, runs, env))
-        print(f"no-op upgrade head on the host,      {runs} runs (s): "
-              + timed([migrator, "upgrade", "head"], runs, env))
+        in_container = [
+            "docker",
+            "run",
+            "--rm",
+            "--network",
+            "host",
+            *[
+                item
+                for key in ("DB_HOST", "DB_PORT", "DB_NAME", "DB_USER", "DB_PASSWORD")
+                for item in ("-e", key)
+            ],
+            image,
+        ]
+        print(
+            f"no-op upgrade head in the container, {runs} runs (s): "
+            + timed(in_container, runs, env)
+        )
+        print(
+            f"no-op upgrade head on the host,      {runs} runs (s): "
+            + timed([migrator, "upgrade", "head"], runs, env)
+        )
     finally:
         docker("stop", container)
 

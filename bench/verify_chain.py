@@ -46,9 +46,11 @@ def chain(directory: Path, revisions: int) -> Path:
     versions = directory / "alembic" / "versions"
     versions.mkdir(parents=True)
     (directory / "alembic.ini").write_text(
-        "[alembic]\nscript_location = %(here)s/alembic\npath_separator = os\nsqlalchemy.url =\n")
+        "[alembic]\nscript_location = %(here)s/alembic\npath_separator = os\nsqlalchemy.url =\n"
+    )
     (directory / "alembic" / "env.py").write_text(
-        "from migrator.alembic_env import run_migrations\n\nrun_migrations(None)\n")
+        "from migrator.alembic_env import run_migrations\n\nrun_migrations(None)\n"
+    )
     for n in range(1, revisions + 1):
         down = f"r{n - 1:04d}" if n > 1 else None
         (versions / f"r{n:04d}.py").write_text(REVISION.format(n=n, down=down))
@@ -68,9 +70,14 @@ def main() -> None:
     example = seconds(verify, {**env, "MIGRATOR_CONFIG": str(ROOT / "alembic.ini")})
     print(f"verify, example tree (4 revisions): {example:.2f} s")
 
-    url = URL.create("postgresql+psycopg2", username=env["DB_USER"],
-                     password=env.get("DB_PASSWORD"), host=env["DB_HOST"],
-                     port=int(env.get("DB_PORT", "5432")), database=env["DB_NAME"])
+    url = URL.create(
+        "postgresql+psycopg2",
+        username=env["DB_USER"],
+        password=env.get("DB_PASSWORD"),
+        host=env["DB_HOST"],
+        port=int(env.get("DB_PORT", "5432")),
+        database=env["DB_NAME"],
+    )
     admin = create_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
     with tempfile.TemporaryDirectory() as directory, admin.connect() as connection:
         ini = chain(Path(directory), revisions)
@@ -82,16 +89,21 @@ def main() -> None:
             # (a temporary file, removed with its directory).
             plain = Path(directory) / "plain.ini"
             bench_url = url.set(database="bench_chain").render_as_string(hide_password=False)
-            plain.write_text(ini.read_text().replace(
-                "sqlalchemy.url =", f"sqlalchemy.url = {bench_url.replace('%', '%%')}"))
+            plain.write_text(
+                ini.read_text().replace(
+                    "sqlalchemy.url =", f"sqlalchemy.url = {bench_url.replace('%', '%%')}"
+                )
+            )
             alembic = [str(BIN / "alembic"), "-c", str(plain)]
             up = seconds([*alembic, "upgrade", "head"], env)
             down = seconds([*alembic, "downgrade", "base"], env)
         finally:
             connection.execute(text("DROP DATABASE bench_chain WITH (FORCE)"))
     print(f"verify, {revisions}-revision chain: {verified:.2f} s")
-    print(f"  plain sum of its steps: upgrade head {up:.2f} s + downgrade base {down:.2f} s"
-          f" = {up + down:.2f} s (verify runs each step twice up, once down, and snapshots)")
+    print(
+        f"  plain sum of its steps: upgrade head {up:.2f} s + downgrade base {down:.2f} s"
+        f" = {up + down:.2f} s (verify runs each step twice up, once down, and snapshots)"
+    )
 
 
 if __name__ == "__main__":

@@ -39,10 +39,18 @@ def one_run(upstream: tuple[str, int]) -> float:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = {**os.environ, "DB_HOST": "127.0.0.1", "DB_PORT": str(port),
-           "MIGRATOR_WAIT_TIMEOUT": "30"}
-    migrator = subprocess.Popen([str(BIN / "migrator"), "wait"], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "DB_HOST": "127.0.0.1",
+        "DB_PORT": str(port),
+        "MIGRATOR_WAIT_TIMEOUT": "30",
+    }
+    migrator = subprocess.Popen(
+        [str(BIN / "migrator"), "wait"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     time.sleep(1.0)  # the migrator is retrying refused connections by now
     listener = socket.create_server(("127.0.0.1", port))
     ready = time.perf_counter()
@@ -62,9 +70,11 @@ def main() -> None:
     runs = int(sys.argv[1]) if len(sys.argv) > 1 else 20
     upstream = (os.environ["DB_HOST"], int(os.environ.get("DB_PORT", "5432")))
     latencies = [one_run(upstream) for _ in range(runs)]
-    print(f"database ready -> migrator connected, {runs} runs (ms): "
-          f"min {min(latencies) * 1000:.0f}  median {statistics.median(latencies) * 1000:.0f}"
-          f"  max {max(latencies) * 1000:.0f}")
+    print(
+        f"database ready -> migrator connected, {runs} runs (ms): "
+        f"min {min(latencies) * 1000:.0f}  median {statistics.median(latencies) * 1000:.0f}"
+        f"  max {max(latencies) * 1000:.0f}"
+    )
 
 
 if __name__ == "__main__":
