@@ -80,12 +80,8 @@ class Settings:
 def load_settings(environ: Mapping[str, str], flags: Mapping[str, str | None]) -> Settings:
     """Read settings; `flags` maps an environment variable's name to its command-line value."""
     values = _Values(environ, flags)
-    database_url, secrets = _database_url(values)
+    database_url = _database_url(values)
     verify_url = _verify_url(values)
-    if verify_url is not None:
-        secrets = tuple(
-            sorted({*secrets, *_masked_forms(verify_url.password)}, key=len, reverse=True)
-        )
     return Settings(
         database_url=database_url,
         alembic_ini=_alembic_ini(values),
@@ -101,7 +97,7 @@ def load_settings(environ: Mapping[str, str], flags: Mapping[str, str | None]) -
         allow_unknown_revision=_flag(values, "MIGRATOR_ALLOW_UNKNOWN_REVISION"),
         termination_log=Path(values.raw("MIGRATOR_TERMINATION_LOG") or "/dev/termination-log"),
         verify_url=verify_url,
-        secrets=secrets,
+        secrets=_masked_forms(database_url, verify_url),
     )
 
 
@@ -237,23 +233,18 @@ def _secret(values: _Values, name: str) -> str | None:
     return secret
 
 
-def _database_url(values: _Values) -> tuple[URL | None, tuple[str, ...]]:
+def _database_url(values: _Values) -> URL | None:
     url_text = _secret(values, "DATABASE_URL")
     if url_text is not None:
-        url = _parse_url(url_text)
-    elif any(values.raw(name) for name in ("DB_HOST", "DB_NAME", "DB_USER", "DB_PORT")):
-        url = _url_from_parts(values)
-    else:
-        return None, ()
-    return url.set(drivername=_psycopg2_driver(url)), _masked_forms(url.password)
+        return _parse_url(url_text)
+    if any(values.raw(name) for name in ("DB_HOST", "DB_NAME", "DB_USER", "DB_PORT")):
+        return _url_from_parts(values)
+    return None
 
 
 def _verify_url(values: _Values) -> URL | None:
     text = values.raw("MIGRATOR_VERIFY_URL")
-    if text is None:
-        return None
-    url = _parse_url(text, "MIGRATOR_VERIFY_URL")
-    return url.set(drivername=_psycopg2_driver(url))
+    return None if text is None else _parse_url(text, "MIGRATOR_VERIFY_URL")
 
 
 def _parse_url(text: str, label: str = "DATABASE_URL") -> URL:
@@ -270,7 +261,7 @@ def _parse_url(text: str, label: str = "DATABASE_URL") -> URL:
         )
     if url.port is not None and not 1 <= url.port <= 65535:
         raise UsageError(f"{label}: port {url.port} is out of range (1-65535)")
-    return url
+    return url.set(drivername=_psycopg2_driver(url))
 
 
 def _url_from_parts(values: _Values) -> URL:
@@ -281,7 +272,7 @@ def _url_from_parts(values: _Values) -> URL:
     if not raw_port.isdigit() or not 1 <= int(raw_port) <= 65535:
         raise UsageError(f"{values.label('DB_PORT')}: {raw_port!r} is not a port (1-65535)")
     return URL.create(
-        "postgresql",
+        "postgresql+psycopg2",
         username=values.raw("DB_USER"),
         password=_secret(values, "DB_PASSWORD"),
         host=values.raw("DB_HOST"),
@@ -297,12 +288,19 @@ def _psycopg2_driver(url: URL) -> str:
     return "postgresql+psycopg2"
 
 
-def _masked_forms(password: str | None) -> tuple[str, ...]:
-    """Every spelling of the password that could reach an output: raw, URL-encoded, %-escaped."""
-    if not password:
-        return ()
-    forms = {password, quote(password, safe=""), quote_plus(password), quote(password)}
-    forms |= {form.replace("%", "%%") for form in forms}
+def _masked_forms(*urls: URL | None) -> tuple[str, ...]:
+    """Every spelling of each password that could reach an output: raw, URL-encoded,
+    %-escaped for configparser."""
+    forms: set[str] = set()
+    for url in urls:
+        if url is not None and url.password:
+            spellings = {
+                url.password,
+                quote(url.password, safe=""),
+                quote_plus(url.password),
+                quote(url.password),
+            }
+            forms |= spellings | {form.replace("%", "%%") for form in spellings}
     # Longest first, so that a form containing another is masked whole.
     return tuple(sorted(forms, key=len, reverse=True))
 
