@@ -1,108 +1,149 @@
 #!/usr/bin/env bash
 # Builds stand-in base images from Debian bookworm packages, with no container registry:
-#   local/debian:bookworm   debootstrap's minimal Debian, imported
+#   local/debian:bookworm   debootstrap's minimal Debian (docs and apt caches removed), imported
 #   local/python:3.11-slim  Debian's python3 + venv: a base for the migrator's image
 #   local/postgres:15       Debian's PostgreSQL 15, started like the official image
-#                           (POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB)
-# For regulated, registry-less sites, and for the tests on machines with no registry.
-# Elsewhere the official python:3.12-slim and postgres images are the defaults.
+#                           (POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB, POSTGRES_HOST_AUTH_METHOD)
+# For regulated, air-gapped sites (point MIGRATOR_DEBIAN_MIRROR and
+# MIGRATOR_DEBIAN_SECURITY_MIRROR at your own mirror) and for the tests on machines with no
+# registry. Elsewhere the official python:3.12-slim and postgres images are the defaults.
 #
-#   scripts/build-base-images.sh            build what is missing
-#   scripts/build-base-images.sh --force    build everything again
+#   scripts/build-base-images.sh            build the images that are missing
+#   scripts/build-base-images.sh --force    build all of them again
 #
-# Runs as root on Debian (debootstrap needs it, and is installed when missing). Builds use
-# `--network host` to reach the Debian mirror.
+# Names: MIGRATOR_BASE_DEBIAN_IMAGE, MIGRATOR_BASE_PYTHON_IMAGE, MIGRATOR_BASE_POSTGRES_IMAGE.
+# Runs as root on Debian: debootstrap needs root, and is installed with apt-get when missing.
+# Builds use `docker build --network host` to reach the Debian mirror.
 set -euo pipefail
 
 debian=${MIGRATOR_BASE_DEBIAN_IMAGE:-local/debian:bookworm}
 python=${MIGRATOR_BASE_PYTHON_IMAGE:-local/python:3.11-slim}
-postgres=${MIGRATOR_TEST_POSTGRES_IMAGE:-local/postgres:15}
-force=${1:-}
+postgres=${MIGRATOR_BASE_POSTGRES_IMAGE:-local/postgres:15}
+mirror=${MIGRATOR_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+security=${MIGRATOR_DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
+case "${1:-}" in
+  "" | --force) force=${1:-} ;;
+  *) echo "usage: $0 [--force]" >&2; exit 2 ;;
+esac
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-needed() {
-  if [ "$force" != "--force" ] && docker image inspect "$1" >/dev/null 2>&1; then
+needed() {  # true when image $1 must be built
+  if [ "$force" != --force ] && docker image inspect "$1" >/dev/null 2>&1; then
     echo "$1: already present"
     return 1
   fi
 }
+quietly() {  # runs "$@", showing its output only when it fails
+  "$@" >"$work/log" 2>&1 || { cat "$work/log" >&2; return 1; }
+}
+build() {  # build <image> <context dir>
+  quietly docker build --network host -t "$1" "$2"
+  echo "$1: built"
+}
 
 if needed "$debian"; then
   command -v debootstrap >/dev/null || {
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
+    quietly apt-get update
+    quietly env DEBIAN_FRONTEND=noninteractive apt-get install -y debootstrap
   }
-  debootstrap --variant=minbase bookworm "$work/rootfs" >/dev/null
-  tar -C "$work/rootfs" -c . | docker import - "$debian" >/dev/null
-  rm -rf "$work/rootfs"
+  root=$work/rootfs
+  quietly debootstrap --variant=minbase bookworm "$root" "$mirror"
+  cat >"$root/etc/apt/sources.list" <<EOF
+deb $mirror bookworm main
+deb $mirror bookworm-updates main
+deb $security bookworm-security main
+EOF
+  # Slim like Debian's own slim images: no docs but the copyright files, no man pages or translations.
+  printf '%s\n' 'path-exclude /usr/share/doc/*' 'path-include /usr/share/doc/*/copyright' \
+    'path-exclude /usr/share/man/*' 'path-exclude /usr/share/info/*' \
+    'path-exclude /usr/share/locale/*' >"$root/etc/dpkg/dpkg.cfg.d/slim"
+  find "$root/usr/share/doc" -type f ! -name copyright -delete
+  rm -rf "$root"/usr/share/{man,info,locale}/* "$root"/var/cache/apt/archives/*.deb \
+    "$root"/var/lib/apt/lists/*
+  tar -C "$root" -c . | docker import - "$debian" >/dev/null
+  rm -rf "$root"
   echo "$debian: built"
 fi
 
 if needed "$python"; then
-  mkdir -p "$work/python"
-  # pip inside later builds needs this machine's CA bundle (only in the stand-in).
-  cp /etc/ssl/certs/ca-certificates.crt "$work/python/ca-certificates.crt"
-  cat > "$work/python/Dockerfile" <<EOF
+  mkdir "$work/python"
+  # pip inside later builds needs this machine's CA bundle (set in the stand-in only).
+  cp /etc/ssl/certs/ca-certificates.crt "$work/python/"
+  cat >"$work/python/Dockerfile" <<EOF
 FROM $debian
-RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      python3 python3-venv ca-certificates && rm -rf /var/lib/apt/lists/*
+ARG DEBIAN_FRONTEND=noninteractive
+RUN apt-get update && apt-get upgrade -y \\
+    && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \\
+    && apt-get clean && rm -rf /var/lib/apt/lists/*
 COPY ca-certificates.crt /etc/ssl/certs/build-ca-certificates.crt
 ENV PIP_CERT=/etc/ssl/certs/build-ca-certificates.crt LANG=C.UTF-8
 CMD ["python3"]
 EOF
-  docker build -q --network host -t "$python" "$work/python" >/dev/null
-  echo "$python: built"
+  build "$python" "$work/python"
 fi
 
 if needed "$postgres"; then
-  mkdir -p "$work/postgres"
-  cat > "$work/postgres/Dockerfile" <<EOF
+  mkdir "$work/postgres"
+  cat >"$work/postgres/Dockerfile" <<EOF
 FROM $debian
-RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      postgresql-15 postgresql-client-15 && rm -rf /var/lib/apt/lists/*
+ARG DEBIAN_FRONTEND=noninteractive
+# No packaged "main" cluster: the entrypoint makes one in PGDATA, as the official image does.
+RUN mkdir -p /etc/postgresql-common/createcluster.d \\
+    && echo 'create_main_cluster = false' >/etc/postgresql-common/createcluster.d/no-main.conf \\
+    && apt-get update && apt-get upgrade -y \\
+    && apt-get install -y --no-install-recommends postgresql-15 postgresql-client-15 \\
+    && apt-get clean && rm -rf /var/lib/apt/lists/*
 ENV PATH=/usr/lib/postgresql/15/bin:\$PATH PGDATA=/var/lib/postgresql/data LANG=C.UTF-8
-COPY entrypoint.sh /usr/local/bin/docker-entrypoint.sh
-ENTRYPOINT ["/usr/local/bin/docker-entrypoint.sh"]
+COPY docker-entrypoint.sh /usr/local/bin/
+ENTRYPOINT ["docker-entrypoint.sh"]
 STOPSIGNAL SIGINT
 EXPOSE 5432
 CMD ["postgres"]
 EOF
-  cat > "$work/postgres/entrypoint.sh" <<'EOF'
+  cat >"$work/postgres/docker-entrypoint.sh" <<'EOF'
 #!/bin/bash
 # Like the official image: initialise an empty PGDATA from POSTGRES_* once, create the
-# database before TCP opens (clients are refused until then), then exec postgres.
+# database before TCP opens (remote clients are refused until then), then exec postgres.
 set -euo pipefail
-[ "${1:-}" = "postgres" ] && shift
+case "${1:-}" in
+  postgres) shift ;;   # `postgres -c x=y` and `-c x=y` both mean server options
+  -* | "") ;;
+  *) exec "$@" ;;      # any other command, e.g. bash
+esac
+as_postgres=(setpriv --reuid=postgres --regid=postgres --init-groups)
 user=${POSTGRES_USER:-postgres}
 db=${POSTGRES_DB:-$user}
+auth=${POSTGRES_HOST_AUTH_METHOD:-scram-sha-256}
 mkdir -p "$PGDATA" /var/run/postgresql
 chown -R postgres:postgres "$PGDATA" /var/run/postgresql
 chmod 700 "$PGDATA"
-as_postgres() { runuser -u postgres -- "$@"; }
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
-  if [ -z "${POSTGRES_PASSWORD:-}" ] && [ "${POSTGRES_HOST_AUTH_METHOD:-}" != trust ]; then
-    echo "error: POSTGRES_PASSWORD is not set" >&2
+  password=()
+  if [ -n "${POSTGRES_PASSWORD:-}" ]; then
+    printf '%s\n' "$POSTGRES_PASSWORD" >/tmp/pwfile
+    chown postgres /tmp/pwfile
+    password=(--pwfile=/tmp/pwfile)
+  elif [ "$auth" != trust ]; then
+    echo "error: POSTGRES_PASSWORD is not set (or set POSTGRES_HOST_AUTH_METHOD=trust)" >&2
     exit 1
   fi
-  printf '%s\n' "${POSTGRES_PASSWORD:-}" > /tmp/pwfile
-  chown postgres /tmp/pwfile
-  as_postgres initdb -D "$PGDATA" --username="$user" --pwfile=/tmp/pwfile \
-    --auth-local=trust --auth-host="${POSTGRES_HOST_AUTH_METHOD:-scram-sha-256}" >/dev/null
+  "${as_postgres[@]}" initdb -D "$PGDATA" --username="$user" "${password[@]}" \
+    --auth-local=trust --auth-host="$auth" >/dev/null
   rm -f /tmp/pwfile
-  printf 'host all all 0.0.0.0/0 %s\nhost all all ::/0 %s\n' \
-    "${POSTGRES_HOST_AUTH_METHOD:-scram-sha-256}" "${POSTGRES_HOST_AUTH_METHOD:-scram-sha-256}" \
-    >> "$PGDATA/pg_hba.conf"
-  as_postgres pg_ctl -D "$PGDATA" -o "-c listen_addresses=''" -w start >/dev/null
+  printf 'host all all 0.0.0.0/0 %s\nhost all all ::/0 %s\n' "$auth" "$auth" >>"$PGDATA/pg_hba.conf"
+  # A temporary server on the unix socket only: no TCP until the database exists.
+  "${as_postgres[@]}" pg_ctl -D "$PGDATA" -o "-c listen_addresses=''" -l /tmp/init.log -w start >/dev/null \
+    || { cat /tmp/init.log >&2; exit 1; }
   if [ "$db" != postgres ]; then
-    as_postgres psql -q -U "$user" -d postgres -c "CREATE DATABASE \"$db\"" >/dev/null
+    "${as_postgres[@]}" createdb -U "$user" -- "$db"
   fi
-  as_postgres pg_ctl -D "$PGDATA" -m fast -w stop >/dev/null
+  "${as_postgres[@]}" pg_ctl -D "$PGDATA" -m fast -w stop >/dev/null
   echo "PostgreSQL init process complete; ready for start up."
 fi
-exec setpriv --reuid=postgres --regid=postgres --init-groups postgres -c listen_addresses='*' "$@"
+exec "${as_postgres[@]}" postgres -c listen_addresses='*' "$@"
 EOF
-  chmod +x "$work/postgres/entrypoint.sh"
-  docker build -q --network host -t "$postgres" "$work/postgres" >/dev/null
-  echo "$postgres: built"
+  chmod +x "$work/postgres/docker-entrypoint.sh"
+  build "$postgres" "$work/postgres"
 fi

@@ -16,7 +16,7 @@ else
   echo "no registry answered: using base images built from Debian packages" >&2
   scripts/build-base-images.sh >&2
   python=${MIGRATOR_BASE_PYTHON_IMAGE:-local/python:3.11-slim}
-  postgres=local/postgres:15
+  postgres=${MIGRATOR_BASE_POSTGRES_IMAGE:-local/postgres:15}
 fi
 echo "export MIGRATOR_TEST_PYTHON_IMAGE=${MIGRATOR_TEST_PYTHON_IMAGE:-$python}"
 echo "export MIGRATOR_TEST_POSTGRES_IMAGE=${MIGRATOR_TEST_POSTGRES_IMAGE:-$postgres}"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Makes sure a Docker engine answers: installs Debian's docker.io when it is missing and
-# starts dockerd when it is not running. Does nothing when `docker info` already works.
+# Makes sure a Docker engine answers on a bare Debian 12 machine: installs Debian's docker.io
+# when dockerd is missing and starts dockerd when it is not running (as root).
+# Does nothing when `docker info` already works.
 set -euo pipefail
 
 docker info >/dev/null 2>&1 && exit 0
@@ -15,5 +16,6 @@ for _ in $(seq 60); do
   docker info >/dev/null 2>&1 && exit 0
   sleep 1
 done
-echo "start-docker: dockerd did not answer within 60 s; see /var/log/dockerd.log" >&2
+echo "start-docker: dockerd did not answer within 60 s; the end of /var/log/dockerd.log:" >&2
+tail -n 20 /var/log/dockerd.log >&2
 exit 1
