@@ -51,7 +51,7 @@ class TextFormatter(logging.Formatter):
         return mask(super().format(record), self.secrets)
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        return f"{super().formatTime(record, datefmt)}.{int(record.msecs):03d}Z"
+        return f"{super().formatTime(record, datefmt or self.datefmt)}.{int(record.msecs):03d}Z"
 
 
 class JsonFormatter(TextFormatter):
