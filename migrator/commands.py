@@ -9,7 +9,6 @@ from dataclasses import asdict
 from typing import Any
 
 from alembic.config import Config
-from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import NoSuchModuleError
@@ -47,7 +46,8 @@ def plan(
     config, script = run.alembic_project(settings)
     run.check_target(script, target)
     with _database(settings, config):
-        state = _inspect(config, script, direction, target, settings, summary)
+        state = run.inspect(config, script, direction, target)
+    _judge(state, direction, settings, summary)
     steps = [{"revision": step.revision, "message": step.doc} for step in state.steps]
     if as_json:
         print(
@@ -202,8 +202,9 @@ def _migrate(settings: Settings, direction: Direction, target: str, summary: Sum
     config, script = run.alembic_project(settings)
     run.check_target(script, target)
     with _database(settings, config) as engine:
-        # Check, lock, check again: a run with nothing to do never waits on the lock.
-        state = _inspect(config, script, direction, target, settings, summary)
+        # Look, lock, look again: a run with nothing to do never waits on the lock.
+        state = run.inspect(config, script, direction, target)
+        _judge(state, direction, settings, summary)
         if not state.steps:
             return
         log.info(
@@ -214,32 +215,23 @@ def _migrate(settings: Settings, direction: Direction, target: str, summary: Sum
             target,
         )
         with migration_lock(engine, settings.lock_timeout) as lock_connection:
-            state = _inspect(config, script, direction, target, settings, summary)
-            if not state.steps:
-                return
             run.apply(
                 config,
                 script,
                 direction,
                 target,
-                total=len(state.steps),
                 settings=settings,
                 lock_connection=lock_connection,
                 summary=summary,
+                judge=lambda state: _judge(state, direction, settings, summary),
             )
     log.info("%s done: at %s", direction, summary.to_revision)
 
 
-def _inspect(
-    config: Config,
-    script: ScriptDirectory,
-    direction: Direction,
-    target: str,
-    settings: Settings,
-    summary: Summary,
-) -> State:
-    state = run.inspect(config, script, direction, target)
-    summary.from_revision = _name(state.heads)
+def _judge(state: State, direction: Direction, settings: Settings, summary: Summary) -> None:
+    """Refuse a database at a revision this project does not know; note a run with nothing to do."""
+    if summary.applied == 0:
+        summary.from_revision = _name(state.heads)
     if state.unknown:
         message = (
             f"the database is at {', '.join(state.unknown)}, a revision this project does not "
@@ -253,10 +245,9 @@ def _inspect(
                 else message
             )
         log.warning("%s; MIGRATOR_ALLOW_UNKNOWN_REVISION is true: nothing to do", message)
-    elif not state.steps:
+    elif not state.steps and summary.applied == 0:
         summary.to_revision = _name(state.heads)
         log.info("nothing to do: the database is at %s", _name(state.heads))
-    return state
 
 
 @contextmanager

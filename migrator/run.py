@@ -86,14 +86,20 @@ def inspect(config: Config, script: ScriptDirectory, direction: Direction, targe
     found: list[State] = []
 
     def record(heads: tuple[str, ...], context: MigrationContext) -> list[Any]:
-        unknown = tuple(head for head in heads if not _knows(script, head))
-        planned = [] if unknown else _plan(script, direction, target, heads)
-        steps = tuple(step.revision for step in planned)
-        found.append(State(heads, unknown, steps))
+        found.append(_state(script, direction, target, heads)[0])
         return []
 
     run_env(config, script, record, dont_mutate=True)
     return found[0]
+
+
+def _state(
+    script: ScriptDirectory, direction: Direction, target: str, heads: tuple[str, ...]
+) -> tuple[State, list[Any]]:
+    """Where the database is, and Alembic's own steps to `target` from there."""
+    unknown = tuple(head for head in heads if not _knows(script, head))
+    planned = [] if unknown else _plan(script, direction, target, heads)
+    return State(heads, unknown, tuple(step.revision for step in planned)), planned
 
 
 def apply(
@@ -102,16 +108,23 @@ def apply(
     direction: Direction,
     target: str,
     *,
-    total: int,
     settings: Settings,
     lock_connection: Connection,
     summary: Summary,
+    judge: Callable[[State], None],
 ) -> None:
     """Run the revisions to `target`, each committed on its own and logged as it completes.
 
+    The database's revisions are read in the same env.py run, under the migration lock,
+    and handed to `judge`, which may refuse them by raising.
     A revision that times out waiting for a table lock (55P03) was rolled back; after a
     backoff the run resumes from it, up to MIGRATOR_DDL_LOCK_RETRIES times.
     """
+
+    def steps(heads: tuple[str, ...], context: MigrationContext) -> Iterator[Any]:
+        state, planned = _state(script, direction, target, heads)
+        judge(state)
+        return progress.track(planned)
 
     def lock_timed_out(error: BaseException) -> bool:
         return (
@@ -131,7 +144,7 @@ def apply(
             table_lock_holders(lock_connection),
         )
 
-    progress = _Progress(total, summary)
+    progress = _Progress(summary)
     retrying = Retrying(
         retry=retry_if_exception(lock_timed_out),
         wait=wait_random_exponential(multiplier=0.5, max=10),
@@ -146,7 +159,7 @@ def apply(
             run_env,
             config,
             script,
-            lambda heads, context: progress.track(_plan(script, direction, target, heads)),
+            steps,
             on_version_apply=progress.applied,
             destination_rev=target,
         )
@@ -271,13 +284,15 @@ def _plan(
 class _Progress:
     """Numbers and times each revision as Alembic pulls it, logs it as it completes."""
 
-    def __init__(self, total: int, summary: Summary) -> None:
-        self.total = total
+    def __init__(self, summary: Summary) -> None:
+        self.total = 0
         self.summary = summary
         self.current: Script | None = None
         self.started = time.monotonic()
 
     def track(self, steps: list[Any]) -> Iterator[Any]:
+        # A retry plans again from where the last try stopped.
+        self.total = self.summary.applied + len(steps)
         for step in steps:
             self.current = step.revision
             self.started = time.monotonic()
