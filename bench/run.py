@@ -1,0 +1,611 @@
+"""The migrator beside plain Alembic and dbmate: same machine, same PostgreSQL, same run.
+
+    scripts/bench.sh [--output bench/RESULTS.md] [--only noop,apply,...]
+
+Prepares a throwaway PostgreSQL (bench/server.py), generates migration chains
+(bench/chain.py), installs dbmate from npm into bench/.cache, and times whole processes, as a
+deploy sees them. Runs of the tools being compared take turns, so a slow moment of the
+machine falls on each alike; every ratio compares medians from this one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import sqlalchemy
+
+import alembic
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import chain
+from server import Server
+from traffic import Load
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / "bench" / ".cache"
+BIN = Path(sys.executable).parent
+DBMATE_VERSION = "2.36.0"
+PARTS = ("noop", "apply", "readiness", "concurrency", "memory", "image", "traffic")
+# The tools run as a user runs them: none of this shell's database settings, and Python
+# free to cache bytecode (an installed package or image has it compiled already).
+TOOL_ENV = {
+    key: value
+    for key, value in os.environ.items()
+    if not key.startswith(("DB_", "DATABASE_", "MIGRATOR_", "DBMATE_", "PG"))
+    and key != "PYTHONDONTWRITEBYTECODE"
+}
+
+Command = tuple[list[str], dict[str, str]]  # the arguments, and environment to add
+
+ALEMBIC = "alembic upgrade head"
+ALEMBIC_PER_REVISION = "alembic upgrade head, a commit per revision"
+MIGRATOR = "migrator upgrade head"
+DBMATE = "dbmate migrate (Go binary)"
+DBMATE_NPM = "dbmate migrate (npm launcher)"
+
+
+@dataclass
+class Finished:
+    code: int
+    seconds: float
+    max_rss_mib: float
+    stderr: str
+
+
+def run(command: Command, check: bool = True) -> Finished:
+    """Run a command to its end: wall seconds and peak memory (its own or its children's).
+
+    GNU time reads the peak: a child forked from this Python process would report at least
+    this process's own size, since Linux carries the peak across fork and exec.
+    """
+    arguments, env = command
+    with tempfile.NamedTemporaryFile("r") as peak:
+        started = time.perf_counter()
+        finished = subprocess.run(
+            ["/usr/bin/time", "-f", "%M", "-o", peak.name, *arguments],
+            env={**TOOL_ENV, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            errors="replace",
+        )
+        seconds = time.perf_counter() - started
+        max_rss_kib = int(peak.read().split()[-1])
+    if check and finished.returncode != 0:
+        raise SystemExit(
+            f"bench: {' '.join(arguments)} exited {finished.returncode}:\n{finished.stderr}"
+        )
+    return Finished(finished.returncode, seconds, max_rss_kib / 1024, finished.stderr)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def spread(values: list[float], unit: str = "s") -> str:
+    if unit == "ms":
+        return " / ".join(f"{v * 1000:.0f}" for v in (min(values), median(values), max(values)))
+    return " / ".join(f"{v:.3f}" for v in (min(values), median(values), max(values)))
+
+
+class Tools:
+    """The command lines of the tools compared, each against a database of the server."""
+
+    def __init__(self, server: Server, dbmate_npm: Path, dbmate_go: Path) -> None:
+        self.server = server
+        self.dbmate_npm = dbmate_npm
+        self.dbmate_go = dbmate_go
+
+    def migrator(self, ini: Path, database: str, *arguments: str, **env: str) -> Command:
+        return [str(BIN / "migrator"), *(arguments or ("upgrade", "head"))], {
+            "DATABASE_URL": self.server.url(database),
+            "MIGRATOR_CONFIG": str(ini),
+            **env,
+        }
+
+    def alembic(self, ini: Path, database: str) -> Command:
+        """Plain Alembic reads its URL from alembic.ini: a copy of the project's, per database."""
+        copy = ini.with_name(f"{ini.stem}-{database}.ini")
+        if not copy.exists():
+            # SQLAlchemy 2.1 reads postgresql:// as psycopg 3; the migrator runs psycopg2.
+            url = self.server.url(database).replace("postgresql://", "postgresql+psycopg2://")
+            chain.write_url(ini, copy, url)
+        return [str(BIN / "alembic"), "-c", str(copy), "upgrade", "head"], {}
+
+    def dbmate(self, migrations: Path, database: str, *flags: str, npm: bool = False) -> Command:
+        program = self.dbmate_npm if npm else self.dbmate_go
+        return [
+            str(program),
+            *("--url", self.server.url(database) + "?sslmode=disable"),
+            *("--migrations-dir", str(migrations)),
+            "--no-dump-schema",
+            *flags,
+            "migrate",
+        ], {}
+
+    @staticmethod
+    def floor() -> Command:
+        return [sys.executable, "-c", "import sqlalchemy, alembic, psycopg2"], {}
+
+
+def install_dbmate() -> tuple[Path, Path]:
+    """dbmate from npm: the node launcher the package installs, and the Go binary it runs."""
+    prefix = CACHE / f"dbmate-{DBMATE_VERSION}"
+    launcher = prefix / "node_modules" / ".bin" / "dbmate"
+    if not launcher.exists():
+        subprocess.run(
+            [
+                "npm",
+                "install",
+                "--silent",
+                "--no-audit",
+                "--no-fund",
+                "--prefix",
+                str(prefix),
+                f"dbmate@{DBMATE_VERSION}",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+    binary = prefix / "node_modules" / "@dbmate" / "linux-x64" / "bin" / "dbmate"
+    return launcher, binary if binary.exists() else launcher
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.small = args.sizes[0]
+        dbmate = install_dbmate()
+        self.work = Path(tempfile.mkdtemp(prefix="migrator-bench-chains-"))
+        self.projects = {
+            size: chain.write_projects(self.work / f"chain{size}", chain.chain(size))
+            for size in args.sizes
+        }
+        self.server = Server()  # last: close() stops it
+        self.tools = Tools(self.server, *dbmate)
+        self.report: list[str] = []
+        self.memory_mib: dict[str, float] = {}
+
+    def close(self) -> None:
+        self.server.destroy()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+    def say(self, line: str = "") -> None:
+        self.report.append(line)
+        print(line, flush=True)
+
+    def table(self, header: str, rows: list[str]) -> None:
+        self.say(header)
+        self.say("|" + " --- |" * header.count("|", 1))
+        for row in rows:
+            self.say(row)
+        self.say()
+
+    def alternate(
+        self,
+        commands: dict[str, Command],
+        runs: int,
+        before: Callable[[str], object] | None = None,
+        check: Callable[[str], None] | None = None,
+    ) -> dict[str, list[Finished]]:
+        """Each command `runs` times, taking turns. `before(name)` readies the database; a
+        first, unmeasured run of each warms the page cache, and `check(name)` checks it."""
+        results: dict[str, list[Finished]] = {name: [] for name in commands}
+        for turn in range(runs + 1):
+            for name, command in commands.items():
+                if before:
+                    before(name)
+                finished = run(command)
+                if turn == 0 and check:
+                    check(name)
+                elif turn > 0:
+                    results[name].append(finished)
+        return results
+
+    def at_head(self, database: str, size: int) -> None:
+        self.server.fresh_database(database)
+        run(self.tools.migrator(self.projects[size][0], database))
+
+    def noop(self) -> None:
+        size, runs = self.small, self.args.runs
+        ini, _ = self.projects[size]
+        self.at_head("noop", size)
+        results = self.alternate(
+            {
+                "floor: python -c 'import sqlalchemy, alembic, psycopg2'": self.tools.floor(),
+                ALEMBIC: self.tools.alembic(ini, "noop"),
+                MIGRATOR: self.tools.migrator(ini, "noop"),
+            },
+            runs,
+        )
+        self.say(f"## 1. No-op deploy: database at head, {size} revisions, {runs} runs each")
+        self.say()
+        self.table(
+            "| command | seconds, min / median / max |",
+            [f"| {name} | {spread([f.seconds for f in done])} |" for name, done in results.items()],
+        )
+        alembic_s = median([f.seconds for f in results[ALEMBIC]])
+        migrator_s = median([f.seconds for f in results[MIGRATOR]])
+        self.say(
+            f"migrator / alembic: **{migrator_s / alembic_s:.3f}x** "
+            f"({(migrator_s - alembic_s) * 1000:+.0f} ms; target <= 1.05x)"
+        )
+        self.say()
+
+    def apply(self) -> None:
+        runs = self.args.runs
+        rows, medians = [], {}
+        for size in self.args.sizes:
+            ini, migrations = self.projects[size]
+            commands = {
+                ALEMBIC: self.tools.alembic(ini, "apply"),
+                ALEMBIC_PER_REVISION: self.tools.alembic(chain.per_revision(ini), "apply"),
+                MIGRATOR: self.tools.migrator(ini, "apply"),
+                DBMATE: self.tools.dbmate(migrations, "apply"),
+                DBMATE_NPM: self.tools.dbmate(migrations, "apply", npm=True),
+            }
+            results = self.alternate(
+                commands,
+                runs,
+                before=lambda _: self.server.fresh_database("apply"),
+                check=lambda name, size=size: self.check_applied(name, size),
+            )
+            for name, done in results.items():
+                medians[size, name] = median([f.seconds for f in done])
+                rss = median([f.max_rss_mib for f in done])
+                if size == self.small:
+                    self.memory_mib[name] = rss
+                rows.append(
+                    f"| {size} | {name} | {spread([f.seconds for f in done])} | {rss:.1f} |"
+                )
+        self.say(f"## 2. Apply from empty, {runs} runs each")
+        self.say()
+        self.say(
+            f"`{ALEMBIC_PER_REVISION}` runs the same revisions through an env.py whose one "
+            "change is `transaction_per_migration=True`: what the migrator does."
+        )
+        self.say()
+        self.table("| revisions | tool | seconds, min / median / max | peak RSS MiB |", rows)
+        for size in self.args.sizes:
+            over_alembic = medians[size, MIGRATOR] - medians[size, ALEMBIC]
+            over_per_revision = medians[size, MIGRATOR] - medians[size, ALEMBIC_PER_REVISION]
+            self.say(
+                f"- {size} revisions: migrator - alembic = **{over_alembic * 1000:+.0f} ms** "
+                f"(target <= +50 ms); migrator - alembic with a commit per revision = "
+                f"**{over_per_revision * 1000:+.0f} ms**"
+            )
+        large = self.args.sizes[-1]
+        if large != self.small:
+            for name in (ALEMBIC, ALEMBIC_PER_REVISION, MIGRATOR, DBMATE):
+                growth = medians[large, name] / medians[self.small, name]
+                each = (medians[large, name] - medians[self.small, name]) / (large - self.small)
+                self.say(
+                    f"- {name}: {self.small} -> {large} revisions takes {growth:.2f}x as long; "
+                    f"each further revision costs {each * 1000:.2f} ms"
+                )
+        self.say()
+
+    def check_applied(self, name: str, size: int) -> None:
+        """That a tool really applied the chain: every table and every version is there."""
+        table = "schema_migrations" if "dbmate" in name else "alembic_version"
+        connection = self.server.connect("apply")
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_tables WHERE tablename ~ '^t[0-9]+$'")
+            tables = cursor.fetchone()[0]
+            cursor.execute(f"SELECT count(*) FROM {table}")
+            versions = cursor.fetchone()[0]
+        connection.close()
+        wanted = (chain.tables(size), size if "dbmate" in name else 1)
+        if (tables, versions) != wanted:
+            raise SystemExit(
+                f"bench: after {name}, {tables} tables and {versions} rows in {table}; "
+                f"wanted {wanted[0]} and {wanted[1]}"
+            )
+
+    def readiness(self) -> None:
+        runs, down = self.args.readiness_runs, self.args.down_seconds
+        ini, migrations = self.projects[self.small]
+        self.at_head("ready_migrator", self.small)
+        self.server.fresh_database("ready_dbmate")
+        run(self.tools.dbmate(migrations, "ready_dbmate"))
+        commands = {
+            MIGRATOR: self.tools.migrator(
+                ini, "ready_migrator", MIGRATOR_LOG_FORMAT="json", MIGRATOR_WAIT_TIMEOUT="60"
+            ),
+            "dbmate --wait (1 s interval, the default)": self.tools.dbmate(
+                migrations, "ready_dbmate", "--wait"
+            ),
+            "dbmate --wait --wait-interval 100ms": self.tools.dbmate(
+                migrations, "ready_dbmate", "--wait", "--wait-interval", "100ms"
+            ),
+        }
+        first_connection: dict[str, list[float]] = {name: [] for name in commands}
+        connected_event: list[float] = []
+        for _ in range(runs):
+            for name, command in commands.items():
+                self.server.stop()
+                log_start = self.server.log_size()
+                outcome: list[Finished] = []
+                tool = threading.Thread(target=lambda c=command, o=outcome: o.append(run(c)))
+                tool.start()
+                time.sleep(down)
+                self.server.start()
+                tool.join()
+                events = self.server.log_events(log_start)
+                ready = next(t for t, line in events if "ready to accept connections" in line)
+                seen = next(
+                    t for t, line in events if t >= ready and "connection authorized" in line
+                )
+                first_connection[name].append((seen - ready).total_seconds())
+                if name == MIGRATOR:
+                    connected_event.append(
+                        (connected_at(outcome[0].stderr) - ready).total_seconds()
+                    )
+        self.say(
+            f"## 3. Readiness: the tool starts, the server {down:g} s later; from the "
+            "server's \"ready to accept connections\" to the tool's first connection, "
+            f"{runs} runs each"
+        )
+        self.say()
+        self.table(
+            "| tool | to first connection (server log), ms | to own `connected` event, ms |",
+            [
+                f"| {name} | {spread(seen, 'ms')} | "
+                + (spread(connected_event, "ms") if name == MIGRATOR else "")
+                + " |"
+                for name, seen in first_connection.items()
+            ],
+        )
+        self.say(
+            f"migrator median: **{median(connected_event) * 1000:.0f} ms** to its own "
+            "`connected` event (target <= 100 ms)"
+        )
+        self.say()
+
+    def concurrency(self) -> None:
+        count, runs = self.args.concurrency, self.args.runs
+        ini, _ = self.projects[self.small]
+        self.at_head("together", self.small)
+        commands = {
+            f"{count} x {ALEMBIC}": self.tools.alembic(ini, "together"),
+            f"{count} x {MIGRATOR}": self.tools.migrator(ini, "together"),
+        }
+        walls: dict[str, list[float]] = {name: [] for name in commands}
+        for turn in range(runs + 1):  # the first turn warms up
+            for name, (arguments, env) in commands.items():
+                started = time.perf_counter()
+                processes = [
+                    subprocess.Popen(
+                        arguments,
+                        env={**TOOL_ENV, **env},
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                    for _ in range(count)
+                ]
+                if any([process.wait() for process in processes]):
+                    raise SystemExit(f"bench: one of {name} failed")
+                if turn > 0:
+                    walls[name].append(time.perf_counter() - started)
+        self.say(
+            f"## 4. Concurrency: {count} processes started together on a database at head, "
+            f"{runs} runs"
+        )
+        self.say()
+        self.table(
+            "| processes | wall seconds, min / median / max |",
+            [f"| {name} | {spread(seconds)} |" for name, seconds in walls.items()],
+        )
+        alembic_s, migrator_s = (median(seconds) for seconds in walls.values())
+        self.say(f"migrator / alembic: **{migrator_s / alembic_s:.3f}x** (target <= 1.1x)")
+        self.say()
+
+    def memory(self) -> None:
+        self.say(
+            f"## 5. Peak memory (max RSS) applying {self.small} revisions, the median of "
+            "part 2's runs"
+        )
+        self.say()
+        for name, mib in self.memory_mib.items():
+            self.say(f"- {name}: {mib:.1f} MiB")
+        extra = self.memory_mib[MIGRATOR] - self.memory_mib[ALEMBIC]
+        self.say(f"- migrator - alembic: **{extra:+.1f} MiB** (target <= +3 MiB)")
+        self.say()
+
+    def image(self) -> None:
+        self.say("## 6. Image")
+        self.say()
+        if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
+            self.say("Not measured: no Docker engine answers here.")
+            self.say()
+            return
+        picked = subprocess.run(
+            [ROOT / "scripts" / "pick-base-images.sh"], check=True, capture_output=True, text=True
+        ).stdout
+        exports = dict(
+            line.removeprefix("export ").split("=", 1)
+            for line in picked.splitlines()
+            if line.startswith("export ")
+        )
+        base = exports["MIGRATOR_TEST_PYTHON_IMAGE"]
+        subprocess.run(
+            [
+                "docker",
+                "build",
+                "-q",
+                "--build-arg",
+                f"PYTHON_IMAGE={base}",
+                "-t",
+                "migrator:bench",
+                str(ROOT),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        image_mb, base_mb = image_size_mb("migrator:bench"), image_size_mb(base)
+        self.say(
+            f"- migrator:bench {image_mb:.1f} MB on base {base} {base_mb:.1f} MB: "
+            f"**delta {image_mb - base_mb:.1f} MB**"
+        )
+        version = ["docker", "run", "--rm", "migrator:bench", "--version"]
+        started = self.alternate({"version": (version, {})}, self.args.runs)["version"]
+        self.say(f"- `{' '.join(version)}`: {spread([f.seconds for f in started])} s")
+        self.say()
+
+    def traffic(self) -> None:
+        hold, timeout = self.args.hold_seconds, self.args.ddl_lock_timeout
+        ini, _ = chain.write_projects(self.work / "traffic", chain.TRAFFIC)
+        cases = {
+            ALEMBIC: lambda database: self.tools.alembic(ini, database),
+            f"{MIGRATOR}, MIGRATOR_DDL_LOCK_TIMEOUT={timeout:g}": lambda database: (
+                self.tools.migrator(
+                    ini,
+                    database,
+                    MIGRATOR_DDL_LOCK_TIMEOUT=f"{timeout:g}",
+                    MIGRATOR_DDL_LOCK_RETRIES="50",
+                )
+            ),
+        }
+        rows = []
+        for number, (name, command) in enumerate(cases.items()):
+            database = f"traffic{number}"
+            self.server.fresh_database(database)
+            run(self.tools.migrator(ini, database, "upgrade", chain.revision_id(1)))
+            latencies, finished = self.under_load(database, command(database), hold)
+            p50, p99 = latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99)]
+            rows.append(
+                f"| {name} | {p50 * 1000:.1f} | {p99 * 1000:.0f} | **{latencies[-1] * 1000:.0f}** "
+                f"| {finished.seconds:.2f} | {finished.code} |"
+            )
+        self.say(
+            f"## 7. Traffic: {Load.CLIENTS} clients, {Load.CLIENTS * Load.PER_SECOND} queries/s "
+            f"on `traffic`; a session holds a transaction on it for {hold:g} s, and 0.5 s into "
+            "it a revision adds a column"
+        )
+        self.say()
+        self.table(
+            "| tool | load p50 ms | load p99 ms | longest stall ms | tool's seconds | exit |",
+            rows,
+        )
+        self.say(
+            f"Target for the migrator: longest stall <= 1.5 x {timeout:g} s = "
+            f"{1.5 * timeout * 1000:.0f} ms."
+        )
+        self.say()
+
+    def under_load(self, database: str, command: Command, hold: float) -> tuple[list, Finished]:
+        """Run `command` while the load runs and a transaction holds `traffic` for `hold` s;
+        returns the latencies of the queries due from the blocker's start to 1 s after the
+        command ends, and the command's outcome."""
+        with Load(self.server.url(database)) as load:
+            time.sleep(1.0)
+            blocker = self.server.connect(database)
+            blocker.autocommit = False
+            blocker.cursor().execute("SELECT count(*) FROM traffic")
+            blocked_from = time.perf_counter()
+            release = threading.Timer(hold, blocker.commit)
+            release.start()
+            time.sleep(0.5)
+            finished = run(command, check=False)
+            ended = time.perf_counter()
+            release.join()
+            blocker.close()
+            time.sleep(1.0)
+        return load.latencies(blocked_from, ended + 1.0), finished
+
+    def header(self) -> None:
+        postgres = subprocess.run(
+            [self.server.bin / "postgres", "--version"], capture_output=True, text=True
+        ).stdout.strip()
+        node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout
+        self.say(f"# Benchmarks, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
+        self.say()
+        self.say(
+            f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}. "
+            f"Python {platform.python_version()}, Alembic {alembic.__version__}, "
+            f"SQLAlchemy {sqlalchemy.__version__}, psycopg2; {postgres} on loopback; "
+            f"dbmate {DBMATE_VERSION} (node {node.strip()})."
+        )
+        self.say()
+        self.say(
+            "Times are whole processes, wall clock, as a deploy sees them. The chains mix "
+            "create table (with 100 rows), add column, index, check constraint, data update and "
+            "rename, as the same SQL for every tool."
+        )
+        self.say()
+
+
+def connected_at(json_log: str) -> datetime:
+    """The time of the migrator's `connected` event, from its JSON log."""
+    event = next(
+        entry
+        for entry in map(json.loads, json_log.splitlines())
+        if entry.get("event") == "connected"
+    )
+    return datetime.strptime(event["time"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+def image_size_mb(image: str) -> float:
+    size = subprocess.run(
+        ["docker", "image", "inspect", "-f", "{{.Size}}", image],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return int(size) / 1e6
+
+
+def arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add = parser.add_argument
+    add("--sizes", default="200,1000", help="chain lengths, comma-separated; the first is also "
+        "the chain of the no-op, readiness, concurrency and memory figures (200,1000)")  # fmt: skip
+    add("--runs", type=int, default=5, help="runs of each timed command (5)")
+    add("--readiness-runs", type=int, default=5, help="(5)")
+    add("--down-seconds", type=float, default=2.0, help="server down while tools wait (2)")
+    add("--concurrency", type=int, default=10, help="processes started together (10)")
+    add("--hold-seconds", type=float, default=6.0, help="the blocking transaction's length (6)")
+    add("--ddl-lock-timeout", type=float, default=0.5, help="the migrator's, in part 7 (0.5)")
+    add("--only", default=",".join(PARTS), help=f"some of {','.join(PARTS)} (all)")
+    add("--output", type=Path, help="also write the report (Markdown) here")
+    args = parser.parse_args()
+    args.sizes = [int(size) for size in args.sizes.split(",")]
+    args.only = args.only.split(",")
+    if unknown := set(args.only) - set(PARTS):
+        parser.error(f"--only: no part called {', '.join(sorted(unknown))}")
+    if "memory" in args.only and "apply" not in args.only:
+        parser.error("--only: memory is measured in the apply runs; add apply")
+    return args
+
+
+def main() -> None:
+    args = arguments()
+    bench = Bench(args)
+    try:
+        bench.header()
+        for part in PARTS:
+            if part in args.only:
+                getattr(bench, part)()
+    finally:
+        bench.close()
+    if args.output:
+        args.output.write_text("\n".join(bench.report) + "\n")
+
+
+if __name__ == "__main__":
+    main()

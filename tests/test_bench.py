@@ -1,0 +1,50 @@
+"""The README's benchmark command runs end to end on tiny chains: a smoke test, not a timing.
+
+The figures themselves are never asserted; bench/RESULTS.md holds a full run's.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+
+from conftest import ROOT
+
+
+def test_the_bench_runs_every_part_on_a_tiny_chain(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    report = tmp_path / "RESULTS.md"
+    arguments = [
+        "--sizes", "6,12", "--runs", "1", "--readiness-runs", "1", "--concurrency", "2",
+        "--down-seconds", "0.5", "--hold-seconds", "1.5", "--output", str(report),
+    ]  # fmt: skip
+
+    result = subprocess.run(
+        ["scripts/bench.sh", *arguments],
+        cwd=ROOT,
+        env=os.environ,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    text = report.read_text()
+    assert text == result.stdout
+    headings = re.findall(r"^## (\d)\.", text, flags=re.MULTILINE)
+    assert headings == ["1", "2", "3", "4", "5", "6", "7"]
+    for row in (
+        "| migrator upgrade head |",  # the no-op
+        "| 12 | migrator upgrade head |",
+        "| 12 | alembic upgrade head |",
+        "| 12 | dbmate migrate (Go binary) |",
+        "| dbmate --wait --wait-interval 100ms |",
+        "| 2 x migrator upgrade head |",
+        "delta",
+    ):
+        assert row in text, row
+    # Both traffic cases finished their revision once the blocker committed.
+    traffic = text.split("## 7.")[1]
+    exits = re.findall(r"\| (\d+) \|$", traffic, flags=re.MULTILINE)
+    assert exits == ["0", "0"], traffic
