@@ -20,7 +20,6 @@ from migrator.errors import DifferenceFound, UsageError
 from migrator.lock import migration_lock
 from migrator.logs import Summary, log
 from migrator.run import Direction, State
-from migrator.verify import model_differences, stairway
 
 
 def upgrade(settings: Settings, target: str, summary: Summary) -> None:
@@ -127,6 +126,9 @@ def history(settings: Settings, summary: Summary, as_json: bool) -> None:
 
 def verify(settings: Settings, target: str | None, summary: Summary, as_json: bool) -> None:
     """On a scratch database: one head; every downgrade undoes its upgrade; models match."""
+    # Imported here, not at the top: a deploy's upgrade should not pay for autogenerate.
+    from migrator.verify import stairway
+
     report = stairway(settings, target)
     if as_json:
         print(
@@ -153,6 +155,8 @@ def verify(settings: Settings, target: str | None, summary: Summary, as_json: bo
 
 def check(settings: Settings, summary: Summary, as_json: bool) -> None:
     """Without changing the database: is it at head, and do the models match its schema?"""
+    from migrator.verify import model_differences
+
     config, script = run.alembic_project(settings)
     with _database(settings, config):
         state = run.inspect(config, script, "upgrade", "heads")
