@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
 import time
@@ -296,7 +297,8 @@ class _Progress:
         for step in steps:
             self.current = step.revision
             self.started = time.monotonic()
-            log.debug("%s started", self.describe())
+            if log.isEnabledFor(logging.DEBUG):  # describe() reads the docstring: not for free
+                log.debug("%s started", self.describe())
             yield step
 
     def applied(self, *, step: MigrationInfo, heads: set[str], **_: Any) -> None:
