@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,8 @@ import kubernetes_validate
 import pytest
 import yaml
 from conftest import PASSWORD, ROLE, ROOT, Database, assert_no_password
+
+import migrator
 
 CHART = ROOT / "helm" / "migrator"
 KUBERNETES = kubernetes_validate.latest_version()
@@ -167,11 +168,10 @@ def test_an_existing_secret_is_used_and_none_is_created() -> None:
 def test_lint_is_clean_and_app_version_follows_the_package() -> None:
     report = helm_python.lint(str(CHART), PARTS, strict=True)
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
-    package = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
     assert report["errors"] == []
     assert [m for m in report["messages"] if m["severity"] >= 2] == []
-    assert chart["appVersion"] == package["version"]
+    assert chart["appVersion"] == migrator.__version__
 
 
 BAD_VALUES = {
