@@ -470,23 +470,24 @@ class Bench:
     def traffic(self) -> None:
         hold, timeout = self.args.hold_seconds, self.args.ddl_lock_timeout
         ini, _ = chain.write_projects(self.work / "traffic", chain.TRAFFIC)
-        cases = {
-            ALEMBIC: lambda database: self.tools.alembic(ini, database),
-            f"{MIGRATOR}, MIGRATOR_DDL_LOCK_TIMEOUT={timeout:g}": lambda database: (
+        cases = [
+            (ALEMBIC, "traffic_alembic", self.tools.alembic(ini, "traffic_alembic")),
+            (
+                f"{MIGRATOR}, MIGRATOR_DDL_LOCK_TIMEOUT={timeout:g}",
+                "traffic_migrator",
                 self.tools.migrator(
                     ini,
-                    database,
+                    "traffic_migrator",
                     MIGRATOR_DDL_LOCK_TIMEOUT=f"{timeout:g}",
                     MIGRATOR_DDL_LOCK_RETRIES="50",
-                )
+                ),
             ),
-        }
+        ]
         rows = []
-        for number, (name, command) in enumerate(cases.items()):
-            database = f"traffic{number}"
+        for name, database, command in cases:
             self.server.fresh_database(database)
             run(self.tools.migrator(ini, database, "upgrade", chain.revision_id(1)))
-            latencies, finished = self.under_load(database, command(database), hold)
+            latencies, finished = self.under_load(database, command, hold)
             p50, p99 = latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99)]
             rows.append(
                 f"| {name} | {p50 * 1000:.1f} | {p99 * 1000:.0f} | **{latencies[-1] * 1000:.0f}** "
@@ -508,7 +509,9 @@ class Bench:
         )
         self.say()
 
-    def under_load(self, database: str, command: Command, hold: float) -> tuple[list, Finished]:
+    def under_load(
+        self, database: str, command: Command, hold: float
+    ) -> tuple[list[float], Finished]:
         """Run `command` while the load runs and a transaction holds `traffic` for `hold` s;
         returns the latencies of the queries due from the blocker's start to 1 s after the
         command ends, and the command's outcome."""
