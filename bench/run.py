@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -598,6 +599,8 @@ def arguments() -> argparse.Namespace:
 
 def main() -> None:
     args = arguments()
+    # A stopped bench still stops its server: SystemExit runs the `finally` below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     bench = Bench(args)
     try:
         bench.header()
