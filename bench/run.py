@@ -99,9 +99,9 @@ def median(values: list[float]) -> float:
 
 
 def spread(values: list[float], unit: str = "s") -> str:
-    if unit == "ms":
-        return " / ".join(f"{v * 1000:.0f}" for v in (min(values), median(values), max(values)))
-    return " / ".join(f"{v:.3f}" for v in (min(values), median(values), max(values)))
+    """min / median / max, in seconds to the millisecond or in whole milliseconds."""
+    scale, digits = (1000, 0) if unit == "ms" else (1, 3)
+    return " / ".join(f"{v * scale:.{digits}f}" for v in (min(values), median(values), max(values)))
 
 
 class Tools:
