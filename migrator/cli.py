@@ -20,10 +20,9 @@ from migrator.config import (
     command_from_environment,
     load_settings,
 )
-from migrator.errors import MigratorError, UsageError
+from migrator.errors import MigratorError, UsageError, reason
 from migrator.logs import Summary, log, report_summary, setup_logging
 from migrator.run import Direction
-from migrator.wait import reason
 
 
 class _Parser(argparse.ArgumentParser):
@@ -144,6 +143,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("unexpected %s: %s", type(error).__name__, reason(error), exc_info=debug)
         summary.status, exit_status = "failed", 1
     report_summary(summary, settings.secrets, settings.termination_log)
+    if signals.abandoned.is_set():
+        # The worker holds a driver lock inside a stalled socket: a normal interpreter exit
+        # would wait on it when closing connections. Leave now; the server cleans up.
+        logging.shutdown()
+        os._exit(exit_status)
     return exit_status
 
 

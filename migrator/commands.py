@@ -9,17 +9,14 @@ from dataclasses import asdict
 from typing import Any
 
 from alembic.config import Config
-from sqlalchemy import create_engine
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import NoSuchModuleError
-from sqlalchemy.pool import NullPool
 
-from migrator import run, wait
+from migrator import run
 from migrator.config import Settings
 from migrator.errors import DifferenceFound, UsageError
 from migrator.lock import migration_lock
 from migrator.logs import Summary, log
 from migrator.run import Direction, State
+from migrator.session import Session
 
 
 def upgrade(settings: Settings, target: str, summary: Summary) -> None:
@@ -46,7 +43,7 @@ def plan(
     run.check_target(script, target)
     with _database(settings, config):
         state = run.inspect(config, script, direction, target)
-    _judge(state, direction, settings, summary)
+    _accept(state, direction, settings, summary)
     steps = [{"revision": step.revision, "message": step.doc} for step in state.steps]
     if as_json:
         print(
@@ -205,10 +202,10 @@ def wait_for_database(settings: Settings, summary: Summary) -> None:
 def _migrate(settings: Settings, direction: Direction, target: str, summary: Summary) -> None:
     config, script = run.alembic_project(settings)
     run.check_target(script, target)
-    with _database(settings, config) as engine:
+    with _database(settings, config, writable=True) as session:
         # Look, lock, look again: a run with nothing to do never waits on the lock.
         state = run.inspect(config, script, direction, target)
-        _judge(state, direction, settings, summary)
+        _accept(state, direction, settings, summary)
         if not state.steps:
             return
         log.info(
@@ -218,22 +215,23 @@ def _migrate(settings: Settings, direction: Direction, target: str, summary: Sum
             _name(state.heads),
             target,
         )
-        with migration_lock(engine, settings.lock_timeout) as lock_connection:
+        with migration_lock(session, settings.lock_timeout) as lock:
+            config.attributes["connection"] = session.connection  # a new one after a reconnect
             run.apply(
                 config,
                 script,
                 direction,
                 target,
                 settings=settings,
-                lock_connection=lock_connection,
+                lock=lock,
                 summary=summary,
-                judge=lambda state: _judge(state, direction, settings, summary),
+                refuse=lambda state: _accept(state, direction, settings, summary),
             )
     log.info("%s done: at %s", direction, summary.to_revision)
 
 
-def _judge(state: State, direction: Direction, settings: Settings, summary: Summary) -> None:
-    """Refuse a database at a revision this project does not know; note a run with nothing to do."""
+def _accept(state: State, direction: Direction, settings: Settings, summary: Summary) -> None:
+    """Note where the database is; refuse a revision this project does not know."""
     if summary.applied == 0:
         summary.from_revision = _name(state.heads)
     if state.unknown:
@@ -255,23 +253,20 @@ def _judge(state: State, direction: Direction, settings: Settings, summary: Summ
 
 
 @contextmanager
-def _database(settings: Settings, config: Config | None = None) -> Iterator[Engine]:
-    """An engine for the run, once the database accepts a connection; that connection is
-    handed to env.py through the Alembic config (Alembic's connection-sharing recipe)."""
-    url = settings.connection_url()  # raises when no database is configured
+def _database(
+    settings: Settings, config: Config | None = None, *, writable: bool = False
+) -> Iterator[Session]:
+    """The run's session, once the database accepts it; its connection is handed to env.py
+    through the Alembic config (Alembic's connection-sharing recipe)."""
+    settings.connection_url()  # raises when no database is configured
     log.info("connecting to %s", settings.masked_url())
-    try:
-        engine = create_engine(url, poolclass=NullPool)
-    except (NoSuchModuleError, ImportError) as error:
-        raise UsageError(f"DATABASE_URL: its driver is not installed ({error})") from None
-    connection = wait.connect(engine, settings.wait_timeout)
+    session = Session(settings, writable=writable)
     if config is not None:
-        config.attributes["connection"] = connection
+        config.attributes["connection"] = session.connection
     try:
-        yield engine
+        yield session
     finally:
-        connection.close()
-        engine.dispose()
+        session.dispose()
 
 
 def _name(heads: tuple[str, ...]) -> str:

@@ -21,6 +21,13 @@ from migrator.errors import UsageError
 ENVIRONMENT_COMMANDS = ("upgrade", "downgrade", "current", "history", "check", "verify", "wait")
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+KEEPALIVES = (
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "tcp_user_timeout",
+)
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off")
 _TARGET_CHARACTERS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_@+-:.")
@@ -32,6 +39,7 @@ class Settings:
     alembic_ini: Path
     wait_timeout: float
     connect_timeout: int
+    network_timeout: int
     lock_timeout: float
     statement_timeout: float | None
     ddl_lock_timeout: float | None
@@ -67,14 +75,31 @@ class Settings:
             query["application_name"] = f"migrator@{socket.gethostname()}"[:63]
         if "connect_timeout" not in url.query:
             query["connect_timeout"] = str(self.connect_timeout)
+        if not any(name in url.query for name in KEEPALIVES):
+            # A stalled network (packets dropped, no reset) ends the connection within
+            # MIGRATOR_NETWORK_TIMEOUT instead of never: libpq's TCP keepalives and
+            # tcp_user_timeout bound both a silent server and unacknowledged sends.
+            query.update(self.keepalives())
         options = [str(url.query["options"])] if "options" in url.query else []
         if self.statement_timeout is not None:
-            options.append(f"-c statement_timeout={_milliseconds(self.statement_timeout)}")
+            options.append(f"-c statement_timeout={milliseconds(self.statement_timeout)}")
         if self.ddl_lock_timeout is not None:
-            options.append(f"-c lock_timeout={_milliseconds(self.ddl_lock_timeout)}")
+            options.append(f"-c lock_timeout={milliseconds(self.ddl_lock_timeout)}")
         if options:
             query["options"] = " ".join(options)
         return url.update_query_dict(query)
+
+    def keepalives(self) -> dict[str, str]:
+        """TCP keepalive and user-timeout values that give up on a peer within the network
+        timeout; libpq's parameter names (the server's own settings take the same values)."""
+        seconds = self.network_timeout
+        return {
+            "keepalives": "1",
+            "keepalives_idle": str(max(1, seconds // 3)),
+            "keepalives_interval": str(max(1, seconds // 6)),
+            "keepalives_count": "3",
+            "tcp_user_timeout": str(seconds * 1000),
+        }
 
 
 def load_settings(environ: Mapping[str, str], flags: Mapping[str, str | None]) -> Settings:
@@ -87,6 +112,7 @@ def load_settings(environ: Mapping[str, str], flags: Mapping[str, str | None]) -
         alembic_ini=_alembic_ini(values),
         wait_timeout=_seconds(values, "MIGRATOR_WAIT_TIMEOUT", 60.0),
         connect_timeout=_whole_seconds(values, "MIGRATOR_CONNECT_TIMEOUT", 5),
+        network_timeout=_whole_seconds(values, "MIGRATOR_NETWORK_TIMEOUT", 30),
         lock_timeout=_seconds(values, "MIGRATOR_LOCK_TIMEOUT", 300.0),
         statement_timeout=_optional_seconds(values, "MIGRATOR_STATEMENT_TIMEOUT"),
         ddl_lock_timeout=_optional_seconds(values, "MIGRATOR_DDL_LOCK_TIMEOUT"),
@@ -305,5 +331,5 @@ def _masked_forms(*urls: URL | None) -> tuple[str, ...]:
     return tuple(sorted(forms, key=len, reverse=True))
 
 
-def _milliseconds(seconds: float) -> int:
+def milliseconds(seconds: float) -> int:
     return max(1, round(seconds * 1000))

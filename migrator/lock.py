@@ -1,40 +1,62 @@
 """The migration lock, and who holds what a migration waits for.
 
-A session-level advisory lock on a connection of its own, held for the whole run: a
+A session-level advisory lock on the run's session, held for the whole run: a
 transaction-level lock would go at the first per-revision commit. It is polled with
 `pg_try_advisory_lock`, because a blocking `pg_advisory_lock` cannot honour a timeout.
-A killed run's lock goes with its connection.
+A killed run's lock goes with its session.
+
+A session can end behind the run's back (terminated, a failover, a network that stalls), and
+with it the lock: so each revision commits only after a fence, inside its own transaction,
+has seen the lock still held; and when env.py runs the revisions on a connection of its own,
+a heartbeat watches the lock's session and stops the run within seconds of losing it.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.engine import Connection, Engine, Row
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_result,
-    stop_after_attempt,
-    stop_before_delay,
-    stop_when_event_set,
-    wait_random_exponential,
-)
+from sqlalchemy.engine import Connection, Row
+from sqlalchemy.exc import DBAPIError
+from tenacity import RetryCallState, retry_if_result, wait_random_exponential
 
-from migrator import signals
-from migrator.errors import LockTimeout
+from migrator import retry, signals
+from migrator.errors import LockLost, LockTimeout, connection_lost, reason
 from migrator.logs import log
+from migrator.session import TOKEN_SETTING, Session, transaction_pooling
 
 # One key for every release of every project, so that any two runs on a database serialise.
 LOCK_KEY = int.from_bytes(b"migrator", "big")
-REPORT_EVERY_SECONDS = 5.0
+HEARTBEAT_SECONDS = 2.0
+# How far past the lock timeout a lock query may stall before the run gives up on it.
+STALL_GRACE_SECONDS = 2.0
 
+_KEY = {"high": LOCK_KEY >> 32, "low": LOCK_KEY & 0xFFFFFFFF}
+_HELD_BY = """
+    EXISTS (
+        SELECT 1 FROM pg_locks
+        WHERE locktype = 'advisory' AND granted AND pid = {pid}
+          AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+          AND classid = :high AND objid = :low AND objsubid = 1)
+"""
+_OURS = f"current_setting('{TOKEN_SETTING}', true) = :token"
+# NULL when the statement reached another server session than ours: a transaction pooler.
+_TRY_LOCK = text(f"SELECT CASE WHEN {_OURS} THEN pg_try_advisory_lock(:key) END")
+_UNLOCK = text(f"SELECT CASE WHEN {_OURS} THEN pg_advisory_unlock(:key) END")
+_CONFIRM = text(f"SELECT CASE WHEN {_OURS} THEN {_HELD_BY.format(pid='pg_backend_pid()')} END")
+_FENCE = text(
+    f"SELECT {_HELD_BY.format(pid=':pid')} AS held, pg_backend_pid() AS pid, "
+    f"current_setting('{TOKEN_SETTING}', true) AS token"
+)
+
+# Another role's session shows its pid but not its times or state (without pg_read_all_stats).
 _LOCK_HOLDER = text(
     """
-    SELECT a.pid, a.application_name, a.client_addr, a.state,
+    SELECT a.pid, a.usename, a.application_name, a.client_addr, a.state,
            extract(epoch FROM now() - a.backend_start) AS seconds
     FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
     WHERE l.locktype = 'advisory' AND l.granted
@@ -47,7 +69,7 @@ _LOCK_HOLDER = text(
 # lock timeout (55P03) the migration is no longer waiting, so this is who it waited behind.
 _TABLE_LOCK_HOLDERS = text(
     """
-    SELECT DISTINCT a.pid, a.application_name, a.client_addr, a.state,
+    SELECT DISTINCT a.pid, a.usename, a.application_name, a.client_addr, a.state,
            extract(epoch FROM now() - coalesce(a.xact_start, a.backend_start)) AS seconds,
            c.relname
     FROM pg_locks l
@@ -58,79 +80,156 @@ _TABLE_LOCK_HOLDERS = text(
       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
       AND n.nspname NOT IN ('pg_catalog', 'information_schema')
       AND n.nspname NOT LIKE 'pg_toast%'
-    ORDER BY seconds DESC
+    ORDER BY seconds DESC NULLS LAST
     LIMIT 3
     """
 )
 
 
-@contextmanager
-def migration_lock(engine: Engine, timeout: float) -> Iterator[Connection]:
-    """Hold the migration lock; yields its connection, idle and in autocommit, for queries."""
-    connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-    try:
-        _take(connection, timeout)
-        yield connection
-    finally:
-        connection.close()  # ends the session, which releases the lock
+class MigrationLock:
+    """The migration lock held by the run's session."""
 
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self._released = threading.Event()
+        self._heartbeat: threading.Thread | None = None
 
-def _take(connection: Connection, timeout: float) -> None:
-    started = time.monotonic()
-    last_report = [0.0]
+    def take(self, timeout: float) -> None:
+        started = time.monotonic()
 
-    def try_lock() -> bool:
-        taken = connection.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": LOCK_KEY})
-        return bool(taken.scalar())
-
-    def report(state: RetryCallState) -> None:
-        elapsed = time.monotonic() - started
-        if last_report[0] == 0.0 or elapsed - last_report[0] >= REPORT_EVERY_SECONDS:
-            last_report[0] = elapsed
+        def report(state: RetryCallState) -> None:
             log.info(
                 "waiting for the migration lock (%.0f of %g s), held by %s",
-                elapsed,
+                time.monotonic() - started,
                 timeout,
-                lock_holder(connection),
+                lock_holder(self.session),
             )
 
-    retrying = Retrying(
-        retry=retry_if_result(lambda taken: not taken),
-        wait=wait_random_exponential(multiplier=0.05, max=0.5),
-        stop=(stop_before_delay(timeout) if timeout > 0 else stop_after_attempt(1))
-        | stop_when_event_set(signals.stop_requested),
-        sleep=signals.sleep,
-        before_sleep=report,
-        retry_error_callback=lambda state: False,
-    )
-    if retrying(try_lock):
-        log.info(
-            "migration lock taken after %.2f s",
-            time.monotonic() - started,
-            extra={"fields": {"event": "locked"}},
+        retrying = retry.retrying(
+            retry=retry_if_result(lambda taken: not taken),
+            wait=wait_random_exponential(multiplier=0.05, max=0.5),
+            stop=retry.before_deadline(timeout),
+            before_sleep=retry.Throttled(report),
+            retry_error_callback=lambda state: False,
         )
-        return
-    if signals.stop_requested.is_set():
-        raise signals.interrupted(" while waiting for the migration lock")
-    raise LockTimeout(
-        f"migration lock not taken within {timeout:g} s; held by {lock_holder(connection)}"
-    )
+        if retrying(self._try, started + timeout):
+            log.info(
+                "migration lock taken after %.2f s",
+                time.monotonic() - started,
+                extra={"fields": {"event": "locked"}},
+            )
+            return
+        if signals.stop_requested.is_set():
+            raise signals.interrupted(" while waiting for the migration lock")
+        raise LockTimeout(
+            f"migration lock not taken within {timeout:g} s; held by {lock_holder(self.session)}"
+        )
+
+    def _try(self, give_up_at: float) -> bool:
+        stalled = LockTimeout(
+            "migration lock not taken within the lock timeout: the database stopped answering"
+        )
+        try:
+            with signals.deadline(give_up_at - time.monotonic() + STALL_GRACE_SECONDS, stalled):
+                row = self.session.query(_TRY_LOCK, token=self.session.token, key=LOCK_KEY)
+        except DBAPIError as error:
+            if not connection_lost(error) or signals.stop_requested.is_set():
+                raise
+            # A restart or a terminated session while waiting: it held nothing yet.
+            log.warning("the session waiting for the migration lock ended (%s)", reason(error))
+            self.session.reconnect()
+            return False
+        taken = None if row is None else row[0]
+        if taken is None:
+            raise transaction_pooling()
+        return bool(taken)
+
+    def fence(self, migration_connection: Connection, what: str) -> None:
+        """Inside a revision's transaction, before it commits: is the lock still ours?"""
+        if signals.stop_requested.is_set():
+            raise signals.interrupted()
+        row = migration_connection.execute(_FENCE, {"pid": self.session.pid, **_KEY}).one()
+        shares_session = migration_connection is self.session.connection
+        if shares_session and (row.pid != self.session.pid or row.token != self.session.token):
+            raise transaction_pooling()
+        if not row.held:
+            raise LockLost(f"the migration lock was lost before {what} committed; rolled back")
+
+    def confirm(self) -> None:
+        """Ask the lock's own session whether it still holds the lock; stop the run if not."""
+        try:
+            row = self.session.query(_CONFIRM, token=self.session.token, **_KEY)
+            held = row is not None and row[0]
+            problem = "it is no longer held" if not held else ""
+        except Exception as error:  # whatever went wrong, the lock is not known to be held
+            held, problem = False, f"its session ended: {reason(error)}"
+        if not held:
+            signals.stop(LockLost(f"the migration lock was lost ({problem})"))
+            raise signals.interrupted()
+
+    def watch(self) -> None:
+        """Heartbeat: confirm the lock every few seconds while env.py works elsewhere; also
+        keeps the lock's session from ever looking idle."""
+        if self._heartbeat is not None:
+            return
+
+        def beat() -> None:
+            while not self._released.wait(HEARTBEAT_SECONDS):
+                with suppress(Exception):  # confirm() stops the run itself when the lock is gone
+                    self.confirm()
+                if signals.stop_requested.is_set():
+                    return
+
+        self._heartbeat = threading.Thread(target=beat, name="migrator-heartbeat", daemon=True)
+        self._heartbeat.start()
+
+    def release(self) -> None:
+        self._released.set()
+        # A session that is gone released its lock with it.
+        with suppress(Exception), self.session.mutex:
+            self.session.connection.execute(
+                _UNLOCK.execution_options(migrator_cleanup=True),
+                {"token": self.session.token, "key": LOCK_KEY},
+            )
+            self.session.connection.commit()
 
 
-def lock_holder(connection: Connection) -> str:
-    high, low = LOCK_KEY >> 32, LOCK_KEY & 0xFFFFFFFF
-    row = connection.execute(_LOCK_HOLDER, {"high": high, "low": low}).first()
+@contextmanager
+def migration_lock(session: Session, timeout: float) -> Iterator[MigrationLock]:
+    """Hold the migration lock on the run's session."""
+    lock = MigrationLock(session)
+    lock.take(timeout)
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
+def lock_holder(session: Session) -> str:
+    try:
+        row = session.query(_LOCK_HOLDER, **_KEY)
+    except DBAPIError as error:
+        return f"an unknown session ({reason(error)})"
     return "nobody (it was just released)" if row is None else describe_session(row)
 
 
-def table_lock_holders(connection: Connection) -> str:
-    rows = connection.execute(_TABLE_LOCK_HOLDERS).all()
+def table_lock_holders(session: Session) -> str:
+    try:
+        with session.mutex:
+            rows = session.connection.execute(_TABLE_LOCK_HOLDERS).all()
+            session.connection.commit()
+    except DBAPIError as error:
+        return f"unknown sessions ({reason(error)})"
     if not rows:
         return "a session that has since finished"
     return "; ".join(f"{describe_session(row)} on table {row.relname}" for row in rows)
 
 
-def describe_session(row: Row[tuple[object, ...]]) -> str:
+def describe_session(row: Row[Any]) -> str:
+    """What the role can see of a session: another role's shows little but its pid."""
+    if row.seconds is None and not row.state:
+        role = f"role {row.usename}" if row.usename else "another role"
+        return f"pid {row.pid} (a session of {role}; its details are hidden from this role)"
     client = row.client_addr or "local socket"
     name = row.application_name or "(no application_name)"
     return f"pid {row.pid} ({name}, {client}, {row.state}, for {float(row.seconds):.0f} s)"

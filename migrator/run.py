@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import configparser
 import logging
 import re
 import sys
@@ -16,28 +17,33 @@ from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext, MigrationInfo
 from alembic.script import Script, ScriptDirectory
-from alembic.script.revision import RevisionError
+from alembic.script.revision import MultipleHeads, RevisionError
 from alembic.util import CommandError
+from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError
 from tenacity import (
     RetryCallState,
-    Retrying,
     retry_if_exception,
     stop_after_attempt,
-    stop_when_event_set,
     wait_random_exponential,
 )
 
-from migrator import signals
+from migrator import errors, retry, signals
 from migrator.config import Settings
-from migrator.errors import AccessDenied, MigrationFailed, MigratorError, UsageError
-from migrator.lock import table_lock_holders
+from migrator.errors import (
+    LockLost,
+    MigrationFailed,
+    MigratorError,
+    UsageError,
+    connection_lost,
+    lock_not_available,
+    reason,
+)
+from migrator.lock import MigrationLock, table_lock_holders
 from migrator.logs import Summary, log
-from migrator.wait import reason
 
 Direction = Literal["upgrade", "downgrade"]
-LOCK_NOT_AVAILABLE = "55P03"
 RELATIVE_TARGET = re.compile(r"[+-][0-9]+$")
 
 
@@ -51,10 +57,16 @@ class State:
 
 
 def alembic_project(settings: Settings) -> tuple[Config, ScriptDirectory]:
+    """The project's Config and ScriptDirectory; a broken project file is a usage error
+    that names the file."""
     config = Config(str(settings.alembic_ini), stdout=sys.stdout)
     # Read the file now, so `%(here)s` resolves; then hide its name, because a standard
     # env.py hands it to logging.config.fileConfig, which would replace our log handlers.
-    config.get_main_option("script_location")
+    try:
+        config.get_main_option("script_location")
+    except (CommandError, configparser.Error, UnicodeDecodeError) as error:
+        problem = "not UTF-8 text" if isinstance(error, UnicodeDecodeError) else error
+        raise UsageError(f"{settings.alembic_ini}: {problem}") from None
     config.config_file_name = None
     url = (
         settings.connection_url()
@@ -69,6 +81,10 @@ def alembic_project(settings: Settings) -> tuple[Config, ScriptDirectory]:
         script.get_heads()  # loads every revision file now, so a broken one is a usage error
     except (CommandError, RevisionError) as error:
         raise UsageError(f"{settings.alembic_ini}: {error}") from None
+    except SyntaxError as error:
+        raise UsageError(f"{error.filename}:{error.lineno}: SyntaxError: {error.msg}") from None
+    except (ImportError, UnicodeDecodeError) as error:
+        raise UsageError(f"a revision file: {type(error).__name__}: {error}") from None
     return config, script
 
 
@@ -90,7 +106,10 @@ def inspect(config: Config, script: ScriptDirectory, direction: Direction, targe
         found.append(_state(script, direction, target, heads)[0])
         return []
 
-    run_env(config, script, record, dont_mutate=True)
+    try:
+        run_env(config, script, record, dont_mutate=True)
+    except DBAPIError as error:
+        raise errors.failure(error, "reading the database's revision") from None
     return found[0]
 
 
@@ -110,29 +129,48 @@ def apply(
     target: str,
     *,
     settings: Settings,
-    lock_connection: Connection,
+    lock: MigrationLock,
     summary: Summary,
-    judge: Callable[[State], None],
+    refuse: Callable[[State], None],
 ) -> None:
     """Run the revisions to `target`, each committed on its own and logged as it completes.
 
     The database's revisions are read in the same env.py run, under the migration lock,
-    and handed to `judge`, which may refuse them by raising.
+    and handed to `refuse`, which may refuse them by raising. Each revision commits only
+    after the lock's fence has seen the lock still held.
     A revision that times out waiting for a table lock (55P03) was rolled back; after a
     backoff the run resumes from it, up to MIGRATOR_DDL_LOCK_RETRIES times.
     """
+    progress = _Progress(summary)
+    session = lock.session
 
     def steps(heads: tuple[str, ...], context: MigrationContext) -> Iterator[Any]:
+        connection = context.connection
+        assert connection is not None
+        if connection is not session.connection:
+            # env.py made a connection of its own: the lock's session now sits idle, so
+            # watch it, and give env.py's connection the same checks as ours.
+            progress.own_connection = True
+            session.check_timeouts(connection)
+            lock.watch()
+        if not event.contains(connection, "before_cursor_execute", outside_transaction):
+            event.listen(connection, "before_cursor_execute", outside_transaction)
         state, planned = _state(script, direction, target, heads)
-        judge(state)
+        refuse(state)
         return progress.track(planned)
 
-    def lock_timed_out(error: BaseException) -> bool:
-        return (
-            isinstance(error, DBAPIError)
-            and getattr(error.orig, "pgcode", None) == LOCK_NOT_AVAILABLE
-            and not signals.stop_requested.is_set()
-        )
+    def outside_transaction(connection: Connection, *_: Any) -> None:
+        if progress.current is None:
+            return
+        if connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+            # Not undone by a rollback, so it must not run at all without the lock.
+            progress.outside_transaction = True
+            if progress.own_connection:
+                lock.confirm()
+
+    def fence(*, ctx: MigrationContext, **_: Any) -> None:
+        assert ctx.connection is not None
+        lock.fence(ctx.connection, progress.describe())
 
     def report_blocker(state: RetryCallState) -> None:
         log.warning(
@@ -142,16 +180,13 @@ def apply(
             state.attempt_number,
             settings.ddl_lock_retries,
             state.upcoming_sleep,
-            table_lock_holders(lock_connection),
+            table_lock_holders(session),
         )
 
-    progress = _Progress(summary)
-    retrying = Retrying(
-        retry=retry_if_exception(lock_timed_out),
+    retrying = retry.retrying(
+        retry=retry_if_exception(lock_not_available),
         wait=wait_random_exponential(multiplier=0.5, max=10),
-        stop=stop_after_attempt(settings.ddl_lock_retries + 1)
-        | stop_when_event_set(signals.stop_requested),
-        sleep=signals.sleep,
+        stop=stop_after_attempt(settings.ddl_lock_retries + 1),
         before_sleep=report_blocker,
         reraise=True,
     )
@@ -161,25 +196,57 @@ def apply(
             config,
             script,
             steps,
-            on_version_apply=progress.applied,
+            on_version_apply=[fence, progress.applied],
             destination_rev=target,
         )
-    except MigratorError:
-        raise
     except Exception as error:
-        if signals.stop_requested.is_set():
-            raise signals.interrupted(f"; {progress.describe()} rolled back") from error
-        code = getattr(getattr(error, "orig", None), "pgcode", None)
-        if code == LOCK_NOT_AVAILABLE:
-            raise MigrationFailed(
-                f"{progress.describe()} could not take its table lock after "
-                f"{settings.ddl_lock_retries + 1} tries; rolled back; "
-                f"blocked by {table_lock_holders(lock_connection)}"
-            ) from error
-        failure = AccessDenied if code == "42501" else MigrationFailed
-        raise failure(
-            f"{progress.describe()} failed and was rolled back: {reason(error)}"
-        ) from error
+        raise _failure(error, progress, lock, settings) from error
+
+
+def _failure(
+    error: BaseException, progress: _Progress, lock: MigrationLock, settings: Settings
+) -> MigratorError:
+    """What a failed run means, and what it left behind when it worked outside a transaction."""
+    what = progress.describe()
+    if not isinstance(error, MigratorError):
+        error = errors.underlying(error)
+    if isinstance(error, MigratorError) and not progress.outside_transaction:
+        return error
+    if signals.stop_requested.is_set() and connection_lost(error):
+        failure: MigratorError = signals.interrupted(
+            f"; the connection was lost ({reason(error)}), so the server rolls back {what} "
+            "when it drops the session"
+        )
+    elif signals.stop_requested.is_set():
+        failure = signals.interrupted(f"; {what} rolled back")
+    elif isinstance(error, MigratorError):
+        failure = error
+    elif lock_not_available(error):
+        failure = MigrationFailed(
+            f"{what} could not take its table lock after {settings.ddl_lock_retries + 1} "
+            f"tries; rolled back; blocked by {table_lock_holders(lock.session)}"
+        )
+    elif connection_lost(error) and progress.own_connection:
+        failure = MigrationFailed(
+            f"{what} failed: env.py's connection was lost ({reason(error)}); "
+            "the server rolled the revision back"
+        )
+    elif connection_lost(error):
+        failure = LockLost(
+            f"the migration lock was lost: its session ended during {what} "
+            f"({reason(error)}); the server rolled the revision back"
+        )
+    else:
+        failure = errors.failure(error, f"{what} failed and was rolled back")
+    if progress.outside_transaction:
+        left = lock.session.invalid_indexes()
+        failure.args = (
+            f"{failure}; but {what} ran statements outside a transaction, which are not "
+            "rolled back"
+            + (f"; it left: {'; '.join(left)}" if left else "")
+            + "; undo or finish what it did, then rerun",
+        )
+    return failure
 
 
 def step(config: Config, script: ScriptDirectory, direction: Direction, target: str) -> None:
@@ -212,7 +279,8 @@ def write_sql(config: Config, script: ScriptDirectory, direction: Direction, tar
 
 def describe_resolution_error(script: ScriptDirectory, target: str, error: Exception) -> str:
     heads = script.get_heads()
-    if "ultiple head" in str(error):
+    # ScriptDirectory re-raises Alembic's MultipleHeads as a CommandError from it.
+    if isinstance(error, MultipleHeads) or isinstance(error.__cause__, MultipleHeads):
         return (
             f"target {target!r} is ambiguous: the migrations have {len(heads)} heads "
             f"({', '.join(heads)}); name one of them, or 'heads' for all"
@@ -231,7 +299,7 @@ def _knows(script: ScriptDirectory, revision: str) -> bool:
 def _environment(
     config: Config,
     script: ScriptDirectory,
-    on_version_apply: Callable[..., None] | None,
+    on_version_apply: list[Callable[..., None]],
     **options: Any,
 ) -> EnvironmentContext:
     """Alembic's EnvironmentContext, with our defaults under whatever env.py configures."""
@@ -242,8 +310,8 @@ def _environment(
         # Each revision commits on its own (env.py may still say otherwise), so a
         # failure leaves the last good revision in place and a rerun resumes.
         asked.setdefault("transaction_per_migration", True)
-        if on_version_apply is not None:
-            asked["on_version_apply"] = [*(asked.get("on_version_apply") or ()), on_version_apply]
+        if on_version_apply:
+            asked["on_version_apply"] = [*(asked.get("on_version_apply") or ()), *on_version_apply]
         configure_as_asked(**asked)
 
     # env.py reaches the instance through the `alembic.context` proxy, which looks its
@@ -257,15 +325,27 @@ def run_env(
     script: ScriptDirectory,
     steps: Callable[[tuple[str, ...], MigrationContext], Iterable[Any]],
     *,
-    on_version_apply: Callable[..., None] | None = None,
+    on_version_apply: list[Callable[..., None]] | None = None,
     **options: Any,
 ) -> None:
     connection = config.attributes.get("connection")
     if connection is not None and connection.in_transaction():
         # Alembic commits nothing on a connection that is already in a transaction.
         connection.rollback()
-    with _environment(config, script, on_version_apply, fn=steps, **options):
-        script.run_env()
+    reached: list[bool] = []
+
+    def reached_steps(heads: tuple[str, ...], context: MigrationContext) -> Iterable[Any]:
+        reached.append(True)
+        return steps(heads, context)
+
+    with _environment(config, script, on_version_apply or [], fn=reached_steps, **options):
+        try:
+            script.run_env()
+        except (ImportError, SyntaxError) as error:
+            if reached:
+                raise  # from a revision: that revision failed
+            # env.py itself is broken: a project file to fix, not a migration that failed.
+            raise UsageError(f"{script.env_py_location}: {type(error).__name__}: {error}") from None
 
 
 def _plan(
@@ -286,6 +366,8 @@ class _Progress:
     """Numbers and times each revision as Alembic pulls it, logs it as it completes."""
 
     def __init__(self, summary: Summary) -> None:
+        self.own_connection = False  # env.py runs the revisions on a connection of its own
+        self.outside_transaction = False  # the revision in flight ran a statement in autocommit
         self.total = 0
         self.summary = summary
         self.current: Script | None = None
@@ -296,6 +378,7 @@ class _Progress:
         self.total = self.summary.applied + len(steps)
         for step in steps:
             self.current = step.revision
+            self.outside_transaction = False
             self.started = time.monotonic()
             if log.isEnabledFor(logging.DEBUG):  # describe() reads the docstring: not for free
                 log.debug("%s started", self.describe())

@@ -1,4 +1,6 @@
-"""SIGTERM and SIGINT: stop at once, roll back the revision in flight, release the lock.
+"""Stopping a run: SIGTERM and SIGINT, a lost migration lock, a deadline a stalled network
+would overrun. Each stops the run at once, rolls back the revision in flight, and the run
+exits within a bounded time even when the database no longer answers.
 
 The work runs in a worker thread: a Python signal handler cannot run while the thread
 that received the signal sits inside libpq waiting for a query (a long `UPDATE`, a lock
@@ -11,32 +13,63 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.pool import Pool
 
-from migrator.errors import Interrupted
+from migrator.errors import Interrupted, MigratorError
 
 T = TypeVar("T")
 
+# After a stop, how long the worker gets to roll back and release the lock. A cancel request
+# that cannot reach a stalled server never returns; the process exits anyway, and the server
+# rolls back what was in flight when it drops the session (keepalives, tcp_user_timeout).
+STOP_GRACE_SECONDS = 8.0
+
 stop_requested = threading.Event()
+# Set when the worker was left stuck in a call that never returned (a stalled socket).
+abandoned = threading.Event()
+_reasons: list[MigratorError] = []
 _signals_received: list[int] = []
-_open_connections: weakref.WeakSet[Any] = weakref.WeakSet()
+_deadlines: list[tuple[float, MigratorError]] = []
+_open_connections: weakref.WeakSet[Connection] = weakref.WeakSet()
 
 
-def interrupted(detail: str = "") -> Interrupted:
+def stop(reason: MigratorError) -> None:
+    """Stop the run for `reason`, as a signal would; the first reason is the one reported."""
+    if not _reasons:
+        _reasons.append(reason)
+    stop_requested.set()
+
+
+def interrupted(detail: str = "") -> MigratorError:
+    """Why the run was stopped: the first reason given, else the signal received."""
+    if _reasons:
+        return _reasons[0]
     signal_number = _signals_received[0] if _signals_received else signal.SIGTERM
     name = signal.Signals(signal_number).name
     return Interrupted(f"interrupted by {name}{detail}", signal_number)
 
 
+@contextmanager
+def deadline(seconds: float, error: MigratorError) -> Iterator[None]:
+    """Stop the run with `error` if the block is still running after `seconds`: a query
+    stalled by the network would otherwise outlive the timeout that bounds the block."""
+    entry = (time.monotonic() + seconds, error)
+    _deadlines.append(entry)
+    try:
+        yield
+    finally:
+        _deadlines.remove(entry)
+
+
 def run_interruptibly(work: Callable[[], T]) -> T:
-    """Run `work` in a worker thread; a signal cancels its queries and makes it raise."""
+    """Run `work` in a worker thread; a stop cancels its queries and makes it raise."""
     outcome: dict[str, Any] = {}
 
     def worker() -> None:
@@ -45,27 +78,46 @@ def run_interruptibly(work: Callable[[], T]) -> T:
         except BaseException as error:  # handed to the main thread, raised there
             outcome["error"] = error
 
-    event.listen(Pool, "connect", _track_connection)
+    event.listen(Engine, "engine_connect", _track_connection)
     event.listen(Engine, "before_cursor_execute", _refuse_after_stop)
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    thread = threading.Thread(target=worker, name="migrator")
+    # A daemon: a worker stuck in a stalled socket must not keep the process alive.
+    thread = threading.Thread(target=worker, name="migrator", daemon=True)
+    stopped_at: float | None = None
+    canceller: threading.Thread | None = None
     try:
         thread.start()
         while thread.is_alive():
             thread.join(0.2)
-            if stop_requested.is_set():
-                # Again and again: a query may start just after a cancel went out.
-                _cancel_queries()
+            _check_deadlines()
+            if not stop_requested.is_set():
+                continue
+            stopped_at = stopped_at or time.monotonic()
+            if time.monotonic() - stopped_at > STOP_GRACE_SECONDS:
+                break
+            # Again and again (a query may start just after a cancel went out), each round
+            # in a thread of its own: a cancel request can block on a stalled network.
+            if canceller is None or not canceller.is_alive():
+                canceller = threading.Thread(target=_cancel_queries, daemon=True)
+                canceller.start()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        event.remove(Pool, "connect", _track_connection)
+        event.remove(Engine, "engine_connect", _track_connection)
         event.remove(Engine, "before_cursor_execute", _refuse_after_stop)
-    if "error" in outcome:
-        error = outcome["error"]
-        if stop_requested.is_set() and not isinstance(error, Interrupted):
-            raise interrupted() from error
+    if thread.is_alive():
+        abandoned.set()
+        error = interrupted()
+        error.args = (
+            f"{error}; the database did not answer within {STOP_GRACE_SECONDS:g} s, so the "
+            "server rolls back the revision in flight when it drops the session",
+        )
         raise error
+    if "error" in outcome:
+        raised = outcome["error"]
+        if stop_requested.is_set() and not isinstance(raised, MigratorError):
+            raise interrupted() from raised
+        raise raised
     return outcome["value"]  # type: ignore[no-any-return]
 
 
@@ -73,7 +125,7 @@ def run_interruptibly(work: Callable[[], T]) -> T:
 def cleanup_connection(engine: Engine) -> Iterator[Connection]:
     """A connection that still works after a stop was requested: for cleaning up."""
     with engine.connect().execution_options(migrator_cleanup=True) as connection:
-        _open_connections.discard(connection.connection.dbapi_connection)
+        _open_connections.discard(connection)
         yield connection
 
 
@@ -82,22 +134,44 @@ def _on_signal(signal_number: int, frame: object) -> None:
     stop_requested.set()
 
 
-def _track_connection(dbapi_connection: Any, connection_record: Any) -> None:
-    _open_connections.add(dbapi_connection)
+def _check_deadlines() -> None:
+    now = time.monotonic()
+    for when, error in list(_deadlines):
+        if now >= when:
+            stop(error)
 
 
-def _refuse_after_stop(connection: Connection, *args: Any) -> None:
-    if stop_requested.is_set() and not connection.get_execution_options().get("migrator_cleanup"):
+def _track_connection(connection: Connection) -> None:
+    _open_connections.add(connection)
+
+
+def _refuse_after_stop(
+    connection: Connection, cursor: Any, statement: str, parameters: Any, context: Any, *_: Any
+) -> None:
+    options = context.execution_options if context is not None else {}
+    if stop_requested.is_set() and not options.get("migrator_cleanup"):
         raise interrupted()
 
 
 def _cancel_queries() -> None:
-    for dbapi_connection in list(_open_connections):
-        # Fails when the connection is closed or the driver cannot cancel: nothing in flight.
-        with contextlib.suppress(Exception):
-            dbapi_connection.cancel()  # psycopg2: safe from another thread
+    """Cancel what the run's sessions are doing, from a new connection of the same role.
+
+    Not psycopg2's own cancel(): it holds the interpreter lock while it connects, so a server
+    out of reach would freeze the whole process, signal handling included.
+    """
+    sessions: dict[Engine, list[int]] = {}
+    for connection in list(_open_connections):
+        with contextlib.suppress(Exception):  # closed or never connected: nothing in flight
+            pid = connection.connection.dbapi_connection.info.backend_pid  # type: ignore[union-attr]
+            sessions.setdefault(connection.engine, []).append(pid)
+    for engine, pids in sessions.items():
+        with contextlib.suppress(Exception), cleanup_connection(engine) as canceller:
+            canceller.execute(
+                text("SELECT pg_cancel_backend(pid) FROM unnest(CAST(:pids AS int[])) AS pid"),
+                {"pids": pids},
+            )
 
 
 def sleep(seconds: float) -> None:
-    """tenacity's sleep: ends at once when a signal asks us to stop."""
+    """tenacity's sleep: ends at once when the run is asked to stop."""
     stop_requested.wait(seconds)

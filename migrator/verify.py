@@ -24,7 +24,7 @@ from sqlalchemy.pool import NullPool
 
 from migrator import run, signals, wait
 from migrator.config import Settings
-from migrator.errors import MigratorError, UsageError
+from migrator.errors import MigratorError, UsageError, reason, refusal
 from migrator.logs import log
 
 VERSION_TABLE = "alembic_version"  # its rows change with every step; it is not the schema
@@ -238,8 +238,8 @@ def scratch_database(settings: Settings, scratch: Settings) -> Iterator[None]:
         try:
             connection.execute(text(f'CREATE DATABASE "{name}"'))
         except DBAPIError as error:
-            raise wait.permanent_error(error) or UsageError(
-                f"cannot create a scratch database: {wait.reason(error)}"
+            raise refusal(error) or UsageError(
+                f"cannot create a scratch database: {reason(error)}"
             ) from None
     log.info("scratch database %s created", name)
     try:
@@ -284,7 +284,7 @@ def _climb(
             stair.downgrade, phase = False, "downgrade"
         else:
             phase = "upgrade after the downgrade"
-        stair.error = f"{phase} raised {wait.reason(error)}"
+        stair.error = f"{phase} raised {reason(error)}"
     stair.seconds = round(time.monotonic() - started, 3)
     return stair
 

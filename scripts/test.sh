@@ -12,6 +12,9 @@ missing=()
 command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 \
   || missing+=(docker-compose)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
+# PgBouncer in front of the server, and iptables to stall a proxy's port (tests/conditions.py).
+command -v pgbouncer >/dev/null || missing+=(pgbouncer)
+command -v iptables >/dev/null || missing+=(iptables)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "test: installing ${missing[*]}" >&2
   sudo=$([ "$(id -u)" = 0 ] || echo sudo)

@@ -21,6 +21,8 @@ import pytest
 import sqlalchemy as sa
 from testcontainers.community.postgres import PostgresContainer
 
+pytest_plugins = ["conditions"]  # tests/conditions.py: production conditions as fixtures
+
 ROOT = Path(__file__).resolve().parent.parent
 PROJECTS = Path(__file__).resolve().parent / "projects"
 POSTGRES_IMAGE = os.environ.get("MIGRATOR_TEST_POSTGRES_IMAGE", "postgres:16")

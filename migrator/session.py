@@ -1,0 +1,213 @@
+"""The run's session: one connection to read the database's revisions, hold the migration
+lock and (handed to env.py) run the revisions, so that the lock and the work live and die
+together and a run needs one connection slot.
+
+It is set up so that it cannot hang or be ended behind the run's back (keepalives, no idle
+timeout, the user's timeouts applied and read back), and marked with a token, so that a
+pooler handing a transaction to another server session is caught (PgBouncer's transaction
+mode: a session-level lock would then be shared or left behind).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import uuid
+from typing import Any
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Connection, Row
+from sqlalchemy.exc import NoSuchModuleError
+from sqlalchemy.pool import NullPool
+
+from migrator import signals, wait
+from migrator.config import Settings, milliseconds
+from migrator.errors import UsageError
+from migrator.logs import log
+
+TOKEN_SETTING = "migrator.session"
+# The server's side of the session's liveness, by the server version that has the setting.
+_SERVER_SETTINGS_SINCE = {
+    "idle_session_timeout": 140000,
+    "client_connection_check_interval": 140000,
+    "tcp_user_timeout": 120000,
+}
+_SET = text("SELECT set_config(key, value, false) FROM json_each_text(CAST(:values AS json))")
+_MARK = text(f"SELECT current_setting('{TOKEN_SETTING}', true)")
+_CHECK = text(
+    f"""
+    SELECT pg_backend_pid() AS pid,
+           current_setting('{TOKEN_SETTING}', true) AS token,
+           pg_is_in_recovery() AS in_recovery,
+           current_setting('transaction_read_only') = 'on' AS read_only,
+           current_setting('statement_timeout') AS statement_timeout,
+           current_setting('lock_timeout') AS lock_timeout,
+           (SELECT setting FROM pg_settings WHERE name = 'statement_timeout') AS statement_ms,
+           (SELECT setting FROM pg_settings WHERE name = 'lock_timeout') AS lock_ms
+    """
+)
+_INVALID_INDEXES = text(
+    """
+    SELECT i.indexrelid::regclass::text AS index, i.indrelid::regclass::text AS "table"
+    FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE NOT i.indisvalid AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+    ORDER BY 1
+    """
+)
+
+
+def transaction_pooling() -> UsageError:
+    return UsageError(
+        "a transaction pooler (PgBouncer pool_mode=transaction?) handed this run's "
+        "transactions to different server sessions, so the migration lock cannot hold; "
+        "point the migrator at PostgreSQL directly, or at a session-mode pool"
+    )
+
+
+class Session:
+    """The run's connection to the database, and the engine that makes it."""
+
+    def __init__(self, settings: Settings, *, writable: bool) -> None:
+        self.settings = settings
+        self.writable = writable
+        self.token = uuid.uuid4().hex
+        self.pid = 0
+        # Another thread (the lock's heartbeat) may query while the run waits on env.py.
+        self.mutex = threading.RLock()
+        try:
+            self.engine = create_engine(settings.connection_url(), poolclass=NullPool)
+        except (NoSuchModuleError, ImportError) as error:
+            raise UsageError(f"DATABASE_URL: its driver is not installed ({error})") from None
+        self.connection = wait.connect(self.engine, settings.wait_timeout, self._prepare)
+        # A pooler shows itself on a second connection: PostgreSQL starts a new session, a
+        # session pool resets the one it hands out, a transaction pool hands back the one
+        # just used (its idle sessions are reused last-in first-out) with our mark on it.
+        self.reconnect(announce=False)
+
+    def reconnect(self, *, announce: bool = True) -> None:
+        """A new session in place of one that ended (within the wait timeout)."""
+        self.close()
+        self.connection = wait.connect(
+            self.engine, self.settings.wait_timeout, self._prepare, announce=announce
+        )
+
+    def query(self, sql: Any, **params: Any) -> Row[Any] | None:
+        """One statement in a transaction of its own; its first row."""
+        with self.mutex:
+            try:
+                row = self.connection.execute(sql, params).first()
+                self.connection.commit()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    self.connection.rollback()
+                raise
+            return row
+
+    def invalid_indexes(self) -> list[str]:
+        """INVALID indexes (an interrupted CREATE INDEX CONCURRENTLY leaves one), each with
+        the statement that drops it; read on a new connection, since this one may be gone."""
+        try:
+            with signals.cleanup_connection(self.engine) as connection:
+                rows = connection.execute(_INVALID_INDEXES).all()
+        except Exception as error:  # a report of a failure must not hide the failure
+            log.warning("could not look for INVALID indexes: %s", error)
+            return []
+        return [
+            f"INVALID index {row.index} on {row.table} (DROP INDEX CONCURRENTLY {row.index})"
+            for row in rows
+        ]
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.connection.close()
+
+    def dispose(self) -> None:
+        self.close()
+        self.engine.dispose()
+
+    def _prepare(self, connection: Connection) -> None:
+        """Set the session up, read it back, and refuse what this run cannot work on."""
+        version = _version_number(connection)
+        values = {TOKEN_SETTING: self.token, **self._server_settings()}
+        for name, since in _SERVER_SETTINGS_SINCE.items():
+            if version < since:
+                values.pop(name, None)
+        # In one transaction, so on one server session even behind a transaction pooler.
+        marked = connection.execute(_MARK).scalar()
+        connection.execute(_SET, {"values": json.dumps(values)})
+        connection.commit()
+        if marked:  # a session some run used before, handed on without a reset
+            raise transaction_pooling()
+        row = connection.execute(_CHECK).one()
+        connection.commit()
+        if row.token != self.token:
+            raise transaction_pooling()
+        self._check_timeout(
+            "MIGRATOR_STATEMENT_TIMEOUT",
+            "statement",
+            self.settings.statement_timeout,
+            row.statement_ms,
+        )
+        self._check_timeout(
+            "MIGRATOR_DDL_LOCK_TIMEOUT", "lock", self.settings.ddl_lock_timeout, row.lock_ms
+        )
+        if self.writable and (row.in_recovery or row.read_only):
+            why = (
+                "in recovery (a standby; a failover in progress?)"
+                if row.in_recovery
+                else ("default_transaction_read_only is on")
+            )
+            raise wait.NotReady(f"the database is read-only: {why}")
+        self.pid = row.pid
+
+    def _server_settings(self) -> dict[str, str]:
+        settings = self.settings
+        keepalives = settings.keepalives()
+        values = {
+            # The session holds the lock while env.py works on it: it must not be ended for
+            # being idle (a role's idle_session_timeout), whatever the role's default.
+            "idle_session_timeout": "0",
+            # When the client vanishes mid-revision, the server ends the session and releases
+            # what it holds: keepalives for a silent peer; this for a proxy that stopped
+            # forwarding but still answers for the client (a revision that idles inside its
+            # transaction for longer than twice the network timeout is ended too).
+            "idle_in_transaction_session_timeout": str(settings.network_timeout * 2000),
+            "tcp_keepalives_idle": keepalives["keepalives_idle"],
+            "tcp_keepalives_interval": keepalives["keepalives_interval"],
+            "tcp_keepalives_count": keepalives["keepalives_count"],
+            "tcp_user_timeout": keepalives["tcp_user_timeout"],
+            "client_connection_check_interval": str(settings.network_timeout * 1000 // 3),
+        }
+        # Set here as well as in the startup options: a pooler may ignore those.
+        if settings.statement_timeout is not None:
+            values["statement_timeout"] = str(milliseconds(settings.statement_timeout))
+        if settings.ddl_lock_timeout is not None:
+            values["lock_timeout"] = str(milliseconds(settings.ddl_lock_timeout))
+        return values
+
+    def check_timeouts(self, connection: Connection) -> None:
+        """Refuse a connection (env.py's own) on which the user's timeouts did not apply."""
+        row = connection.execute(_CHECK).one()
+        self._check_timeout(
+            "MIGRATOR_STATEMENT_TIMEOUT",
+            "statement",
+            self.settings.statement_timeout,
+            row.statement_ms,
+        )
+        self._check_timeout(
+            "MIGRATOR_DDL_LOCK_TIMEOUT", "lock", self.settings.ddl_lock_timeout, row.lock_ms
+        )
+
+    @staticmethod
+    def _check_timeout(variable: str, name: str, wanted: float | None, applied: str) -> None:
+        if wanted is not None and applied != str(milliseconds(wanted)):
+            raise UsageError(
+                f"{variable}: the server did not apply it ({name}_timeout is {applied} ms)"
+            )
+
+
+def _version_number(connection: Connection) -> int:
+    major, minor, *_ = (*(connection.dialect.server_version_info or ()), 0, 0)
+    return int(major) * 10000 + int(minor) if int(major) >= 10 else int(major) * 10000

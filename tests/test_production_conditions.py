@@ -1,0 +1,382 @@
+"""The lock and the connections under the conditions production has: a lock session that is
+ended, a role that cannot see other roles' sessions, PgBouncer in front, a network that
+stalls, few connection slots, a read-only server. Real servers throughout (tests/conditions.py).
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+
+import sqlalchemy as sa
+from conditions import Bouncer, OtherRole, Proxy, SmallServer
+from conftest import LOCK_KEY, PROJECTS, ROLE, Database, finish, run_migrator, start_migrator
+from conftest import wait_for_line as read_until
+from test_locking_and_running import applied_counts, holding_the_lock
+
+AUDITED = {"MIGRATOR_CONFIG": str(PROJECTS / "audited" / "alembic.ini")}
+OWN_CONNECTION = {"MIGRATOR_CONFIG": str(PROJECTS / "own_connection" / "alembic.ini")}
+OUTSIDE = {"MIGRATOR_CONFIG": str(PROJECTS / "outside_transaction" / "alembic.ini")}
+ALL_ONCE = {"a1a1a1a1a1a1": 1, "a2a2a2a2a2a2": 1, "a3a3a3a3a3a3": 1}
+
+
+def lock_session_pid(database: Database) -> int:
+    rows = database.query(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+        "AND objid = :low AND classid = :high",
+        low=LOCK_KEY & 0xFFFFFFFF,
+        high=LOCK_KEY >> 32,
+    )
+    assert len(rows) == 1, rows
+    return int(rows[0][0])
+
+
+def migrator_sessions(database: Database) -> list[int]:
+    rows = database.query(
+        "SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'migrator@%' "
+        "AND datname = current_database()"
+    )
+    return [int(row[0]) for row in rows]
+
+
+def terminate(database: Database, pid: int) -> None:
+    with database.server.admin.connect() as connection:
+        connection.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+
+
+# -- a lost lock ----------------------------------------------------------------------------
+
+
+def test_a_run_whose_lock_session_is_terminated_exits_7_and_the_next_applies_once(
+    database: Database,
+) -> None:
+    env = {**database.env, **AUDITED, "SAMPLE_SLEEP": "30"}
+    started = time.monotonic()
+    first = start_migrator("upgrade", "head", env=env)
+    read_until(first, "applied in")  # a1 done; a2 sleeps
+    terminate(database, lock_session_pid(database))
+    lost = finish(first, started)
+
+    assert lost.status == 7, lost.output
+    assert "migration lock was lost" in lost.stderr
+    assert "status=lock lost" in lost.stderr
+    assert "Traceback" not in lost.output
+    after = run_migrator("upgrade", "head", env={**env, "SAMPLE_SLEEP": "0"})
+    assert after.status == 0, after.output
+    assert applied_counts(database) == ALL_ONCE
+
+
+def test_when_env_py_has_its_own_connection_a_heartbeat_notices_the_lost_lock(
+    database: Database,
+) -> None:
+    env = {**database.env, **OWN_CONNECTION, "SAMPLE_SLEEP": "30"}
+    started = time.monotonic()
+    first = start_migrator("upgrade", "head", env=env)
+    read_until(first, "applied in")
+    lock_pid = lock_session_pid(database)
+    assert len(migrator_sessions(database)) == 2  # the lock's session and env.py's own
+    terminate(database, lock_pid)
+    terminated_at = time.monotonic()
+    lost = finish(first, started)
+
+    assert lost.status == 7, lost.output
+    assert "migration lock was lost" in lost.stderr
+    assert time.monotonic() - terminated_at < 10  # the heartbeat beats every 2 s
+    assert applied_counts(database) == {"a1a1a1a1a1a1": 1}  # a2 was rolled back
+    assert "slow_done" not in database.tables()
+
+
+def test_ending_env_pys_own_connection_fails_the_revision_and_frees_the_lock(
+    database: Database,
+) -> None:
+    env = {**database.env, **OWN_CONNECTION, "SAMPLE_SLEEP": "30"}
+    started = time.monotonic()
+    first = start_migrator("upgrade", "head", env=env)
+    read_until(first, "applied in")
+    lock_pid = lock_session_pid(database)
+    (worker,) = [pid for pid in migrator_sessions(database) if pid != lock_pid]
+    terminate(database, worker)
+    failed = finish(first, started)
+
+    assert failed.status == 1, failed.output
+    assert "connection was lost" in failed.stderr
+    assert database.advisory_locks() == 0
+    assert applied_counts(database) == {"a1a1a1a1a1a1": 1}
+
+
+def test_the_roles_idle_session_timeout_does_not_end_the_lock_session(
+    database: Database,
+) -> None:
+    with database.server.admin.connect() as connection:
+        connection.execute(
+            sa.text(
+                f"ALTER ROLE {ROLE} IN DATABASE {database.name} SET idle_session_timeout = '1s'"
+            )
+        )
+    for project in (AUDITED, OWN_CONNECTION):
+        database.query("DROP TABLE IF EXISTS applied, slow_done, third, alembic_version")
+        result = run_migrator(
+            "upgrade", "head", env={**database.env, **project, "SAMPLE_SLEEP": "3"}
+        )
+
+        assert result.status == 0, result.output
+        assert applied_counts(database) == ALL_ONCE
+
+
+# -- a non-transactional revision -----------------------------------------------------------
+
+
+def test_a_failed_revision_outside_a_transaction_names_what_it_left(database: Database) -> None:
+    env = {**database.env, **OUTSIDE, "SAMPLE_DUPLICATES": "1"}
+    result = run_migrator("upgrade", "head", env=env)
+
+    assert result.status == 1, result.output
+    assert "outside a transaction, which are not rolled back" in result.stderr
+    assert "INVALID index items_code on items" in result.stderr
+    assert "DROP INDEX CONCURRENTLY items_code" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_a_revision_outside_a_transaction_never_runs_on_after_its_lock_is_lost(
+    database: Database,
+) -> None:
+    env = {**database.env, **OUTSIDE, "SAMPLE_SLEEP": "30"}
+    started = time.monotonic()
+    first = start_migrator("upgrade", "head", env=env)
+    read_until(first, "applied in")  # o1 done; o2 sleeps outside a transaction
+    terminate(database, lock_session_pid(database))
+    lost = finish(first, started)
+    again = run_migrator("upgrade", "head", env={**env, "SAMPLE_SLEEP": "0"})
+
+    assert lost.status == 7, lost.output
+    assert "outside a transaction" in lost.stderr
+    assert again.status == 0, again.output
+    steps = [row[0] for row in database.query("SELECT step FROM steps")]
+    assert sorted(steps) == ["after", "before", "before"]  # the first run stopped for good
+
+
+# -- another role ---------------------------------------------------------------------------
+
+
+def test_a_lock_held_by_another_role_is_named_by_what_can_be_seen(
+    database: Database, other_role: OtherRole
+) -> None:
+    engine = other_role.engine("other-deploy")
+    with engine.connect() as holder:
+        holder.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": LOCK_KEY})
+        holder.commit()
+        pid = holder.execute(sa.text("SELECT pg_backend_pid()")).scalar()
+        result = run_migrator(
+            "upgrade", "head", env={**database.env, **AUDITED, "MIGRATOR_LOCK_TIMEOUT": "2"}
+        )
+
+    assert result.status == 4, result.output
+    assert f"pid {pid} (a session of role {other_role.name}; its details are hidden" in (
+        result.stderr
+    )
+    assert "unexpected" not in result.stderr
+
+
+def test_a_table_locked_by_another_role_is_reported_without_crashing(
+    database: Database, other_role: OtherRole
+) -> None:
+    run_migrator("upgrade", "a1a1a1a1a1a1", env={**database.env, **AUDITED})
+    database.query(f"GRANT SELECT ON applied TO {other_role.name}")
+    engine = other_role.engine("dba-psql")
+    with engine.connect() as blocker:
+        blocker.execute(sa.text("LOCK TABLE applied IN ACCESS SHARE MODE"))
+        pid = blocker.execute(sa.text("SELECT pg_backend_pid()")).scalar()
+        result = run_migrator(
+            "downgrade",
+            "base",
+            env={
+                **database.env,
+                **AUDITED,
+                "MIGRATOR_DDL_LOCK_TIMEOUT": "0.3",
+                "MIGRATOR_DDL_LOCK_RETRIES": "1",
+            },
+        )
+        blocker.rollback()
+
+    assert result.status == 1, result.output
+    assert f"pid {pid} (a session of role {other_role.name}" in result.stderr
+    assert "retry 1 of 1" in result.stderr
+    assert "unexpected" not in result.stderr
+
+
+# -- PgBouncer ------------------------------------------------------------------------------
+
+
+def test_transaction_pooling_is_refused_and_never_applies_twice(
+    database: Database, pgbouncer: Callable[..., Bouncer]
+) -> None:
+    bouncer = pgbouncer(database, mode="transaction", pool_size=2)
+    env = {**bouncer.env, **AUDITED, "SAMPLE_SLEEP": "2"}
+    started = time.monotonic()
+    processes = [start_migrator("upgrade", "head", env=env) for _ in range(4)]
+    results = [finish(process, started) for process in processes]
+
+    assert {result.status for result in results} <= {0, 2}, [r.stderr for r in results]
+    refused = [result for result in results if result.status == 2]
+    assert refused, "no run noticed the transaction pooler"
+    assert all("transaction pooler" in result.stderr for result in refused)
+    counts = applied_counts(database) if "applied" in database.tables() else {}
+    assert all(count == 1 for count in counts.values()), counts
+    assert database.advisory_locks() == 0
+
+
+def test_ten_runs_through_a_session_pool_of_five_all_finish(
+    database: Database, pgbouncer: Callable[..., Bouncer]
+) -> None:
+    bouncer = pgbouncer(database, mode="session", pool_size=5)
+    env = {**bouncer.env, **AUDITED, "SAMPLE_SLEEP": "1"}
+    started = time.monotonic()
+    processes = [start_migrator("upgrade", "head", env=env) for _ in range(10)]
+    results = [finish(process, started) for process in processes]
+
+    assert [result.status for result in results] == [0] * 10, [r.stderr for r in results]
+    assert applied_counts(database) == ALL_ONCE
+    assert database.advisory_locks() == 0
+
+
+def test_timeouts_hold_behind_a_pooler_that_ignores_startup_options(
+    database: Database, pgbouncer: Callable[..., Bouncer]
+) -> None:
+    bouncer = pgbouncer(database, mode="session", ignore_options=True)
+    env = {**bouncer.env, **AUDITED, "SAMPLE_SLEEP": "6", "MIGRATOR_STATEMENT_TIMEOUT": "1"}
+    result = run_migrator("upgrade", "head", env=env)
+
+    assert result.status == 1, result.output
+    assert "statement timeout" in result.stderr
+    assert result.seconds < 6
+
+
+def test_a_pooler_that_rejects_startup_options_is_a_configuration_error_at_once(
+    database: Database, pgbouncer: Callable[..., Bouncer]
+) -> None:
+    bouncer = pgbouncer(database, mode="session", ignore_options=False)
+    env = {**bouncer.env, **AUDITED, "MIGRATOR_DDL_LOCK_TIMEOUT": "5"}
+    result = run_migrator("upgrade", "head", env=env)
+
+    assert result.status == 2, result.output
+    assert "unsupported startup parameter" in result.stderr
+    assert result.seconds < 5
+
+
+# -- a stalled network ----------------------------------------------------------------------
+
+
+def test_sigterm_ends_a_run_on_a_stalled_network_within_10_s(
+    database: Database, stall_proxy: Callable[..., Proxy]
+) -> None:
+    proxy = stall_proxy(database)
+    env = {**proxy.env, **AUDITED, "SAMPLE_SLEEP": "8", "MIGRATOR_NETWORK_TIMEOUT": "3"}
+    started = time.monotonic()
+    run = start_migrator("upgrade", "head", env=env)
+    read_until(run, "applied in")
+    proxy.stall()
+    run.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    result = finish(run, started, timeout=30)
+
+    assert result.status == 143, result.output
+    assert time.monotonic() - signalled < 10
+    assert "the server rolls back" in result.stderr
+    assert "when it drops the session" in result.stderr
+    # The server ends the session itself, and the lock with it: here the proxy still answers
+    # for the vanished client, so once the statement in flight ends the session idles in its
+    # transaction until idle_in_transaction_session_timeout (twice the network timeout).
+    deadline = time.monotonic() + 40
+    while database.advisory_locks() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert database.advisory_locks() == 0
+    assert "slow_done" not in database.tables()
+
+
+def test_a_stall_during_a_revision_ends_the_run_within_the_network_timeout(
+    database: Database, stall_proxy: Callable[..., Proxy]
+) -> None:
+    proxy = stall_proxy(database)
+    env = {**proxy.env, **AUDITED, "SAMPLE_SLEEP": "60", "MIGRATOR_NETWORK_TIMEOUT": "6"}
+    started = time.monotonic()
+    run = start_migrator("upgrade", "head", env=env)
+    read_until(run, "applied in")
+    proxy.stall()
+    stalled = time.monotonic()
+    result = finish(run, started, timeout=60)
+
+    assert result.status == 7, result.output
+    assert time.monotonic() - stalled < 20
+    assert "migration lock was lost" in result.stderr
+
+
+def test_the_lock_timeout_holds_when_the_lock_wait_stalls(
+    database: Database, stall_proxy: Callable[..., Proxy]
+) -> None:
+    proxy = stall_proxy(database)
+    env = {
+        **proxy.env,
+        **AUDITED,
+        "MIGRATOR_LOCK_TIMEOUT": "3",
+        "MIGRATOR_NETWORK_TIMEOUT": "120",
+    }
+    with holding_the_lock(database):
+        started = time.monotonic()
+        run = start_migrator("upgrade", "head", env=env)
+        read_until(run, "waiting for the migration lock")
+        proxy.stall()
+        result = finish(run, started, timeout=60)
+
+    assert result.status == 4, result.output
+    assert result.seconds < 3 + 2 + 10
+
+
+# -- connection slots, restarts, read-only servers ------------------------------------------
+
+
+def test_thirty_runs_at_once_on_forty_connection_slots(small_server: SmallServer) -> None:
+    env = {**small_server.env, **AUDITED, "SAMPLE_SLEEP": "1"}
+    started = time.monotonic()
+    processes = [start_migrator("upgrade", "head", env=env) for _ in range(30)]
+    results = [finish(process, started, timeout=300) for process in processes]
+
+    assert [result.status for result in results] == [0] * 30, [
+        r.stderr for r in results if r.status
+    ]
+    assert applied_counts(small_server) == ALL_ONCE
+
+
+def test_a_session_ended_during_the_lock_wait_is_replaced(database: Database) -> None:
+    with holding_the_lock(database) as holder:
+        started = time.monotonic()
+        run = start_migrator("upgrade", "head", env={**database.env, **AUDITED})
+        read_until(run, "waiting for the migration lock")
+        (waiting,) = migrator_sessions(database)
+        terminate(database, waiting)
+        time.sleep(1)
+        holder.execute(sa.text("SELECT pg_advisory_unlock_all()"))
+        holder.commit()
+        result = finish(run, started)
+
+    assert result.status == 0, result.output
+    assert "the session waiting for the migration lock ended" in result.stderr
+    assert applied_counts(database) == ALL_ONCE
+
+
+def test_a_read_only_database_is_waited_for_then_exit_3(database: Database) -> None:
+    run_migrator("upgrade", "a1a1a1a1a1a1", env={**database.env, **AUDITED})
+    with database.server.admin.connect() as connection:
+        connection.execute(
+            sa.text(f"ALTER DATABASE {database.name} SET default_transaction_read_only = on")
+        )
+    result = run_migrator(
+        "upgrade", "head", env={**database.env, **AUDITED, "MIGRATOR_WAIT_TIMEOUT": "1.5"}
+    )
+    current = run_migrator("current", env={**database.env, **AUDITED})
+
+    assert result.status == 3, result.output
+    assert "read-only" in result.stderr
+    assert "migration lock" not in result.stderr
+    assert current.status == 0, current.output
+    assert current.stdout.startswith("a1a1a1a1a1a1")
