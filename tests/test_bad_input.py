@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
-from conftest import PROJECTS, Database, run_migrator
+from conftest import PROJECTS, ROLE, Database, run_migrator
 
 TWO_HEADS = str(PROJECTS / "two_heads" / "alembic.ini")
 
@@ -185,3 +186,55 @@ def test_no_database_configured(tmp_path: Path) -> None:
     assert result.status == 2
     assert "no database configured: set DATABASE_URL" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def broken_project(tmp_path: Path, how: str) -> Path:
+    """A copy of the audited test project, broken in one way a real project can be."""
+    project = tmp_path / "project"
+    shutil.copytree(PROJECTS / "audited", project)
+    ini, versions = project / "alembic.ini", project / "alembic" / "versions"
+    if how == "revision syntax":
+        (versions / "a3_maybe_failing.py").write_text("revision = 'a3'\ndef upgrade(:\n")
+    elif how == "no [alembic] section":
+        ini.write_text("[logging]\nlevel = INFO\n")
+    elif how == "not UTF-8":
+        ini.write_bytes("[alembic]\nscript_location = caf\xe9\n".encode("latin-1"))
+    elif how == "env.py import":
+        (project / "alembic" / "env.py").write_text("import no_such_module_here\n")
+    return ini
+
+
+@pytest.mark.parametrize(
+    ("how", "arguments", "named"),
+    [
+        ("revision syntax", ["upgrade", "head"], "a3_maybe_failing.py:2: SyntaxError"),
+        ("revision syntax", ["plan", "upgrade", "head"], "a3_maybe_failing.py:2: SyntaxError"),
+        ("no [alembic] section", ["upgrade", "head"], "alembic.ini"),
+        ("not UTF-8", ["current"], "alembic.ini: not UTF-8 text"),
+        ("env.py import", ["upgrade", "head"], "env.py: ModuleNotFoundError"),
+        ("env.py import", ["current"], "env.py: ModuleNotFoundError"),
+    ],
+)
+def test_a_broken_project_file_is_exit_2_naming_the_file(
+    database: Database, tmp_path: Path, how: str, arguments: list[str], named: str
+) -> None:
+    ini = broken_project(tmp_path, how)
+    result = run_migrator(*arguments, env={**database.env, "MIGRATOR_CONFIG": str(ini)})
+
+    assert result.status == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and named in errors[0], result.stderr
+    assert "unexpected" not in result.stderr
+    assert "Traceback" not in result.output
+    assert database.tables() == set()
+
+
+def test_a_role_denied_the_version_table_is_exit_6(database: Database) -> None:
+    audited = {"MIGRATOR_CONFIG": str(PROJECTS / "audited" / "alembic.ini")}
+    run_migrator("upgrade", "head", env={**database.env, **audited})
+    database.query(f"REVOKE ALL ON alembic_version FROM {ROLE}")  # as its owner may
+    result = run_migrator("current", env={**database.env, **audited})
+
+    assert result.status == 6, result.output
+    assert "permission denied" in result.stderr
+    assert "unexpected" not in result.stderr
