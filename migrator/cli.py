@@ -6,8 +6,8 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
-from typing import NoReturn
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NoReturn
 
 import sqlalchemy
 
@@ -15,14 +15,12 @@ import alembic
 from migrator import __version__, commands, signals
 from migrator.config import (
     LOG_FORMATS,
-    Settings,
-    check_target,
     command_from_environment,
     load_settings,
+    resolve_target,
 )
 from migrator.errors import MigratorError, UsageError, reason
 from migrator.logs import Summary, log, report_summary, setup_logging
-from migrator.run import Direction
 
 
 class _Parser(argparse.ArgumentParser):
@@ -75,44 +73,51 @@ def build_parser() -> argparse.ArgumentParser:
         dest="command", required=True, metavar="COMMAND", parser_class=_Parser
     )
 
-    def add(name: str, help_text: str) -> argparse.ArgumentParser:
-        return subcommands.add_parser(name, parents=[common], help=help_text, description=help_text)
+    def add(command: Callable[..., None], name: str, help_text: str) -> argparse.ArgumentParser:
+        subparser = subcommands.add_parser(
+            name, parents=[common], help=help_text, description=help_text
+        )
+        subparser.set_defaults(func=command)
+        return subparser
 
-    upgrade = add("upgrade", "upgrade to TARGET (default head)")
+    def add_json(subparser: argparse.ArgumentParser) -> None:
+        subparser.add_argument(
+            "--json", dest="as_json", action="store_true", help="machine-readable output"
+        )
+
+    upgrade = add(commands.upgrade, "upgrade", "upgrade to TARGET (default head)")
     upgrade.add_argument("target", nargs="?", metavar="TARGET")
     upgrade.add_argument("--sql", action="store_true", help="print the SQL; no database needed")
-    downgrade = add("downgrade", "downgrade to TARGET")
+    downgrade = add(commands.downgrade, "downgrade", "downgrade to TARGET")
     downgrade.add_argument("target", metavar="TARGET")
     downgrade.add_argument(
         "--sql", action="store_true", help="print the SQL for FROM:TO; no database needed"
     )
-    plan = add("plan", "the revisions an upgrade or downgrade would run")
+    plan = add(commands.plan, "plan", "the revisions an upgrade or downgrade would run")
     plan.add_argument("direction", choices=("upgrade", "downgrade"))
     plan.add_argument("target", metavar="TARGET")
-    plan.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json(plan)
     verify = add(
+        commands.verify,
         "verify",
         "on a scratch database: one head, every downgrade undoes its upgrade, models match",
     )
     verify.add_argument(
         "target", nargs="?", metavar="TARGET", help="the heads to verify, when there are several"
     )
-    verify.add_argument("--json", action="store_true", help="machine-readable output")
-    for name, help_text in (
-        ("current", "the database's revision, and whether it is head"),
-        ("history", "every revision, applied ones marked"),
-        ("check", "exit 5 unless the database is at head and the models match it"),
-    ):
-        add(name, help_text).add_argument(
-            "--json", action="store_true", help="machine-readable output"
-        )
-    add("wait", "only wait until the database accepts connections")
+    add_json(verify)
+    add_json(add(commands.current, "current", "the database's revision, and whether it is head"))
+    add_json(add(commands.history, "history", "every revision, applied ones marked"))
+    add_json(
+        add(commands.check, "check", "exit 5 unless the database is at head and the models match")
+    )
+    add(commands.wait, "wait", "only wait until the database accepts connections")
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
-    environ = os.environ
+    environ = os.environ if environ is None else environ
     early_format = environ.get("MIGRATOR_LOG_FORMAT", "").strip().lower()
     setup_logging("json" if early_format == "json" else "text", "INFO")
     logging.captureWarnings(True)  # a library's warning is a log line too, in the log's format
@@ -121,7 +126,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(arguments or command_from_environment(environ))
         settings = load_settings(environ, _flags(args))
         setup_logging(settings.log_format, settings.log_level, settings.secrets)
-        work = _command(args, settings, from_environment)
+        options = _options(args)
+        target = resolve_target(
+            args.command, options.get("target"), environ, from_environment=from_environment
+        )
+        if "target" in options:
+            options["target"] = target
     except MigratorError as error:  # bad input: one line, nothing done
         log.error("%s", error)
         return error.exit_status
@@ -132,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Relative paths in alembic.ini (prepend_sys_path, script_location) mean what they
         # mean to `alembic` run beside the file.
         os.chdir(settings.alembic_ini.parent)
-        signals.run_interruptibly(lambda: work(summary))
+        signals.run_interruptibly(lambda: args.func(settings, summary, **options))
         exit_status = 0
     except MigratorError as error:
         log.error("%s", error, exc_info=debug)
@@ -151,57 +161,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return exit_status
 
 
-def _command(
-    args: argparse.Namespace, settings: Settings, from_environment: bool
-) -> Callable[[Summary], None]:
-    """The command to run, with its arguments checked before anything connects."""
-    command: str = args.command
-    given = getattr(args, "target", None)
-    if not from_environment:
-        _refuse_conflicts(command, given)
-    if command == "upgrade" and given is None:
-        given = os.environ.get("MIGRATOR_TARGET", "").strip() or "head"
-    label = "MIGRATOR_TARGET" if from_environment else "TARGET"
-    if command == "verify":
-        verify_target = check_target(label, given) if given else None
-        return lambda summary: commands.verify(settings, verify_target, summary, args.json)
-    target = check_target(label, given or "head")
-    if command == "downgrade" and from_environment and not settings.allow_downgrade:
-        raise UsageError(
-            "MIGRATOR_COMMAND=downgrade needs MIGRATOR_ALLOW_DOWNGRADE=true: "
-            "downgrades from the environment are deliberate"
-        )
-    if command in ("upgrade", "downgrade"):
-        direction: Direction = "upgrade" if command == "upgrade" else "downgrade"
-        if args.sql:
-            return lambda summary: commands.write_sql(settings, direction, target, summary)
-        migrate = commands.upgrade if command == "upgrade" else commands.downgrade
-        return lambda summary: migrate(settings, target, summary)
-    if command == "plan":
-        return lambda summary: commands.plan(settings, args.direction, target, summary, args.json)
-    if command == "current":
-        return lambda summary: commands.current(settings, summary, args.json)
-    if command == "history":
-        return lambda summary: commands.history(settings, summary, args.json)
-    if command == "check":
-        return lambda summary: commands.check(settings, summary, args.json)
-    return lambda summary: commands.wait_for_database(settings, summary)
-
-
-def _refuse_conflicts(command: str, target: str | None) -> None:
-    """Arguments and MIGRATOR_COMMAND/MIGRATOR_TARGET that disagree are an error, not a guess.
-
-    In a container the image's CMD (`upgrade head`) counts as arguments: a Job that means
-    its environment to decide must not quietly run the CMD instead.
-    """
-    for name, given in (("MIGRATOR_COMMAND", command), ("MIGRATOR_TARGET", target)):
-        value = os.environ.get(name, "").strip()
-        if value and given is not None and value != given:
-            raise UsageError(
-                f"{name}={value} disagrees with the arguments ({given}); arguments are given "
-                "(in a container, the image's CMD counts), so drop one: to let the "
-                "environment decide, run `migrator` with no arguments"
-            )
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    """The command's own arguments, by the name its function takes them."""
+    general = {"command", "func", "config", "wait_timeout", "lock_timeout", "log_format", "debug"}
+    return {name: value for name, value in vars(args).items() if name not in general}
 
 
 def _flags(args: argparse.Namespace) -> dict[str, str | None]:

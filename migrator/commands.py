@@ -19,50 +19,39 @@ from migrator.run import Direction, State
 from migrator.session import Session
 
 
-def upgrade(settings: Settings, target: str, summary: Summary) -> None:
-    """Wait, lock, upgrade to `target`, one revision per transaction."""
-    _migrate(settings, "upgrade", target, summary)
+def upgrade(settings: Settings, summary: Summary, target: str, sql: bool = False) -> None:
+    """Wait, lock, upgrade to `target`, one revision per transaction; or, with `sql`, only
+    print the SQL (no database needed)."""
+    _migrate(settings, "upgrade", target, summary, sql)
 
 
-def downgrade(settings: Settings, target: str, summary: Summary) -> None:
-    """Wait, lock, downgrade to `target`, one revision per transaction."""
-    _migrate(settings, "downgrade", target, summary)
-
-
-def write_sql(settings: Settings, direction: Direction, target: str, summary: Summary) -> None:
-    """The SQL an upgrade or downgrade would run, on stdout; no database needed."""
-    config, script = run.alembic_project(settings)
-    run.write_sql(config, script, direction, target)
+def downgrade(settings: Settings, summary: Summary, target: str, sql: bool = False) -> None:
+    """Wait, lock, downgrade to `target`, one revision per transaction; or print the SQL."""
+    _migrate(settings, "downgrade", target, summary, sql)
 
 
 def plan(
-    settings: Settings, direction: Direction, target: str, summary: Summary, as_json: bool
+    settings: Settings, summary: Summary, direction: Direction, target: str, as_json: bool
 ) -> None:
     """The revisions an upgrade or downgrade would run, in order; changes nothing."""
     config, script = run.alembic_project(settings)
-    run.check_target(script, target)
+    run.refuse_unresolvable_target(script, target)
     with _database(settings, config):
         state = run.inspect(config, script, direction, target)
     _accept(state, direction, settings, summary)
     steps = [{"revision": step.revision, "message": step.doc} for step in state.steps]
-    if as_json:
-        print(
-            json.dumps(
-                {
-                    "direction": direction,
-                    "from": list(state.heads),
-                    "to": target,
-                    "revisions": steps,
-                }
-            )
-        )
-        return
-    print(f"{direction} from {_name(state.heads)} to {target}: {len(steps)} revision(s)")
-    for position, step in enumerate(steps, start=1):
-        print(f"  {position}. {step['revision']}  {step['message']}")
+    _emit(
+        as_json,
+        {"direction": direction, "from": list(state.heads), "to": target, "revisions": steps},
+        [f"{direction} from {_name(state.heads)} to {target}: {len(steps)} revision(s)"]
+        + [
+            f"  {position}. {step['revision']}  {step['message']}"
+            for position, step in enumerate(steps, start=1)
+        ],
+    )
 
 
-def current(settings: Settings, summary: Summary, as_json: bool) -> None:
+def current(settings: Settings, summary: Summary, as_json: bool = False) -> None:
     """The database's revision(s), and whether that is head."""
     config, script = run.alembic_project(settings)
     with _database(settings, config):
@@ -70,29 +59,26 @@ def current(settings: Settings, summary: Summary, as_json: bool) -> None:
     heads = script.get_heads()
     at_head = set(state.heads) == set(heads)
     summary.from_revision = _name(state.heads)
-    if as_json:
-        print(
-            json.dumps(
-                {
-                    "current": list(state.heads),
-                    "heads": heads,
-                    "at_head": at_head,
-                    "unknown": list(state.unknown),
-                    "pending": len(state.steps),
-                }
-            )
-        )
-        return
     if state.unknown:
         where = f"unknown to this project ({', '.join(state.unknown)}: a newer release?)"
     elif at_head:
         where = "head"
     else:
         where = f"not head: {len(state.steps)} revision(s) to apply up to {', '.join(heads)}"
-    print(f"{_name(state.heads)} ({where})")
+    _emit(
+        as_json,
+        {
+            "current": list(state.heads),
+            "heads": heads,
+            "at_head": at_head,
+            "unknown": list(state.unknown),
+            "pending": len(state.steps),
+        },
+        [f"{_name(state.heads)} ({where})"],
+    )
 
 
-def history(settings: Settings, summary: Summary, as_json: bool) -> None:
+def history(settings: Settings, summary: Summary, as_json: bool = False) -> None:
     """Every revision, oldest first, marked applied when a database is configured."""
     config, script = run.alembic_project(settings)
     applied: set[str] | None = None
@@ -112,45 +98,46 @@ def history(settings: Settings, summary: Summary, as_json: bool) -> None:
         }
         for rev in revisions
     ]
-    if as_json:
-        print(json.dumps(entries))
-        return
-    for entry in entries:
-        mark = {None: "", True: "applied  ", False: "pending  "}[entry["applied"]]
-        head = " (head)" if entry["head"] else ""
-        print(f"{mark}{entry['revision']}  {entry['message']}{head}")
+    marks = {None: "", True: "applied  ", False: "pending  "}
+    _emit(
+        as_json,
+        entries,
+        [
+            f"{marks[entry['applied']]}{entry['revision']}  {entry['message']}"
+            + (" (head)" if entry["head"] else "")
+            for entry in entries
+        ],
+    )
 
 
-def verify(settings: Settings, target: str | None, summary: Summary, as_json: bool) -> None:
+def verify(
+    settings: Settings, summary: Summary, target: str | None = None, as_json: bool = False
+) -> None:
     """On a scratch database: one head; every downgrade undoes its upgrade; models match."""
     # Imported here, not at the top: a deploy's upgrade should not pay for autogenerate.
     from migrator.verify import stairway
 
     report = stairway(settings, target)
-    if as_json:
-        print(
-            json.dumps(
-                {
-                    "ok": not report.problems,
-                    "heads": report.heads,
-                    "stairs": [asdict(stair) for stair in report.stairs],
-                    "models": report.models,
-                    "problems": report.problems,
-                }
-            )
-        )
-    elif report.problems:
-        print("verify found problems:")
-        print("\n".join(f"  - {problem}" for problem in report.problems))
-    else:
-        models = "models match" if report.models is not None else "no models to compare"
-        print(f"verified: {len(report.stairs)} revision(s) up, down and up again; {models}")
+    models = "models match" if report.models is not None else "no models to compare"
+    _emit(
+        as_json,
+        {
+            "ok": not report.problems,
+            "heads": report.heads,
+            "stairs": [asdict(stair) for stair in report.stairs],
+            "models": report.models,
+            "problems": report.problems,
+        },
+        ["verify found problems:", *(f"  - {problem}" for problem in report.problems)]
+        if report.problems
+        else [f"verified: {len(report.stairs)} revision(s) up, down and up again; {models}"],
+    )
     summary.applied = len(report.stairs)
     if report.problems:
         raise DifferenceFound(f"verify: {report.problems[0]}")
 
 
-def check(settings: Settings, summary: Summary, as_json: bool) -> None:
+def check(settings: Settings, summary: Summary, as_json: bool = False) -> None:
     """Without changing the database: is it at head, and do the models match its schema?"""
     from migrator.verify import model_differences
 
@@ -170,38 +157,36 @@ def check(settings: Settings, summary: Summary, as_json: bool) -> None:
             f"{len(state.steps)} revision(s) to apply"
         )
     problems += [f"models: {difference}" for difference in models or []]
-    if as_json:
-        print(
-            json.dumps(
-                {
-                    "ok": not problems,
-                    "current": list(state.heads),
-                    "heads": script.get_heads(),
-                    "models": models,
-                    "problems": problems,
-                }
-            )
-        )
-    elif problems:
-        print("\n".join(problems))
-    else:
-        print(
-            f"{_name(state.heads)} (head); "
-            + ("models match" if models is not None else "no models to compare")
-        )
+    compared = "models match" if models is not None else "no models to compare"
+    _emit(
+        as_json,
+        {
+            "ok": not problems,
+            "current": list(state.heads),
+            "heads": script.get_heads(),
+            "models": models,
+            "problems": problems,
+        },
+        problems or [f"{_name(state.heads)} (head); {compared}"],
+    )
     if problems:
         raise DifferenceFound(f"check: {problems[0]}")
 
 
-def wait_for_database(settings: Settings, summary: Summary) -> None:
+def wait(settings: Settings, summary: Summary) -> None:
     """Only wait until the database accepts connections (an init container's job)."""
     with _database(settings):
         pass
 
 
-def _migrate(settings: Settings, direction: Direction, target: str, summary: Summary) -> None:
+def _migrate(
+    settings: Settings, direction: Direction, target: str, summary: Summary, sql: bool
+) -> None:
     config, script = run.alembic_project(settings)
-    run.check_target(script, target)
+    if sql:
+        run.write_sql(config, script, direction, target)
+        return
+    run.refuse_unresolvable_target(script, target)
     with _database(settings, config, writable=True) as session:
         # Look, lock, look again: a run with nothing to do never waits on the lock.
         state = run.inspect(config, script, direction, target)
@@ -267,6 +252,14 @@ def _database(
         yield session
     finally:
         session.dispose()
+
+
+def _emit(as_json: bool, payload: Any, lines: list[str]) -> None:
+    """A command's output on stdout: one JSON document, or lines for a person."""
+    if as_json:
+        print(json.dumps(payload))
+    elif lines:
+        print("\n".join(lines))
 
 
 def _name(heads: tuple[str, ...]) -> str:

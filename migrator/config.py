@@ -19,6 +19,9 @@ from migrator.errors import UsageError
 
 # Commands a Job can ask for through MIGRATOR_COMMAND (it passes no arguments).
 ENVIRONMENT_COMMANDS = ("upgrade", "downgrade", "current", "history", "check", "verify", "wait")
+# Commands that run to a target revision.
+TARGETED_COMMANDS = ("upgrade", "downgrade", "plan", "verify")
+DEFAULT_TARGET = "head"
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 KEEPALIVES = (
@@ -129,25 +132,54 @@ def load_settings(environ: Mapping[str, str], flags: Mapping[str, str | None]) -
 
 def command_from_environment(environ: Mapping[str, str]) -> list[str]:
     """The arguments a Job means when it passes none: MIGRATOR_COMMAND and MIGRATOR_TARGET."""
-    command = environ.get("MIGRATOR_COMMAND", "").strip() or "upgrade"
+    values = _Values(environ, {})
+    command = values.raw("MIGRATOR_COMMAND") or "upgrade"
     if command not in ENVIRONMENT_COMMANDS:
         raise UsageError(
             f"MIGRATOR_COMMAND: {command!r} is not one of {', '.join(ENVIRONMENT_COMMANDS)}"
         )
-    target = environ.get("MIGRATOR_TARGET", "").strip()
-    if command == "upgrade":
-        return [command, target or "head"]
-    if command == "verify":
-        return [command, target] if target else [command]
-    if command == "downgrade":
-        if not target:
-            raise UsageError("MIGRATOR_TARGET: required when MIGRATOR_COMMAND is downgrade")
-        return [command, target]
-    return [command]
+    target = values.raw("MIGRATOR_TARGET")
+    if command == "downgrade" and target is None:
+        raise UsageError("MIGRATOR_TARGET: required when MIGRATOR_COMMAND is downgrade")
+    return [command] if target is None or command not in TARGETED_COMMANDS else [command, target]
 
 
-def check_target(label: str, target: str) -> str:
-    """Reject what cannot be a revision before anything connects; Alembic resolves the rest."""
+def resolve_target(
+    command: str, given: str | None, environ: Mapping[str, str], *, from_environment: bool
+) -> str | None:
+    """The target a command runs to, checked before anything connects: the argument, else
+    MIGRATOR_TARGET, else head (for `verify`, none: all heads).
+
+    Arguments and MIGRATOR_COMMAND/MIGRATOR_TARGET that disagree are an error, not a guess:
+    in a container the image's CMD (`upgrade head`) counts as arguments, and a Job that means
+    its environment to decide must not quietly run the CMD instead. A downgrade from the
+    environment is deliberate: it needs MIGRATOR_ALLOW_DOWNGRADE.
+    """
+    values = _Values(environ, {})
+    if not from_environment:
+        for name, argument in (("MIGRATOR_COMMAND", command), ("MIGRATOR_TARGET", given)):
+            value = values.raw(name)
+            if value is not None and argument is not None and value != argument:
+                raise UsageError(
+                    f"{name}={value} disagrees with the arguments ({argument}); arguments are "
+                    "given (in a container, the image's CMD counts), so drop one: to let the "
+                    "environment decide, run `migrator` with no arguments"
+                )
+    if (
+        command == "downgrade"
+        and from_environment
+        and not _flag(values, "MIGRATOR_ALLOW_DOWNGRADE")
+    ):
+        raise UsageError(
+            "MIGRATOR_COMMAND=downgrade needs MIGRATOR_ALLOW_DOWNGRADE=true: "
+            "downgrades from the environment are deliberate"
+        )
+    if command not in TARGETED_COMMANDS:
+        return None
+    target = given if given is not None else values.raw("MIGRATOR_TARGET")
+    if target is None:
+        return None if command == "verify" else DEFAULT_TARGET
+    label = "MIGRATOR_TARGET" if from_environment or given is None else "TARGET"
     if not target or not set(target) <= _TARGET_CHARACTERS:
         raise UsageError(f"{label}: {target!r} is not a revision, 'head', 'base', '+N' or '-N'")
     return target

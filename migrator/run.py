@@ -88,7 +88,7 @@ def alembic_project(settings: Settings) -> tuple[Config, ScriptDirectory]:
     return config, script
 
 
-def check_target(script: ScriptDirectory, target: str) -> None:
+def refuse_unresolvable_target(script: ScriptDirectory, target: str) -> None:
     """Fail before connecting when the target cannot name a revision of this project."""
     if RELATIVE_TARGET.search(target) or ":" in target:
         return  # relative and ranged targets depend on where the database is

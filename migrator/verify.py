@@ -138,9 +138,8 @@ def snapshot(connection: Connection) -> Snapshot:
         if schema in SYSTEM_SCHEMAS or schema.startswith("pg_"):
             continue
         prefix = "" if schema == inspector.default_schema_name else f"{schema}."
-        tables = {key: f"{prefix}{key[1]}" for key in inspector.get_multi_columns(schema=schema)}
-        tables = {key: table for key, table in tables.items() if key[1] != VERSION_TABLE}
         columns = inspector.get_multi_columns(schema=schema)
+        tables = {key: f"{prefix}{key[1]}" for key in columns if key[1] != VERSION_TABLE}
         primary_keys = inspector.get_multi_pk_constraint(schema=schema)
         indexes = inspector.get_multi_indexes(schema=schema)
         uniques = inspector.get_multi_unique_constraints(schema=schema)

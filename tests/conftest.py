@@ -30,6 +30,7 @@ POSTGRES_IMAGE = os.environ.get("MIGRATOR_TEST_POSTGRES_IMAGE", "postgres:16")
 # registry answers); the Dockerfile's own default is the official slim image.
 PYTHON_IMAGE = os.environ.get("MIGRATOR_TEST_PYTHON_IMAGE", "python:3.12-slim")
 MIGRATOR_IMAGE = "migrator:test"
+EXAMPLE_IMAGE = "migrator-example:test"  # the example application, built FROM the migrator
 # Every character that breaks a naively built URL or an unescaped configparser value.
 PASSWORD = "p@ss%w:rd/#?"
 PASSWORD_FORMS = {PASSWORD, quote(PASSWORD, safe=""), quote_plus(PASSWORD), quote(PASSWORD)}
@@ -76,8 +77,9 @@ def server() -> Iterator[Server]:
     container.stop()
 
 
-def docker_build(tag: str, context: Path, *build_args: str) -> None:
+def docker_build(tag: str, context: Path, *build_args: str, target: str | None = None) -> None:
     arguments = [item for arg in build_args for item in ("--build-arg", arg)]
+    arguments += ["--target", target] if target else []
     subprocess.run(
         ["docker", "build", "-q", "--network", "host", *arguments, "-t", tag, str(context)],
         check=True,
@@ -91,6 +93,13 @@ def migrator_image() -> str:
     """The image, built from this checkout's Dockerfile."""
     docker_build(MIGRATOR_IMAGE, ROOT, f"PYTHON_IMAGE={PYTHON_IMAGE}")
     return MIGRATOR_IMAGE
+
+
+@pytest.fixture(scope="session")
+def example_image(migrator_image: str) -> str:
+    """The example application's image: the Dockerfile's `example` stage, FROM the migrator."""
+    docker_build(EXAMPLE_IMAGE, ROOT, f"PYTHON_IMAGE={PYTHON_IMAGE}", target="example")
+    return EXAMPLE_IMAGE
 
 
 @dataclass
@@ -211,6 +220,12 @@ def run_migrator(*args: str, env: Mapping[str, str] | None = None, timeout: floa
     """Run the CLI as a user does; fail the test if the password shows anywhere."""
     started = time.monotonic()
     return finish(start_migrator(*args, env=env), started, timeout)
+
+
+def docker_env_flags(env: Mapping[str, str]) -> list[str]:
+    """`-e KEY` for each variable: `docker run` takes the values from its own environment,
+    so a secret never appears on a command line."""
+    return [item for key in env for item in ("-e", key)]
 
 
 def run_alembic(

@@ -4,12 +4,13 @@ and the round-trip script CI calls proves a real upgrade/downgrade/upgrade."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import yaml
-from conftest import PASSWORD, PASSWORD_FORMS, ROOT, Database, docker_build
+from conftest import PASSWORD, PASSWORD_FORMS, ROOT, Database, docker_build, docker_env_flags
 
 BIN = Path(sys.executable).parent
 WORKFLOWS = sorted(str(path) for path in (ROOT / ".github" / "workflows").glob("*.yml"))
@@ -52,7 +53,7 @@ def test_ci_is_least_privilege_pinned_and_bounded() -> None:
             for step in job.get("steps", []):
                 if "uses" in step:
                     ref = step["uses"].split("@")[1]
-                    assert len(ref) == 40 and int(ref, 16) >= 0, step["uses"]
+                    assert re.fullmatch(r"[0-9a-f]{40}", ref), step["uses"]
     ci = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())
     assert set(ci["jobs"]) == {"lint", "test", "roundtrip", "kind", "release"}
     assert "concurrency" in ci
@@ -98,7 +99,7 @@ def test_the_action_runs_as_the_runner_runs_it(
             f"{commands}:/github/file_commands",
             "-e",
             "GITHUB_OUTPUT=/github/file_commands/output",
-            *[item for key in inputs for item in ("-e", key)],
+            *docker_env_flags(inputs),
             "migrator-action:test",
         ],
         env={**os.environ, **inputs},
@@ -119,12 +120,12 @@ def test_the_action_runs_as_the_runner_runs_it(
 
 
 def test_the_roundtrip_script_proves_upgrade_downgrade_upgrade(
-    migrator_image: str, database: Database
+    example_image: str, database: Database
 ) -> None:
     env = {
         **os.environ,
         **database.env,
-        "MIGRATOR_IMAGE": migrator_image,
+        "MIGRATOR_IMAGE": example_image,
         "PATH": f"{BIN}:{os.environ['PATH']}",
     }
 
@@ -139,12 +140,12 @@ def test_the_roundtrip_script_proves_upgrade_downgrade_upgrade(
 
 
 def test_the_roundtrip_script_catches_a_schema_that_does_not_come_back(
-    migrator_image: str, database: Database, tmp_path: Path
+    example_image: str, database: Database, tmp_path: Path
 ) -> None:
     """A downgrade that leaves a table behind fails the script, naming the table."""
     image = "migrator-leaky:test"
     (tmp_path / "Dockerfile").write_text(
-        f"FROM {migrator_image}\nCOPY leak.py /app/alembic/versions/ffff00000001_leak.py\n"
+        f"FROM {example_image}\nCOPY leak.py /project/alembic/versions/ffff00000001_leak.py\n"
     )
     (tmp_path / "leak.py").write_text(
         '"""leak"""\nfrom alembic import op\n\nrevision = "ffff00000001"\n'

@@ -38,6 +38,7 @@ def test_unresolvable_host_is_retried_then_exit_3() -> None:
 
     assert result.status == 3, result.output
     assert "could not translate host name" in result.stderr
+    assert "waiting for the database (0 of 1 s): could not translate host name" in result.stderr
 
 
 def test_wait_timeout_zero_tries_once() -> None:
@@ -52,6 +53,8 @@ def test_wait_timeout_zero_tries_once() -> None:
     result = run_migrator("wait", env=env)
 
     assert result.status == 3
+    assert "Connection refused" in result.stderr
+    assert "waiting for the database" not in result.stderr  # no retry was scheduled
     assert result.seconds < 5
 
 
