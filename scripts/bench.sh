@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The benchmarks (bench/run.py): the migrator beside plain Alembic and dbmate on a throwaway
 # PostgreSQL. Sets up .venv, and installs the Debian packages it drives when missing
-# (PostgreSQL's server binaries, GNU time); dbmate comes from npm into bench/.cache.
+# (PostgreSQL's server binaries, GNU time, npm); dbmate comes from npm into bench/.cache.
 # Arguments go to bench/run.py (--help lists them), e.g.
 #   scripts/bench.sh --output bench/RESULTS.md
 set -euo pipefail
@@ -11,11 +11,11 @@ scripts/setup.sh
 missing=()
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
 [ -x /usr/bin/time ] || missing+=(time)
+command -v npm >/dev/null || missing+=(npm)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "bench: installing ${missing[*]}" >&2
   sudo=$([ "$(id -u)" = 0 ] || echo sudo)
   $sudo apt-get update -qq
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-command -v npm >/dev/null || { echo "bench: npm is needed to install dbmate" >&2; exit 1; }
 exec .venv/bin/python bench/run.py "$@"

@@ -15,13 +15,17 @@ compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql
 # PgBouncer in front of the server, and iptables to stall a proxy's port (tests/conditions.py).
 command -v pgbouncer >/dev/null || missing+=(pgbouncer)
 command -v iptables >/dev/null || missing+=(iptables)
+# npm installs dbmate, the peer tests/test_bench.py measures beside the migrator.
+command -v npm >/dev/null || missing+=(npm)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "test: installing ${missing[*]}" >&2
   sudo=$([ "$(id -u)" = 0 ] || echo sudo)
   $sudo apt-get update -qq
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-eval "$(scripts/pick-base-images.sh)"
+# A failure inside $(...) would be lost in `eval`: keep its status (the cause is on stderr).
+images=$(scripts/pick-base-images.sh) || { echo "test: no base images (the cause is above)" >&2; exit 1; }
+eval "$images"
 export TESTCONTAINERS_RYUK_DISABLED=true  # its reaper image needs a registry
 echo "test: images $MIGRATOR_TEST_PYTHON_IMAGE, $MIGRATOR_TEST_POSTGRES_IMAGE" >&2
 exec .venv/bin/pytest "$@"

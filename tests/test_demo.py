@@ -1,25 +1,64 @@
-"""The README's first command: `scripts/demo.sh` migrates a throwaway PostgreSQL to head."""
+"""The README's first command: `scripts/demo.sh` migrates a throwaway PostgreSQL to head,
+with the example image under Docker (no host port), or locally on a free port."""
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 
-from conftest import POSTGRES_IMAGE, ROOT, free_port
+from conftest import POSTGRES_IMAGE, PYTHON_IMAGE, ROOT
+
+HEAD = "c3f9b7d21a58"
 
 
-def test_the_demo_migrates_a_throwaway_database_to_head() -> None:
-    env = {
-        **os.environ,
-        "DEMO_PORT": str(free_port()),
-        "MIGRATOR_TEST_POSTGRES_IMAGE": POSTGRES_IMAGE,
-    }
+def demo(**env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["scripts/demo.sh"],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
-    result = subprocess.run(
-        ["scripts/demo.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+
+def test_the_demo_runs_the_example_image_against_a_postgres_container() -> None:
+    result = demo(
+        MIGRATOR_TEST_POSTGRES_IMAGE=POSTGRES_IMAGE, MIGRATOR_TEST_PYTHON_IMAGE=PYTHON_IMAGE
     )
 
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.strip().endswith("c3f9b7d21a58 (head)")
-    assert "summary command=upgrade from=base to=c3f9b7d21a58 applied=4" in result.stderr
+    assert result.stdout.strip().endswith(f"{HEAD} (head)")
+    assert f"summary command=upgrade from=base to={HEAD} applied=4" in result.stderr
     assert "demo: PostgreSQL in container" in result.stderr
+    # Nothing is left behind: the server and its network go with the demo.
+    leftovers = subprocess.run(
+        ["docker", "ps", "-a", "--filter", "name=migrator-demo-", "-q"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert leftovers.stdout == ""
+
+
+def test_the_local_demo_picks_a_free_port_by_itself() -> None:
+    result = demo(DEMO_MODE="local")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip().endswith(f"{HEAD} (head)")
+    assert "demo: PostgreSQL from /usr/lib/postgresql/" in result.stderr
+
+
+def test_a_taken_port_names_the_variable_to_set() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        result = demo(DEMO_MODE="local", DEMO_PORT=str(port))
+
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"demo: PostgreSQL did not start on port {port} (above); set DEMO_PORT to a free port"
+    )

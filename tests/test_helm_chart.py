@@ -261,7 +261,7 @@ def run_rendered_job(
     return result
 
 
-def test_the_rendered_job_runs(migrator_image: str, database: Database, tmp_path: Path) -> None:
+def test_the_rendered_job_runs(example_image: str, database: Database, tmp_path: Path) -> None:
     server = database.server
     values = {
         "database": {
@@ -277,9 +277,9 @@ def test_the_rendered_job_runs(migrator_image: str, database: Database, tmp_path
     wrong = {**values, "database": {**values["database"], "password": "wrong"}}
     wrong_manifests = render(wrong)
 
-    ran = run_rendered_job(migrator_image, manifests, secret, tmp_path / "right")
+    ran = run_rendered_job(example_image, manifests, secret, tmp_path / "right")
     refused = run_rendered_job(
-        migrator_image, wrong_manifests, wrong_manifests["Secret"]["stringData"], tmp_path / "wrong"
+        example_image, wrong_manifests, wrong_manifests["Secret"]["stringData"], tmp_path / "wrong"
     )
     fail_job = wrong_manifests["Job"]["spec"]["podFailurePolicy"]["rules"][0]
 
@@ -288,6 +288,33 @@ def test_the_rendered_job_runs(migrator_image: str, database: Database, tmp_path
     assert '"event": "summary"' in ran.stderr.splitlines()[-1]  # JSON logs by default
     assert refused.returncode == 6, refused.stderr
     assert fail_job["action"] == "FailJob" and 6 in fail_job["onExitCodes"]["values"]
+
+
+def test_the_released_image_with_config_unset_applies_nothing(
+    migrator_image: str, database: Database, tmp_path: Path
+) -> None:
+    """`migrator.config: ""` (the default) on the released image, which has no project: the
+    Job fails at once (exit 2, which the podFailurePolicy does not retry) and the database is
+    left alone."""
+    server = database.server
+    values = {
+        "database": {
+            "host": server.host,
+            "port": server.port,
+            "name": database.name,
+            "user": ROLE,
+            "password": PASSWORD,
+        }
+    }
+    manifests = render(values)
+
+    result = run_rendered_job(
+        migrator_image, manifests, manifests["Secret"]["stringData"], tmp_path
+    )
+
+    assert result.returncode == 2, result.stderr
+    assert "/project/alembic.ini" in result.stderr
+    assert database.tables() == set()
 
 
 def test_the_chart_readme_documents_every_value() -> None:

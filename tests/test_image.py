@@ -90,12 +90,12 @@ def schema(database: Database) -> list[tuple[str, ...]]:
 
 
 def test_upgrade_downgrade_upgrade_round_trip(
-    migrator_image: str, network: str, database: Database
+    example_image: str, network: str, database: Database
 ) -> None:
     env = container_env(database)
 
-    upgraded = docker_run(migrator_image, network, env)  # CMD: upgrade head
-    current = docker_run(migrator_image, network, env, "current")
+    upgraded = docker_run(example_image, network, env)  # CMD: upgrade head
+    current = docker_run(example_image, network, env, "current")
     first = schema(database)
     # As a Kubernetes Job does: the environment decides, so no arguments (not even the CMD).
     downgrade_env = {
@@ -104,12 +104,12 @@ def test_upgrade_downgrade_upgrade_round_trip(
         "MIGRATOR_TARGET": "base",
         "MIGRATOR_ALLOW_DOWNGRADE": "true",
     }
-    refused = docker_run(migrator_image, network, downgrade_env)
+    refused = docker_run(example_image, network, downgrade_env)
     downgraded = docker_run(
-        migrator_image, network, downgrade_env, options=("--entrypoint", "migrator")
+        example_image, network, downgrade_env, options=("--entrypoint", "migrator")
     )
     tables_at_base = database.tables()
-    again = docker_run(migrator_image, network, env, "upgrade", "head")
+    again = docker_run(example_image, network, env, "upgrade", "head")
 
     assert upgraded.status == 0, upgraded.output
     assert "applied=4" in upgraded.stderr
@@ -124,18 +124,18 @@ def test_upgrade_downgrade_upgrade_round_trip(
 
 
 def test_read_only_unprivileged_and_arbitrary_uid(
-    migrator_image: str, network: str, database: Database
+    example_image: str, network: str, database: Database
 ) -> None:
     env = container_env(database)
 
     hardened = docker_run(
-        migrator_image,
+        example_image,
         network,
         env,
         options=("--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges"),
     )
     openshift = docker_run(
-        migrator_image, network, env, "current", options=("--read-only", "--user", "12345:0")
+        example_image, network, env, "current", options=("--read-only", "--user", "12345:0")
     )
 
     assert hardened.status == 0, hardened.output
@@ -203,7 +203,7 @@ def logs(container: str) -> str:
 
 
 def test_password_from_a_mounted_file(
-    migrator_image: str, network: str, database: Database, tmp_path: Path
+    example_image: str, network: str, database: Database, tmp_path: Path
 ) -> None:
     secret = tmp_path / "db-password"
     secret.write_text(PASSWORD + "\n")
@@ -215,7 +215,7 @@ def test_password_from_a_mounted_file(
     }
 
     result = docker_run(
-        migrator_image,
+        example_image,
         network,
         env,
         options=("--read-only", "-v", f"{secret}:/run/secrets/db-password:ro"),
@@ -225,7 +225,7 @@ def test_password_from_a_mounted_file(
     assert database.revision() == HEAD
 
 
-def test_image_holds_only_what_runs(migrator_image: str) -> None:
+def test_image_holds_only_what_runs(migrator_image: str, example_image: str) -> None:
     probe = subprocess.run(
         [
             "docker",
@@ -236,8 +236,14 @@ def test_image_holds_only_what_runs(migrator_image: str) -> None:
             migrator_image,
             "-c",
             "for tool in pip pip3 gcc cc make; do command -v $tool; done;"
-            "python3 -m pip --version 2>/dev/null; ls -a /app; ls /opt/venv/bin",
+            "python3 -m pip --version 2>/dev/null; ls /opt/venv/bin; ls -A / /project",
         ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    example = subprocess.run(
+        ["docker", "run", "--rm", "--entrypoint", "ls", example_image, "/project"],
         capture_output=True,
         text=True,
         check=True,
@@ -251,13 +257,33 @@ def test_image_holds_only_what_runs(migrator_image: str) -> None:
     present = probe.stdout.split()
     assert not {"pip", "pip3", "gcc", "cc", "make"} & {Path(item).name for item in present}
     assert "tests" not in present and ".git" not in present and "pyproject.toml" not in present
-    assert {"alembic", "alembic.ini", "persistence", "migrator"} <= set(present)
+    # The released image has the tool and no migrations: /project is empty, /app gone.
+    assert "migrator" in present
+    assert probe.stdout.rstrip().endswith("/project:")
+    assert "app" not in probe.stdout.split("/:")[1].split()
+    # The example application is its own image, FROM the migrator.
+    assert set(example.stdout.split()) == {"alembic", "alembic.ini", "persistence"}
     assert config["Config"]["User"] == "10001:0"
     assert config["Config"]["Entrypoint"] == ["migrator"]
     assert config["Config"]["Cmd"] == ["upgrade", "head"]
+    assert "MIGRATOR_CONFIG=/project/alembic.ini" in config["Config"]["Env"]
     labels = config["Config"]["Labels"]
     assert labels["org.opencontainers.image.version"] == "0.1.0"
     assert {"org.opencontainers.image.source", "org.opencontainers.image.licenses"} <= set(labels)
+
+
+def test_without_a_project_the_image_refuses_in_one_line(
+    migrator_image: str, network: str, database: Database
+) -> None:
+    """The released image never applies migrations it was not given: with a database, and
+    with the CMD `upgrade head`, it exits 2 before connecting, naming where a project goes."""
+    result = docker_run(migrator_image, network, container_env(database))
+
+    assert result.status == 2, result.output
+    (line,) = result.stderr.splitlines()
+    assert "MIGRATOR_CONFIG" in line and "/project/alembic.ini" in line
+    assert result.stdout == ""
+    assert database.tables() == set()
 
 
 def test_a_team_image_built_from_the_migrator(
@@ -280,10 +306,12 @@ def test_a_team_image_built_from_the_migrator(
     assert database.tables() == {"alembic_version", "applied", "slow_done", "third"}
 
 
-def test_compose_up_migrates_a_fresh_database(migrator_image: str) -> None:
+def test_compose_up_migrates_a_fresh_database(example_image: str) -> None:
+    """The README's command: compose runs the example image against PostgreSQL and exits
+    with the migrator's status (postgres would otherwise keep `up` attached forever)."""
     compose = ["docker-compose"] if shutil.which("docker-compose") else ["docker", "compose"]
     project = f"migrator-compose-{uuid.uuid4().hex[:8]}"
-    env = {**os.environ, "MIGRATOR_IMAGE": migrator_image, "POSTGRES_IMAGE": POSTGRES_IMAGE}
+    env = {**os.environ, "EXAMPLE_IMAGE": example_image, "POSTGRES_IMAGE": POSTGRES_IMAGE}
     command = [*compose, "-p", project, "-f", str(ROOT / "compose.yaml")]
     try:
         up = subprocess.run(

@@ -6,7 +6,7 @@
 # Job runs again and finds nothing to do.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-image=${MIGRATOR_IMAGE:-migrator:ci}
+image=${MIGRATOR_IMAGE:-migrator-example:ci}
 cluster=${KIND_CLUSTER_NAME:-chart-testing}
 password=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
 echo "::add-mask::$password"

@@ -2,10 +2,11 @@
 # Proves the image's migrations round-trip: `docker run` upgrade head, downgrade base (as a
 # Job would: environment only), upgrade head again; the schema after must equal the schema
 # before. The database comes from DB_HOST, DB_PORT, DB_NAME, DB_USER, DB_PASSWORD (in CI a
-# `services: postgres` container); the image from MIGRATOR_IMAGE (default migrator:ci).
+# `services: postgres` container); the image from MIGRATOR_IMAGE: the example application's
+# (`docker build --target example`; default migrator-example:ci).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-image=${MIGRATOR_IMAGE:-migrator:ci}
+image=${MIGRATOR_IMAGE:-migrator-example:ci}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
