@@ -9,6 +9,8 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
+from migrator.masking import passwords_in, spellings
+
 
 def given(name: str, default: str = "") -> str:
     # The runner passes inputs as INPUT_<NAME>, upper-cased, dashes kept.
@@ -16,9 +18,15 @@ def given(name: str, default: str = "") -> str:
 
 
 url = given("database-url")
-for secret in {url, make_url(url).password if "://" in url else None}:
-    if secret:
-        print(f"::add-mask::{secret}", flush=True)
+# Every spelling the migrator, or anything it runs, could print: registered before it runs.
+try:
+    passwords = passwords_in(make_url(url))
+except Exception:  # not a URL: the migrator says so (exit 2); the whole value stays secret
+    passwords = []
+for secret in sorted({url, *(form for password in passwords for form in spellings(password))}):
+    for line in secret.splitlines():  # the runner masks one line at a time
+        if line.strip():
+            print(f"::add-mask::{line}", flush=True)
 
 environment = {
     **os.environ,

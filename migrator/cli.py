@@ -20,7 +20,8 @@ from migrator.config import (
     resolve_target,
 )
 from migrator.errors import MigratorError, UsageError, reason
-from migrator.logs import Summary, log, report_summary, setup_logging
+from migrator.logs import MaskedStream, Summary, log, report_summary, setup_logging
+from migrator.masking import Mask
 
 
 class _Parser(argparse.ArgumentParser):
@@ -125,7 +126,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         from_environment = not arguments
         args = build_parser().parse_args(arguments or command_from_environment(environ))
         settings = load_settings(environ, _flags(args))
-        setup_logging(settings.log_format, settings.log_level, settings.secrets)
+        mask = Mask(settings.passwords)
+        setup_logging(settings.log_format, settings.log_level, mask)
+        sys.stdout = MaskedStream(sys.stdout, mask)
         options = _options(args)
         target = resolve_target(
             args.command, options.get("target"), environ, from_environment=from_environment
@@ -152,7 +155,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except Exception as error:  # a bug or something unforeseen: still one line, still masked
         log.error("unexpected %s: %s", type(error).__name__, reason(error), exc_info=debug)
         summary.status, exit_status = "failed", 1
-    report_summary(summary, settings.secrets, settings.termination_log)
+    report_summary(summary, mask, settings.termination_log)
     if signals.abandoned.is_set():
         # The worker holds a driver lock inside a stalled socket: a normal interpreter exit
         # would wait on it when closing connections. Leave now; the server cleans up.

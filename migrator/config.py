@@ -10,12 +10,12 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote, quote_plus
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from migrator.errors import UsageError
+from migrator.masking import passwords_in
 
 # Commands a Job can ask for through MIGRATOR_COMMAND (it passes no arguments).
 ENVIRONMENT_COMMANDS = ("upgrade", "downgrade", "current", "history", "check", "verify", "wait")
@@ -53,7 +53,7 @@ class Settings:
     allow_unknown_revision: bool
     termination_log: Path
     verify_url: URL | None
-    secrets: tuple[str, ...]
+    passwords: tuple[str, ...]  # every password the configuration carries, to hide
 
     def masked_url(self) -> str:
         if self.database_url is None:
@@ -126,7 +126,7 @@ def load_settings(environ: Mapping[str, str], flags: Mapping[str, str | None]) -
         allow_unknown_revision=_flag(values, "MIGRATOR_ALLOW_UNKNOWN_REVISION"),
         termination_log=Path(values.raw("MIGRATOR_TERMINATION_LOG") or "/dev/termination-log"),
         verify_url=verify_url,
-        secrets=_masked_forms(database_url, verify_url),
+        passwords=(*passwords_in(database_url), *passwords_in(verify_url)),
     )
 
 
@@ -193,10 +193,15 @@ class _Values:
         self._flags = {name: value for name, value in flags.items() if value is not None}
 
     def raw(self, name: str) -> str | None:
+        value = self.exact(name)
+        return None if value is None else value.strip()
+
+    def exact(self, name: str) -> str | None:
+        """The value as given, spaces kept (a password's own), or None when empty."""
         value = self._flags.get(name, self._environ.get(name))
         if value is None or not value.strip():
             return None  # Kubernetes often passes an empty value for "not set"
-        return value.strip()
+        return value
 
     def label(self, name: str) -> str:
         return f"{name} (command line)" if name in self._flags else name
@@ -275,7 +280,7 @@ def _alembic_ini(values: _Values) -> Path:
 def _secret(values: _Values, name: str) -> str | None:
     """A secret from NAME, or from the file NAME_FILE names (a Kubernetes Secret volume)."""
     file_name = f"{name}_FILE"
-    direct, path = values.raw(name), values.raw(file_name)
+    direct, path = values.exact(name), values.raw(file_name)
     if direct is not None and path is not None:
         raise UsageError(f"{name} and {file_name}: set one, not both")
     if path is None:
@@ -285,7 +290,8 @@ def _secret(values: _Values, name: str) -> str | None:
     except (OSError, UnicodeDecodeError) as error:
         reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
         raise UsageError(f"{file_name}: cannot read {path}: {reason}") from None
-    secret = text.rstrip("\r\n")  # `echo secret > file` adds a newline nobody meant
+    # `echo secret > file` adds a newline nobody meant; anything else is the secret's own.
+    secret = text.removesuffix("\n").removesuffix("\r")
     if not secret:
         raise UsageError(f"{file_name}: {path} is empty")
     return secret
@@ -294,7 +300,7 @@ def _secret(values: _Values, name: str) -> str | None:
 def _database_url(values: _Values) -> URL | None:
     url_text = _secret(values, "DATABASE_URL")
     if url_text is not None:
-        return _parse_url(url_text)
+        return _parse_url(url_text.strip())
     if any(values.raw(name) for name in ("DB_HOST", "DB_NAME", "DB_USER", "DB_PORT")):
         return _url_from_parts(values)
     return None
@@ -316,6 +322,12 @@ def _parse_url(text: str, label: str = "DATABASE_URL") -> URL:
     if url.get_backend_name() not in ("postgresql", "postgres"):
         raise UsageError(
             f"{label}: migrator runs on PostgreSQL only, not {url.get_backend_name()!r}"
+        )
+    if url.host is not None and "@" in url.host:
+        # user:pass@word@host: the run would wait the whole timeout for a host `word@host`.
+        raise UsageError(
+            f"{label}: more than one @ before the host: a password's own characters must be "
+            "URL-encoded (@ as %40, : as %3A, / as %2F)"
         )
     if url.port is not None and not 1 <= url.port <= 65535:
         raise UsageError(f"{label}: port {url.port} is out of range (1-65535)")
@@ -344,23 +356,6 @@ def _psycopg2_driver(url: URL) -> str:
     if "+" in url.drivername:
         return url.drivername
     return "postgresql+psycopg2"
-
-
-def _masked_forms(*urls: URL | None) -> tuple[str, ...]:
-    """Every spelling of each password that could reach an output: raw, URL-encoded,
-    %-escaped for configparser."""
-    forms: set[str] = set()
-    for url in urls:
-        if url is not None and url.password:
-            spellings = {
-                url.password,
-                quote(url.password, safe=""),
-                quote_plus(url.password),
-                quote(url.password),
-            }
-            forms |= spellings | {form.replace("%", "%%") for form in spellings}
-    # Longest first, so that a form containing another is masked whole.
-    return tuple(sorted(forms, key=len, reverse=True))
 
 
 def milliseconds(seconds: float) -> int:

@@ -8,7 +8,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
+
+from migrator.masking import Mask
 
 log = logging.getLogger("migrator")
 
@@ -35,20 +37,28 @@ class Summary:
         }
 
 
-def mask(text: str, secrets: tuple[str, ...]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, "***")
-    return text
+# A failing 5 MB statement must not give 5 MB of log: each line is cut, after masking (a cut
+# first could leave part of a password).
+LONGEST_LINE = 2000
+
+
+def shorten(text: str) -> str:
+    return "\n".join(
+        line
+        if len(line) <= LONGEST_LINE
+        else f"{line[:LONGEST_LINE]}... ({len(line) - LONGEST_LINE} characters cut)"
+        for line in text.split("\n")
+    )
 
 
 class TextFormatter(logging.Formatter):
-    def __init__(self, secrets: tuple[str, ...]) -> None:
+    def __init__(self, mask: Mask) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%dT%H:%M:%S")
         self.converter = time.gmtime
-        self.secrets = secrets
+        self.mask = mask
 
     def format(self, record: logging.LogRecord) -> str:
-        return mask(super().format(record), self.secrets)
+        return shorten(self.mask(super().format(record)))
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         return f"{super().formatTime(record, datefmt or self.datefmt)}.{int(record.msecs):03d}Z"
@@ -69,15 +79,16 @@ class JsonFormatter(TextFormatter):
         if record.exc_info:
             entry["traceback"] = self.formatException(record.exc_info)
         masked = {
-            key: mask(value, self.secrets) if isinstance(value, str) else value
+            key: shorten(self.mask(value)) if isinstance(value, str) else value
             for key, value in entry.items()
         }
         return json.dumps(masked, default=str)
 
 
-def setup_logging(log_format: str, level: str, secrets: tuple[str, ...] = ()) -> None:
+def setup_logging(log_format: str, level: str, mask: Mask | None = None) -> None:
+    mask = mask or Mask()
     handler = logging.StreamHandler(sys.stderr)
-    formatter = JsonFormatter(secrets) if log_format == "json" else TextFormatter(secrets)
+    formatter = JsonFormatter(mask) if log_format == "json" else TextFormatter(mask)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -87,14 +98,28 @@ def setup_logging(log_format: str, level: str, secrets: tuple[str, ...] = ()) ->
     logging.getLogger("alembic").setLevel(logging.INFO if level == "DEBUG" else logging.WARNING)
 
 
-def report_summary(summary: Summary, secrets: tuple[str, ...], termination_log: Path) -> None:
+def report_summary(summary: Summary, mask: Mask, termination_log: Path) -> None:
     """The last log line; also Kubernetes' termination message, so `kubectl describe` shows it."""
     values = summary.fields()
     words = " ".join(f"{key}={'-' if value is None else value}" for key, value in values.items())
-    line = mask(f"summary {words}", secrets)
+    line = mask(f"summary {words}")
     log.info(line, extra={"fields": {"event": "summary", **values}})
     if termination_log.exists():
         try:
             termination_log.write_text(line + "\n", encoding="utf-8")
         except OSError as error:
             log.warning("could not write %s: %s", termination_log, error.strerror)
+
+
+class MaskedStream:
+    """stdout for the commands' output (and Alembic's), with every password hidden."""
+
+    def __init__(self, stream: TextIO, mask: Mask) -> None:
+        self.stream = stream
+        self.mask = mask
+
+    def write(self, text: str) -> int:
+        return self.stream.write(self.mask(text))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
