@@ -155,7 +155,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except Exception as error:  # a bug or something unforeseen: still one line, still masked
         log.error("unexpected %s: %s", type(error).__name__, reason(error), exc_info=debug)
         summary.status, exit_status = "failed", 1
-    report_summary(summary, mask, settings.termination_log)
+    report_summary(summary, mask, settings.termination_log, settings.summary_file)
     if signals.abandoned.is_set():
         # The worker holds a driver lock inside a stalled socket: a normal interpreter exit
         # would wait on it when closing connections. Leave now; the server cleans up.

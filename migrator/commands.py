@@ -40,6 +40,7 @@ def plan(
         state = run.inspect(config, script, direction, target)
     _accept(state, direction, settings, summary)
     steps = [{"revision": step.revision, "message": step.doc} for step in state.steps]
+    summary.revisions = steps
     _emit(
         as_json,
         {"direction": direction, "from": list(state.heads), "to": target, "revisions": steps},

@@ -52,6 +52,7 @@ class Settings:
     allow_downgrade: bool
     allow_unknown_revision: bool
     termination_log: Path
+    summary_file: Path | None
     verify_url: URL | None
     passwords: tuple[str, ...]  # every password the configuration carries, to hide
 
@@ -125,6 +126,7 @@ def load_settings(environ: Mapping[str, str], flags: Mapping[str, str | None]) -
         allow_downgrade=_flag(values, "MIGRATOR_ALLOW_DOWNGRADE"),
         allow_unknown_revision=_flag(values, "MIGRATOR_ALLOW_UNKNOWN_REVISION"),
         termination_log=Path(values.raw("MIGRATOR_TERMINATION_LOG") or "/dev/termination-log"),
+        summary_file=_optional_path(values, "MIGRATOR_SUMMARY_FILE"),
         verify_url=verify_url,
         passwords=(*passwords_in(database_url), *passwords_in(verify_url)),
     )
@@ -268,6 +270,11 @@ def _choice(
     if value not in choices:
         raise UsageError(f"{values.label(name)}: {raw!r} is not one of {', '.join(choices)}")
     return value
+
+
+def _optional_path(values: _Values, name: str) -> Path | None:
+    raw = values.raw(name)
+    return None if raw is None else Path(raw).absolute()
 
 
 def _alembic_ini(values: _Values) -> Path:

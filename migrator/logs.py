@@ -25,6 +25,8 @@ class Summary:
     applied: int = 0
     status: str = "ok"
     started: float = field(default_factory=time.monotonic)
+    # Each revision that ran: revision, direction, seconds; or, for `plan`, that would run.
+    revisions: list[dict[str, Any]] = field(default_factory=list)
 
     def fields(self) -> dict[str, Any]:
         return {
@@ -98,17 +100,24 @@ def setup_logging(log_format: str, level: str, mask: Mask | None = None) -> None
     logging.getLogger("alembic").setLevel(logging.INFO if level == "DEBUG" else logging.WARNING)
 
 
-def report_summary(summary: Summary, mask: Mask, termination_log: Path) -> None:
-    """The last log line; also Kubernetes' termination message, so `kubectl describe` shows it."""
+def report_summary(
+    summary: Summary, mask: Mask, termination_log: Path, summary_file: Path | None = None
+) -> None:
+    """The last log line; also Kubernetes' termination message, so `kubectl describe` shows it,
+    and, when asked, a JSON file for a pipeline to read (MIGRATOR_SUMMARY_FILE)."""
     values = summary.fields()
     words = " ".join(f"{key}={'-' if value is None else value}" for key, value in values.items())
     line = mask(f"summary {words}")
     log.info(line, extra={"fields": {"event": "summary", **values}})
-    if termination_log.exists():
+    outputs = [(termination_log, line + "\n")] if termination_log.exists() else []
+    if summary_file is not None:
+        document = {**values, "revisions": summary.revisions}
+        outputs.append((summary_file, mask(json.dumps(document)) + "\n"))
+    for path, text in outputs:
         try:
-            termination_log.write_text(line + "\n", encoding="utf-8")
+            path.write_text(text, encoding="utf-8")
         except OSError as error:
-            log.warning("could not write %s: %s", termination_log, error.strerror)
+            log.warning("could not write %s: %s", path, error.strerror)
 
 
 class MaskedStream:

@@ -389,6 +389,14 @@ class _Progress:
         described = self.describe()
         self.summary.applied += 1
         self.summary.to_revision = ",".join(sorted(heads)) or "base"
+        self.summary.revisions.append(
+            {
+                "revision": step.up_revision_id,
+                "message": self.current.doc if self.current is not None else None,
+                "direction": "upgrade" if step.is_upgrade else "downgrade",
+                "seconds": round(seconds, 3),
+            }
+        )
         log.info(
             "%s %s in %.2f s",
             described,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 from conftest import ROOT, Database, run_alembic, run_migrator
 
@@ -212,3 +213,23 @@ def test_the_tutorial_workflow_works_with_plain_alembic(database: Database) -> N
     assert downgraded.returncode == 0, downgraded.stderr
     assert database.revision() == "8d2c5a61e0f4"
     assert "services" not in database.tables()
+
+
+def test_the_summary_file_says_what_ran_as_json(database: Database, tmp_path: Path) -> None:
+    summary_file = tmp_path / "summary.json"
+    env = {**database.env, "MIGRATOR_SUMMARY_FILE": str(summary_file)}
+    result = run_migrator("upgrade", "head", env=env)
+
+    assert result.status == 0, result.output
+    summary = json.loads(summary_file.read_text())
+    assert summary["status"] == "ok" and summary["from"] == "base"
+    assert summary["to"] == database.revision()
+    assert summary["applied"] == len(summary["revisions"]) == 4
+    assert [entry["direction"] for entry in summary["revisions"]] == ["upgrade"] * 4
+    assert summary["revisions"][-1]["revision"] == database.revision()
+
+    planned = run_migrator("plan", "downgrade", "base", env=env)
+    assert planned.status == 0, planned.output
+    plan = json.loads(summary_file.read_text())
+    assert plan["revisions"][0]["revision"] == database.revision()
+    assert len(plan["revisions"]) == 4
