@@ -4,7 +4,9 @@ and its rendered Job run for real under Docker against a real PostgreSQL."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +14,52 @@ import helm_python
 import kubernetes_validate
 import pytest
 import yaml
-from conftest import PASSWORD, ROLE, ROOT, Database, assert_no_password
+from conftest import PASSWORD, PYTHON_IMAGE, ROLE, ROOT, Database, assert_no_password
 
 import migrator
 
 CHART = ROOT / "helm" / "migrator"
-KUBERNETES = kubernetes_validate.latest_version()
+# Every minor release the chart supports (Chart.yaml kubeVersion), each validated strictly:
+# the schemas differ (1.33 and 1.34 require onPodConditions[].status, which 1.37 defaults).
+KUBERNETES = [f"1.{minor}.0" for minor in range(29, 38)]
+# A stand-in for a database proxy sidecar (Cloud SQL Auth Proxy and the like): a TCP
+# forwarder from 127.0.0.1:LISTEN in the pod to HOST:PORT.
+FORWARDER = """
+import socket, sys, threading
+listen, host, port = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+def pipe(source, sink):
+    try:
+        while data := source.recv(65536):
+            sink.sendall(data)
+    except OSError:
+        pass
+    for end in (source, sink):
+        try:
+            end.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+server = socket.create_server(("127.0.0.1", listen))
+print("proxy: listening on", listen, flush=True)
+while True:
+    client, _ = server.accept()
+    upstream = socket.create_connection((host, port))
+    for ends in ((client, upstream), (upstream, client)):
+        threading.Thread(target=pipe, args=ends, daemon=True).start()
+"""
+
+
+def proxy_sidecar(host: str, port: int) -> dict[str, Any]:
+    """A native sidecar: an init container that keeps running (restartPolicy: Always)."""
+    return {
+        "name": "db-proxy",
+        "image": PYTHON_IMAGE,
+        "restartPolicy": "Always",
+        "command": ["python3", "-c", FORWARDER],
+        "args": ["5432", host, str(port)],
+        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True},
+    }
+
+
 PARTS = {"database": {"host": "db.internal", "name": "app", "user": "app", "password": PASSWORD}}
 URL = {"database": {"url": f"postgresql://app:{PASSWORD}@db.internal:5432/app"}}
 
@@ -47,6 +89,25 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "extraVolumes": [{"name": "project", "configMap": {"name": "shop-migrations"}}],
         "extraVolumeMounts": [{"name": "project", "mountPath": "/project", "readOnly": True}],
         "extraEnv": [{"name": "MY_SETTING", "value": "1"}],
+    },
+    "subchart: enabled and global": {**PARTS, "enabled": True, "global": {"imageRegistry": "x"}},
+    "proxy sidecar and extension points": {
+        "database": {
+            "host": "127.0.0.1",
+            "name": "app",
+            "user": "app",
+            "existingSecret": {"name": "{{ .Release.Name }}-db"},
+        },
+        "initContainers": [proxy_sidecar("10.0.0.5", 5432)],
+        "extraEnvFrom": [{"configMapRef": {"name": "shop-settings"}}],
+        "priorityClassName": "migrations",
+        "image": {"digest": "sha256:" + "ab" * 32},
+        "podLabels": {"team": "shop"},
+        "commonLabels": {"cost-centre": "42"},
+    },
+    "OpenShift: runAsUser and fsGroup left to the platform": {
+        **PARTS,
+        "podSecurityContext": {"runAsUser": None, "fsGroup": None},
     },
     "service account and scheduling": {
         **PARTS,
@@ -90,22 +151,26 @@ def test_every_rendering_is_valid_kubernetes_and_keeps_what_matters(
     migrator = container(job)
     env = {item["name"]: item.get("value") for item in migrator["env"]}
 
-    for manifest in manifests.values():
-        kubernetes_validate.validate(manifest, KUBERNETES, strict=True)
+    for version in KUBERNETES:
+        for manifest in manifests.values():
+            kubernetes_validate.validate(manifest, version, strict=True)
     # What a retry cannot fix fails the Job at once; evictions do not count.
     assert job["spec"]["podFailurePolicy"]["rules"] == [
         {
             "action": "FailJob",
             "onExitCodes": {"containerName": "migrator", "operator": "In", "values": [2, 5, 6]},
         },
-        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+        {
+            "action": "Ignore",
+            "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+        },
     ]
     assert pod["restartPolicy"] == "Never"
     assert migrator["terminationMessagePolicy"] == "FallbackToLogsOnError"
     assert migrator["command"] == ["migrator"] and "args" not in migrator
     # Hardened pod and container.
     assert pod["securityContext"]["runAsNonRoot"] is True
-    assert pod["securityContext"]["runAsUser"] == 10001
+    assert pod["securityContext"].get("runAsUser", 10001) == 10001  # unset for OpenShift
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert pod["automountServiceAccountToken"] is False
     assert migrator["securityContext"] == {
@@ -140,16 +205,105 @@ def test_a_hook_job_comes_after_its_secret() -> None:
     assert manifests["Job"]["metadata"]["name"] == "shop-migrator"
 
 
-def test_a_plain_job_for_argo_cd_has_argo_hooks_only_and_a_name_per_revision() -> None:
-    first = render({**PARTS, "job": {"hook": False, "argocd": True}}, revision=1)
-    second = render({**PARTS, "job": {"hook": False, "argocd": True}}, revision=2)
-    annotations = first["Job"]["metadata"]["annotations"]
+def test_a_plain_job_for_argo_cd_has_argo_hooks_only() -> None:
+    manifests = render({**PARTS, "job": {"hook": False, "argocd": True}})
+    annotations = manifests["Job"]["metadata"]["annotations"]
 
     assert annotations["argocd.argoproj.io/hook"] == "PreSync"
     assert not any(key.startswith("helm.sh/") for key in annotations)
-    assert first["Secret"]["metadata"]["annotations"]["argocd.argoproj.io/hook"] == "PreSync"
-    assert first["Job"]["metadata"]["name"] == "shop-migrator-1"
-    assert second["Job"]["metadata"]["name"] == "shop-migrator-2"
+    assert manifests["Secret"]["metadata"]["annotations"]["argocd.argoproj.io/hook"] == "PreSync"
+
+
+def test_a_plain_job_is_named_after_what_it_runs_not_the_revision() -> None:
+    """`helm template` (Argo CD) renders every release as revision 1: a name per revision
+    would make the next change patch an immutable Job. A hash of the spec gives a new Job
+    exactly when what runs changes."""
+    plain = {**PARTS, "job": {"hook": False}}
+    first = render(plain, revision=1)["Job"]["metadata"]["name"]
+    same_again = render(plain, revision=1)["Job"]["metadata"]["name"]
+    next_revision = render(plain, revision=7)["Job"]["metadata"]["name"]
+    new_image = render({**plain, "image": {"tag": "0.2.0"}})["Job"]["metadata"]["name"]
+    new_target = render({**plain, "migrator": {"target": "c3f9b7d21a58"}})["Job"]["metadata"][
+        "name"
+    ]
+    long_release = helm_python.Chart.load(str(CHART)).render(
+        plain, name="a-release-name-of-fifty-characters-for-the-shop-app", namespace="prod"
+    )
+    long_name = yaml.safe_load(long_release["migrator/templates/job.yaml"])["metadata"]["name"]
+
+    assert first.startswith("shop-migrator-") and len(first) == len("shop-migrator-") + 8
+    assert first == same_again == next_revision
+    assert len({first, new_image, new_target}) == 3
+    assert len(long_name) <= 63 and not long_name.startswith("-")
+
+
+def test_the_hook_secret_goes_once_the_hooks_succeed_and_notes_give_the_timeout() -> None:
+    chart = helm_python.Chart.load(str(CHART))
+    rendered = chart.render(PARTS, name="shop", namespace="prod")
+    secret = yaml.safe_load(rendered["migrator/templates/secret.yaml"])
+    notes = rendered["migrator/templates/NOTES.txt"]
+
+    policy = secret["metadata"]["annotations"]["helm.sh/hook-delete-policy"]
+    assert policy.split(",") == ["before-hook-creation", "hook-succeeded"]
+    # Helm's own hook timeout (5 minutes) is shorter than the Job's deadline (900 s).
+    assert "--timeout 16m" in notes
+
+
+def test_extension_points_reach_the_pod() -> None:
+    manifests = render(VALUE_SETS["proxy sidecar and extension points"])
+    job = manifests["Job"]
+    pod = job["spec"]["template"]["spec"]
+    migrator = container(job)
+    volume = next(v for v in pod["volumes"] if v["name"] == "database-secret")
+
+    (sidecar,) = pod["initContainers"]
+    assert sidecar["name"] == "db-proxy" and sidecar["restartPolicy"] == "Always"
+    assert migrator["envFrom"] == [{"configMapRef": {"name": "shop-settings"}}]
+    assert pod["priorityClassName"] == "migrations"
+    assert migrator["image"] == "ghcr.io/migrator/migrator@sha256:" + "ab" * 32
+    assert volume["secret"]["secretName"] == "shop-db"  # the template, rendered
+    assert job["spec"]["template"]["metadata"]["labels"]["team"] == "shop"
+    assert job["metadata"]["labels"]["cost-centre"] == "42"
+    assert job["spec"]["template"]["metadata"]["labels"]["cost-centre"] == "42"
+    created = render({**PARTS, "commonLabels": {"cost-centre": "42"}})
+    assert created["Secret"]["metadata"]["labels"]["cost-centre"] == "42"
+
+
+def test_openshift_may_assign_the_user_and_fs_group() -> None:
+    """OpenShift's restricted profile assigns its own UID and fsGroup: the chart sets neither
+    when they are null, and keeps the rest of the hardening."""
+    manifests = render(VALUE_SETS["OpenShift: runAsUser and fsGroup left to the platform"])
+    security = manifests["Job"]["spec"]["template"]["spec"]["securityContext"]
+
+    assert "runAsUser" not in security and "fsGroup" not in security
+    assert security["runAsNonRoot"] is True
+    assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+
+
+def test_the_chart_works_as_a_subchart_behind_a_condition(tmp_path: Path) -> None:
+    """A parent chart with `condition: migrator.enabled` and `global` values."""
+    parent = tmp_path / "shop"
+    shutil.copytree(CHART, parent / "charts" / "migrator")
+    (parent / "Chart.yaml").write_text(
+        "apiVersion: v2\nname: shop\nversion: 1.0.0\nkubeVersion: '>=1.29.0-0'\n"
+        "dependencies:\n  - name: migrator\n    version: 0.1.0\n"
+        "    condition: migrator.enabled\n"
+    )
+    chart = helm_python.Chart.load(str(parent))
+    values = {"global": {"imageRegistry": "registry.example"}, "migrator": {**PARTS}}
+
+    enabled = chart.render(
+        {**values, "migrator": {**PARTS, "enabled": True}}, name="shop", namespace="prod"
+    )
+    disabled = chart.render(
+        {**values, "migrator": {**PARTS, "enabled": False}}, name="shop", namespace="prod"
+    )
+
+    job = yaml.safe_load(enabled["shop/charts/migrator/templates/job.yaml"])
+    assert job["metadata"]["name"] == "shop-migrator"
+    for version in KUBERNETES:
+        kubernetes_validate.validate(job, version, strict=True)
+    assert not any(text.strip() for text in disabled.values())
 
 
 def test_an_existing_secret_is_used_and_none_is_created() -> None:
@@ -213,14 +367,21 @@ def test_values_are_all_documented() -> None:
             assert above.startswith("#") or opens_section, f"undocumented value: {stripped}"
 
 
+OPENSHIFT_ID = 1000680000  # what OpenShift assigns when the chart leaves the ids unset
+
+
 def run_rendered_job(
-    image: str, manifests: dict[str, Any], secret_data: dict[str, str], directory: Path
+    image: str,
+    manifests: dict[str, Any],
+    secret_data: dict[str, str],
+    directory: Path,
+    options: tuple[str, ...] = (),
 ) -> subprocess.CompletedProcess[str]:
     """Run the rendered pod spec under Docker as the kubelet would: same image, command,
     env, Secret files, user, read-only root, dropped capabilities, tmpfs /tmp."""
     pod = manifests["Job"]["spec"]["template"]["spec"]
     migrator = container(manifests["Job"])
-    security = pod["securityContext"]
+    security = {"runAsUser": OPENSHIFT_ID, "fsGroup": OPENSHIFT_ID, **pod["securityContext"]}
     secret_dir = directory / "secret"
     secret_dir.mkdir(parents=True)
     volume = next(v for v in pod["volumes"] if v["name"] == "database-secret")
@@ -248,6 +409,7 @@ def run_rendered_job(
         "/tmp",
         "-v",
         f"{secret_dir}:{mount['mountPath']}:ro",
+        *options,
         *[item for key in env for item in ("-e", key)],
         "--entrypoint",
         migrator["command"][0],
@@ -336,3 +498,100 @@ def test_the_chart_readme_documents_every_value() -> None:
 
     missing = [key for key in keys(values) if f"`{key}`" not in readme]
     assert missing == []
+
+
+def database_values(database: Database, **database_parts: Any) -> dict[str, Any]:
+    server = database.server
+    parts = {
+        "host": server.host,
+        "port": server.port,
+        "name": database.name,
+        "user": ROLE,
+        "password": PASSWORD,
+    }
+    return {"database": {**parts, **database_parts}}
+
+
+def test_a_pod_with_a_proxy_sidecar_runs_and_completes(
+    example_image: str, database: Database, tmp_path: Path
+) -> None:
+    """The migrator reaches PostgreSQL only through a native sidecar in its pod (a TCP
+    forwarder standing in for a database proxy), as the kubelet runs it: the sidecar first,
+    then the migrator in the same network namespace; the Job completes on the migrator's
+    exit while the sidecar still runs (the kubelet then stops it)."""
+    server = database.server
+    values = {
+        **database_values(database, host="127.0.0.1", port=5432),
+        "initContainers": [proxy_sidecar(server.host, server.port)],
+    }
+    manifests = render(values)
+    pod = manifests["Job"]["spec"]["template"]["spec"]
+    (sidecar,) = pod["initContainers"]
+    security = pod["securityContext"]
+    name = f"migrator-proxy-{uuid.uuid4().hex[:8]}"
+    for version in KUBERNETES:
+        kubernetes_validate.validate(manifests["Job"], version, strict=True)
+
+    subprocess.run(
+        [
+            "docker",
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--user",
+            f"{security['runAsUser']}:{security['runAsGroup']}",
+            "--read-only",
+            "--cap-drop",
+            "ALL",
+            "--entrypoint",
+            sidecar["command"][0],
+            sidecar["image"],
+            *sidecar["command"][1:],
+            *sidecar["args"],
+        ],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        logs = ""
+        for _ in range(100):  # the kubelet starts the migrator once the sidecar has started
+            logs = subprocess.run(["docker", "logs", name], capture_output=True, text=True).stdout
+            if "proxy: listening" in logs:
+                break
+            subprocess.run(["sleep", "0.1"], check=True)
+        ran = run_rendered_job(
+            example_image,
+            manifests,
+            manifests["Secret"]["stringData"],
+            tmp_path,
+            options=("--network", f"container:{name}"),
+        )
+        sidecar_state = subprocess.run(
+            ["docker", "inspect", "-f", "{{.State.Running}}", name],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+
+    assert "proxy: listening" in logs
+    assert ran.returncode == 0, ran.stderr
+    assert database.revision() == "c3f9b7d21a58"
+    assert sidecar_state == "true"
+
+
+def test_the_rendered_job_runs_under_ids_openshift_assigns(
+    example_image: str, database: Database, tmp_path: Path
+) -> None:
+    values = {
+        **database_values(database),
+        "podSecurityContext": {"runAsUser": None, "fsGroup": None},
+    }
+    manifests = render(values)
+
+    ran = run_rendered_job(example_image, manifests, manifests["Secret"]["stringData"], tmp_path)
+
+    assert ran.returncode == 0, ran.stderr
+    assert database.revision() == "c3f9b7d21a58"

@@ -17,13 +17,25 @@
 {{- end }}
 {{- end }}
 
-{{/* The Job's name: a plain Job is named after the release revision, so an immutable Job
-     is replaced, never patched. */}}
+{{/* The Job's name. A hook Job is replaced by Helm on every release (before-hook-creation).
+     A plain Job is named after what it runs, a short hash of its rendered spec (image and pod
+     spec included): a release that changes it brings a new Job, one that does not leaves the
+     old Job alone, and a Job, immutable, is never patched. Release.Revision would not do:
+     `helm template` (Argo CD) always renders revision 1. */}}
 {{- define "migrator.jobName" -}}
 {{- if .Values.job.hook }}
 {{- include "migrator.fullname" . }}
 {{- else }}
-{{- printf "%s-%d" (include "migrator.fullname" . | trunc 52 | trimSuffix "-") (int .Release.Revision) }}
+{{- printf "%s-%s" (include "migrator.fullname" . | trunc 54 | trimSuffix "-") (include "migrator.jobSpec" . | sha256sum | trunc 8) }}
+{{- end }}
+{{- end }}
+
+{{/* The image: by digest when one is given, else by tag (default: the chart's appVersion). */}}
+{{- define "migrator.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
 {{- end }}
 {{- end }}
 
@@ -37,6 +49,9 @@ helm.sh/chart: {{ include "migrator.chart" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/component: migrations
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
 {{- define "migrator.selectorLabels" -}}
@@ -54,7 +69,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/* The Secret holding the password or URL: an existing one, or the chart's own. */}}
 {{- define "migrator.secretName" -}}
-{{- default (include "migrator.fullname" .) .Values.database.existingSecret.name }}
+{{- if .Values.database.existingSecret.name }}
+{{- tpl .Values.database.existingSecret.name . }}
+{{- else }}
+{{- include "migrator.fullname" . }}
+{{- end }}
 {{- end }}
 
 {{/* Does the URL (rather than the parts) reach the container? */}}
