@@ -34,6 +34,7 @@ import alembic
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import chain
+import production
 from server import Server
 from traffic import Load
 
@@ -41,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "bench" / ".cache"
 BIN = Path(sys.executable).parent
 DBMATE_VERSION = "2.36.0"
-PARTS = ("noop", "apply", "readiness", "concurrency", "memory", "image", "traffic")
+PARTS = ("noop", "apply", "readiness", "concurrency", "memory", "image", "traffic", "conditions")
 # The tools run as a user runs them: none of this shell's database settings, and Python
 # free to cache bytecode (an installed package or image has it compiled already).
 TOOL_ENV = {
@@ -532,6 +533,41 @@ class Bench:
             time.sleep(1.0)
         return load.latencies(blocked_from, ended + 1.0), finished
 
+    def conditions(self) -> None:
+        runs = self.args.condition_runs
+        figures = {
+            "lost lock to exit 7 (one session)": lambda: production.lost_lock_to_exit(
+                self.server, production.AUDITED
+            ),
+            "lost lock to exit 7 (env.py's own connection: the heartbeat)": lambda: (
+                production.lost_lock_to_exit(self.server, production.OWN_CONNECTION)
+            ),
+            "SIGTERM to exit 143, network stalled": lambda: production.sigterm_to_exit_when_stalled(
+                self.server
+            ),
+        }
+        seconds = {name: production.repeat(measure, runs) for name, measure in figures.items()}
+        small = Server(max_connections=40)
+        try:
+            seconds["30 runs at once, max_connections=40 (wall)"] = production.repeat(
+                lambda: production.thirty_runs_on_forty_slots(small), runs
+            )
+        finally:
+            small.destroy()
+        self.say(f"## 8. Production conditions, {runs} runs each")
+        self.say()
+        self.table(
+            "| figure | seconds, min / median / max |",
+            [f"| {name} | {spread(values)} |" for name, values in seconds.items()],
+        )
+        self.table(
+            "| one run | connections opened (server's log) |",
+            [
+                f"| {name} | {count} |"
+                for name, count in production.connection_counts(self.server).items()
+            ],
+        )
+
     def header(self) -> None:
         postgres = subprocess.run(
             [self.server.bin / "postgres", "--version"], capture_output=True, text=True
@@ -585,6 +621,7 @@ def arguments() -> argparse.Namespace:
     add("--concurrency", type=int, default=10, help="processes started together (10)")
     add("--hold-seconds", type=float, default=6.0, help="the blocking transaction's length (6)")
     add("--ddl-lock-timeout", type=float, default=0.5, help="the migrator's, in part 7 (0.5)")
+    add("--condition-runs", type=int, default=3, help="runs of each part 8 figure (3)")
     add("--only", default=",".join(PARTS), help=f"some of {','.join(PARTS)} (all)")
     add("--output", type=Path, help="also write the report (Markdown) here")
     args = parser.parse_args()

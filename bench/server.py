@@ -37,7 +37,7 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self) -> None:
+    def __init__(self, max_connections: int = 100) -> None:
         self.bin = server_binaries()
         self.home = Path(tempfile.mkdtemp(prefix="migrator-bench-"))
         self.data = self.home / "data"
@@ -55,7 +55,7 @@ class Server:
             "log_line_prefix": "%m ",
             "log_timezone": "UTC",
             "log_connections": "on",
-            "max_connections": "100",
+            "max_connections": str(max_connections),
         }
         with (self.data / "postgresql.conf").open("a") as conf:
             conf.writelines(f"{key} = '{value}'\n" for key, value in settings.items())

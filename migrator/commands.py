@@ -201,7 +201,17 @@ def _migrate(
             _name(state.heads),
             target,
         )
-        with migration_lock(session, settings.lock_timeout) as lock:
+
+        def still_needed() -> bool:
+            # Queued behind another run: has it done the work meanwhile?
+            now = run.look_again(session.connection, script, state, direction, target)
+            if not now.steps:
+                _accept(now, direction, settings, summary)
+            return bool(now.steps)
+
+        with migration_lock(session, settings.lock_timeout, still_needed) as lock:
+            if lock is None:
+                return
             config.attributes["connection"] = session.connection  # a new one after a reconnect
             run.apply(
                 config,

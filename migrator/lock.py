@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -34,6 +34,8 @@ LOCK_KEY = int.from_bytes(b"migrator", "big")
 HEARTBEAT_SECONDS = 2.0
 # How far past the lock timeout a lock query may stall before the run gives up on it.
 STALL_GRACE_SECONDS = 2.0
+# While waiting for the lock, how often to look whether another run has done the work.
+LOOK_AGAIN_SECONDS = 0.25
 
 _KEY = {"high": LOCK_KEY >> 32, "low": LOCK_KEY & 0xFFFFFFFF}
 _HELD_BY = """
@@ -94,8 +96,17 @@ class MigrationLock:
         self._released = threading.Event()
         self._heartbeat: threading.Thread | None = None
 
-    def take(self, timeout: float) -> None:
+    def take(self, timeout: float, still_needed: Callable[[], bool]) -> bool:
+        """Wait for the lock; False when, meanwhile, `still_needed` says there is nothing left
+        to do (another run did it), so queued runs do not each take the lock to find that."""
         started = time.monotonic()
+        looked = [started]
+
+        def busy(taken: bool) -> bool:
+            if taken or time.monotonic() - looked[0] < LOOK_AGAIN_SECONDS:
+                return not taken
+            looked[0] = time.monotonic()
+            return still_needed()
 
         def report(state: RetryCallState) -> None:
             log.info(
@@ -106,7 +117,7 @@ class MigrationLock:
             )
 
         retrying = retry.retrying(
-            retry=retry_if_result(lambda taken: not taken),
+            retry=retry_if_result(busy),
             wait=wait_random_exponential(multiplier=0.05, max=0.5),
             stop=retry.before_deadline(timeout),
             before_sleep=retry.Throttled(report),
@@ -118,7 +129,9 @@ class MigrationLock:
                 time.monotonic() - started,
                 extra={"fields": {"event": "locked"}},
             )
-            return
+            return True
+        if not signals.stop_requested.is_set() and not still_needed():
+            return False
         if signals.stop_requested.is_set():
             raise signals.interrupted(" while waiting for the migration lock")
         raise LockTimeout(
@@ -195,10 +208,14 @@ class MigrationLock:
 
 
 @contextmanager
-def migration_lock(session: Session, timeout: float) -> Iterator[MigrationLock]:
-    """Hold the migration lock on the run's session."""
+def migration_lock(
+    session: Session, timeout: float, still_needed: Callable[[], bool]
+) -> Iterator[MigrationLock | None]:
+    """Hold the migration lock on the run's session; None when the work was done meanwhile."""
     lock = MigrationLock(session)
-    lock.take(timeout)
+    if not lock.take(timeout, still_needed):
+        yield None
+        return
     try:
         yield lock
     finally:

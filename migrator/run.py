@@ -10,7 +10,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from alembic.config import Config
@@ -19,9 +19,12 @@ from alembic.runtime.migration import MigrationContext, MigrationInfo
 from alembic.script import Script, ScriptDirectory
 from alembic.script.revision import MultipleHeads, RevisionError
 from alembic.util import CommandError
-from sqlalchemy import event
+from sqlalchemy import column as sa_column
+from sqlalchemy import event, select
+from sqlalchemy import table as sa_table
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql.expression import TableClause
 from tenacity import (
     RetryCallState,
     retry_if_exception,
@@ -54,6 +57,7 @@ class State:
     heads: tuple[str, ...]  # the database's revisions; () at base
     unknown: tuple[str, ...]  # those of them this project does not know
     steps: tuple[Script, ...]  # the revisions to run, in order
+    version_table: TableClause | None = None  # where env.py keeps them (alembic_version)
 
 
 def alembic_project(settings: Settings) -> tuple[Config, ScriptDirectory]:
@@ -103,7 +107,13 @@ def inspect(config: Config, script: ScriptDirectory, direction: Direction, targe
     found: list[State] = []
 
     def record(heads: tuple[str, ...], context: MigrationContext) -> list[Any]:
-        found.append(_state(script, direction, target, heads)[0])
+        state = _state(script, direction, target, heads)[0]
+        table = sa_table(
+            context.version_table,
+            sa_column("version_num"),
+            schema=context.version_table_schema,
+        )
+        found.append(replace(state, version_table=table))
         return []
 
     try:
@@ -111,6 +121,22 @@ def inspect(config: Config, script: ScriptDirectory, direction: Direction, targe
     except DBAPIError as error:
         raise errors.failure(error, "reading the database's revision") from None
     return found[0]
+
+
+def look_again(
+    connection: Connection, script: ScriptDirectory, state: State, direction: Direction, target: str
+) -> State:
+    """Read the database's revisions again, straight from the version table env.py named
+    (no env.py run, no new connection)."""
+    assert state.version_table is not None
+    try:
+        rows = connection.execute(select(state.version_table.c.version_num)).all()
+        connection.commit()
+    except DBAPIError as error:
+        connection.rollback()
+        raise errors.failure(error, "reading the database's revision") from None
+    heads = tuple(sorted(row[0] for row in rows))
+    return replace(_state(script, direction, target, heads)[0], version_table=state.version_table)
 
 
 def _state(
