@@ -62,3 +62,26 @@ def test_a_taken_port_names_the_variable_to_set() -> None:
     assert result.stderr.strip().splitlines()[-1] == (
         f"demo: PostgreSQL did not start on port {port} (above); set DEMO_PORT to a free port"
     )
+
+
+def test_base_images_that_cannot_be_built_fail_with_their_cause() -> None:
+    """Where no registry answers and the Debian mirror cannot be reached, the run ends on
+    debootstrap's own error and one line saying so, not on an unbound variable."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MIGRATOR_")}
+    result = subprocess.run(
+        ["scripts/demo.sh"],
+        cwd=ROOT,
+        env={
+            **env,
+            "MIGRATOR_BASE_DEBIAN_IMAGE": "local/missing-debian:test",
+            "MIGRATOR_DEBIAN_MIRROR": "http://127.0.0.1:9/debian",
+        },
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "demo: no base images (the cause is above)"
+    assert "127.0.0.1:9" in result.stderr  # debootstrap's own words about the mirror
+    assert "unbound variable" not in result.stderr
