@@ -140,6 +140,10 @@ def lock_not_available(error: BaseException) -> bool:
     return bool(_sqlstate(error) == errorcodes.LOCK_NOT_AVAILABLE)
 
 
+def missing_table(error: BaseException) -> bool:
+    return bool(_sqlstate(error) == errorcodes.UNDEFINED_TABLE)
+
+
 def failure(error: BaseException, what: str) -> MigratorError:
     """The failure a database error means once connected: `what` says what was being done."""
     code = _sqlstate(error)

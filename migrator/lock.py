@@ -88,6 +88,20 @@ _TABLE_LOCK_HOLDERS = text(
 )
 
 
+_TABLE_LOCKS = text(
+    """
+    SELECT l.pid, l.relation::bigint AS relation
+    FROM pg_locks l
+    JOIN pg_class c ON c.oid = l.relation
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE l.locktype = 'relation' AND l.granted AND l.pid <> pg_backend_pid()
+      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+      AND n.nspname NOT LIKE 'pg_toast%'
+    """
+)
+
+
 class MigrationLock:
     """The migration lock held by the run's session."""
 
@@ -240,6 +254,17 @@ def table_lock_holders(session: Session) -> str:
     if not rows:
         return "a session that has since finished"
     return "; ".join(f"{describe_session(row)} on table {row.relname}" for row in rows)
+
+
+def table_locks(session: Session) -> set[tuple[int, int]]:
+    """(pid, table) for each lock other sessions hold on this database's own tables."""
+    try:
+        with session.mutex:
+            rows = session.connection.execute(_TABLE_LOCKS).all()
+            session.connection.commit()
+    except DBAPIError:
+        return set()  # nothing known to wait for: retry at once
+    return {(row.pid, row.relation) for row in rows}
 
 
 def describe_session(row: Row[Any]) -> str:

@@ -43,10 +43,12 @@ from migrator.errors import (
     lock_not_available,
     reason,
 )
-from migrator.lock import MigrationLock, table_lock_holders
+from migrator.lock import MigrationLock, table_lock_holders, table_locks
 from migrator.logs import Summary, log
 
 Direction = Literal["upgrade", "downgrade"]
+# How often a revision that timed out on a table lock looks whether the holders are gone.
+RELEASE_POLL_SECONDS = 0.1
 RELATIVE_TARGET = re.compile(r"[+-][0-9]+$")
 
 
@@ -134,7 +136,9 @@ def look_again(
         connection.commit()
     except DBAPIError as error:
         connection.rollback()
-        raise errors.failure(error, "reading the database's revision") from None
+        if not errors.missing_table(error):
+            raise errors.failure(error, "reading the database's revision") from None
+        rows = []  # at base: the first run has not created it yet
     heads = tuple(sorted(row[0] for row in rows))
     return replace(_state(script, direction, target, heads)[0], version_table=state.version_table)
 
@@ -198,10 +202,14 @@ def apply(
         assert ctx.connection is not None
         lock.fence(ctx.connection, progress.describe())
 
+    held_then: set[tuple[int, int]] = set()
+
     def report_blocker(state: RetryCallState) -> None:
+        held_then.clear()
+        held_then.update(table_locks(session))
         log.warning(
             "%s timed out waiting for a table lock (MIGRATOR_DDL_LOCK_TIMEOUT); rolled back, "
-            "retry %d of %d in %.1f s; blocked by %s",
+            "retry %d of %d once they are released (at most %.1f s); blocked by %s",
             progress.describe(),
             state.attempt_number,
             settings.ddl_lock_retries,
@@ -209,11 +217,21 @@ def apply(
             table_lock_holders(session),
         )
 
+    def until_released(seconds: float) -> None:
+        # Waiting here queues nobody (the revision is rolled back): retry as soon as the
+        # table locks held when it timed out are gone, not after a blind backoff.
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not signals.stop_requested.is_set():
+            if not held_then & table_locks(session):
+                return
+            signals.sleep(min(RELEASE_POLL_SECONDS, deadline - time.monotonic()))
+
     retrying = retry.retrying(
         retry=retry_if_exception(lock_not_available),
         wait=wait_random_exponential(multiplier=0.5, max=10),
         stop=stop_after_attempt(settings.ddl_lock_retries + 1),
         before_sleep=report_blocker,
+        sleep=until_released,
         reraise=True,
     )
     try:
