@@ -1,56 +1,204 @@
-"""The action's entrypoint: inputs (INPUT_*) to the migrator's environment; its summary to
-the step's outputs (GITHUB_OUTPUT); its exit status as the step's."""
+"""The action's entrypoint: inputs (INPUT_*) to the migrator's command and environment; the
+migrator's JSON summary (MIGRATOR_SUMMARY_FILE) to the step's outputs (GITHUB_OUTPUT) and
+to a Markdown job summary (GITHUB_STEP_SUMMARY); its exit status as the step's."""
 
+from __future__ import annotations
+
+import json
 import os
-import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.engine import make_url
 
 from migrator.masking import passwords_in, spellings
 
+TRUE = {"true", "1", "yes", "on"}
+
 
 def given(name: str, default: str = "") -> str:
     # The runner passes inputs as INPUT_<NAME>, upper-cased, dashes kept.
-    return os.environ.get(f"INPUT_{name.upper()}", default).strip()
+    return os.environ.get(f"INPUT_{name.upper()}", default).strip() or default
 
 
-url = given("database-url")
-# Every spelling the migrator, or anything it runs, could print: registered before it runs.
-try:
-    passwords = passwords_in(make_url(url))
-except Exception:  # not a URL: the migrator says so (exit 2); the whole value stays secret
-    passwords = []
-for secret in sorted({url, *(form for password in passwords for form in spellings(password))}):
-    for line in secret.splitlines():  # the runner masks one line at a time
-        if line.strip():
-            print(f"::add-mask::{line}", flush=True)
+def register_masks(url: str) -> None:
+    """Every spelling the migrator, or anything it runs, could print: registered before it
+    runs, so the runner hides them in the log whatever happens next."""
+    try:
+        passwords = passwords_in(make_url(url))
+    except Exception:  # not a URL: the migrator says so (exit 2); the whole value stays secret
+        passwords = []
+    for secret in sorted({url, *(form for password in passwords for form in spellings(password))}):
+        for line in secret.splitlines():  # the runner masks one line at a time
+            if line.strip():
+                print(f"::add-mask::{line}", flush=True)
 
-environment = {
-    **os.environ,
-    "DATABASE_URL": url,
-    "MIGRATOR_COMMAND": given("command", "upgrade"),
-    "MIGRATOR_TARGET": given("target", "head"),
-    "MIGRATOR_WAIT_TIMEOUT": given("wait-timeout", "60"),
-    "MIGRATOR_ALLOW_DOWNGRADE": given("allow-downgrade", "false"),
-    "MIGRATOR_CONFIG": str(Path(given("config", "alembic.ini")).absolute()),
-}
-process = subprocess.Popen(["migrator"], env=environment, stderr=subprocess.PIPE, text=True)
-assert process.stderr is not None
-summary: dict[str, str] = {}
-for line in process.stderr:
-    sys.stderr.write(line)
-    if "summary command=" in line:
-        summary = {
-            key: "" if value == "-" else value
-            for key, value in re.findall(r"(\w+)=([^\s\"]+)", line)
-        }
-status = process.wait()
 
-with open(os.environ["GITHUB_OUTPUT"], "a", encoding="utf-8") as outputs:
-    outputs.write(f"from-revision={summary.get('from', '')}\n")
-    outputs.write(f"to-revision={summary.get('to', '')}\n")
-    outputs.write(f"applied={summary.get('applied', '0')}\n")
-sys.exit(status)
+def command_line(command: str, target: str, dry_run: bool) -> tuple[list[str], dict[str, str]]:
+    """The migrator's arguments and the variables that say what to run. A dry run (`command:
+    plan`, or `dry-run: true` with upgrade/downgrade) is `migrator plan DIRECTION TARGET`:
+    the revisions that would run, nothing changed. Everything else goes through
+    MIGRATOR_COMMAND/MIGRATOR_TARGET, as a Job runs it (a downgrade then needs
+    allow-downgrade)."""
+    if command == "plan" or (dry_run and command in ("upgrade", "downgrade")):
+        direction = "upgrade" if command == "plan" else command
+        return ["plan", direction, target], {}
+    return [], {"MIGRATOR_COMMAND": command, "MIGRATOR_TARGET": target}
+
+
+def read_summary(path: Path) -> dict[str, Any]:
+    """The migrator's summary, or {} when it wrote none (bad input: exit 2 before any run)."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return document if isinstance(document, dict) else {}
+
+
+def outputs_for(summary: dict[str, Any], status: int, requested: str) -> dict[str, str]:
+    revisions = summary.get("revisions") or []
+    planned = summary.get("command") == "plan"
+    return {
+        "command": str(summary.get("command") or requested),
+        "from-revision": str(summary.get("from") or ""),
+        "to-revision": str(summary.get("to") or ""),
+        "applied": str(summary.get("applied") or 0),
+        "planned": str(len(revisions) if planned else 0),
+        "revisions": json.dumps(revisions, separators=(",", ":")),
+        "status": str(summary.get("status") or "failed"),
+        "exit-code": str(status),
+        "seconds": str(summary.get("seconds") or 0),
+    }
+
+
+def cell(value: Any) -> str:
+    """A value as one Markdown table cell: no line breaks, no column separators."""
+    text = " ".join(str(value if value is not None else "").split())
+    return text.replace("\\", "\\\\").replace("|", "\\|") or " "
+
+
+def step_summary(
+    summary: dict[str, Any], status: int, requested: str, direction: str, target: str, config: str
+) -> str:
+    """The Markdown the job's summary page shows: where the database was and is, each
+    revision with its duration, or the plan."""
+    revisions = summary.get("revisions") or []
+    command = summary.get("command") or requested
+    outcome = "ok" if status == 0 else f"failed (exit {status})"
+    if command == "plan" and status == 0:
+        title = (
+            f"### migrator plan: {direction} to `{target}`: {len(revisions)} revision(s) would run"
+        )
+    else:
+        title = f"### migrator {command}: {outcome}"
+    lines = [title, ""]
+    if not summary:
+        lines += [
+            f"The migrator exited {status} before it ran (a usage or configuration error);"
+            " the step's log says why.",
+            "",
+        ]
+        return "\n".join(lines) + "\n"
+    if status != 0:
+        lines += [f"The step's log says why (exit {status}).", ""]
+    lines += [
+        "| from | to | applied | seconds | status | config |",
+        "| --- | --- | --- | --- | --- | --- |",
+        "| "
+        + " | ".join(
+            cell(value)
+            for value in (
+                summary.get("from") or "base",
+                summary.get("to") or ("(unchanged: a plan)" if command == "plan" else ""),
+                summary.get("applied", 0),
+                summary.get("seconds", ""),
+                summary.get("status", ""),
+                config,
+            )
+        )
+        + " |",
+        "",
+    ]
+    if command == "plan":
+        if revisions:
+            lines += ["| # | revision | message |", "| --- | --- | --- |"]
+            lines += [
+                f"| {position} | `{cell(step.get('revision'))}` | {cell(step.get('message'))} |"
+                for position, step in enumerate(revisions, start=1)
+            ]
+        else:
+            lines += ["Nothing would run: the database is at the target."]
+    elif revisions:
+        lines += [
+            "| # | revision | message | direction | seconds |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        lines += [
+            f"| {position} | `{cell(step.get('revision'))}` | {cell(step.get('message'))} "
+            f"| {cell(step.get('direction'))} | {cell(step.get('seconds'))} |"
+            for position, step in enumerate(revisions, start=1)
+        ]
+    elif command in ("upgrade", "downgrade") and status == 0:
+        lines += ["Nothing to do: the database was already at the target."]
+    return "\n".join(lines) + "\n"
+
+
+def append(variable: str, text: str) -> None:
+    """Append to a runner file command (GITHUB_OUTPUT, GITHUB_STEP_SUMMARY), when there is one."""
+    path = os.environ.get(variable)
+    if path:
+        with open(path, "a", encoding="utf-8") as file:
+            file.write(text)
+
+
+def main() -> int:
+    url = given("database-url")
+    register_masks(url)
+    command = given("command", "upgrade")
+    target = given("target", "head")
+    dry_run = given("dry-run", "false").lower() in TRUE
+    config = given("config", "alembic.ini")
+    arguments, chosen = command_line(command, target, dry_run)
+    direction = arguments[1] if arguments else command
+
+    handle, name = tempfile.mkstemp(prefix="migrator-summary-", suffix=".json")
+    os.close(handle)
+    summary_file = Path(name)
+    # What says what to run is ours alone: a MIGRATOR_COMMAND/TARGET in the step's env would
+    # otherwise disagree with the arguments of a plan (exit 2) or replace the inputs.
+    inherited = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("MIGRATOR_COMMAND", "MIGRATOR_TARGET")
+    }
+    environment = {
+        **inherited,
+        **chosen,
+        "DATABASE_URL": url,
+        "MIGRATOR_WAIT_TIMEOUT": given("wait-timeout", "60"),
+        "MIGRATOR_LOCK_TIMEOUT": given("lock-timeout", "300"),
+        "MIGRATOR_ALLOW_DOWNGRADE": given("allow-downgrade", "false"),
+        "MIGRATOR_CONFIG": str(Path(config).absolute()),
+        "MIGRATOR_SUMMARY_FILE": str(summary_file),
+    }
+    try:
+        status = subprocess.run(["migrator", *arguments], env=environment, check=False).returncode
+        summary = read_summary(summary_file)
+    finally:
+        summary_file.unlink(missing_ok=True)
+
+    requested = arguments[0] if arguments else command
+    outputs = outputs_for(summary, status, requested)
+    append("GITHUB_OUTPUT", "".join(f"{key}={value}\n" for key, value in outputs.items()))
+    append(
+        "GITHUB_STEP_SUMMARY",
+        step_summary(summary, status, requested, direction, target, config),
+    )
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,12 +3,16 @@ and the round-trip script CI calls proves a real upgrade/downgrade/upgrade."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
+import pytest
 import yaml
 from conftest import PASSWORD, PASSWORD_FORMS, ROOT, Database, docker_build, docker_env_flags
 
@@ -55,7 +59,7 @@ def test_ci_is_least_privilege_pinned_and_bounded() -> None:
                     ref = step["uses"].split("@")[1]
                     assert re.fullmatch(r"[0-9a-f]{40}", ref), step["uses"]
     ci = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())
-    assert set(ci["jobs"]) == {"lint", "test", "roundtrip", "kind", "release"}
+    assert set(ci["jobs"]) == {"lint", "test", "package", "roundtrip", "kind", "release"}
     assert "concurrency" in ci
     runs = [step.get("run", "") for job in ci["jobs"].values() for step in job["steps"]]
     # The jobs' real work is the repository's own scripts, which .ci/run calls too.
@@ -64,29 +68,81 @@ def test_ci_is_least_privilege_pinned_and_bounded() -> None:
         "scripts/test.sh",
         "scripts/ci/roundtrip.sh",
         "scripts/ci/kind.sh",
+        "scripts/ci/package.sh",
     ):
         assert script in runs, script
 
 
-def test_the_action_runs_as_the_runner_runs_it(
-    migrator_image: str, database: Database, tmp_path: Path
-) -> None:
-    docker_build("migrator-action:test", ROOT / "action", f"MIGRATOR_IMAGE={migrator_image}")
-    commands = tmp_path / "file_commands"
-    commands.mkdir()
-    (commands / "output").touch()
-    # The runner passes inputs as INPUT_<NAME>, upper-cased, dashes kept.
-    inputs = {
-        "INPUT_COMMAND": "upgrade",
-        "INPUT_TARGET": "head",
-        "INPUT_DATABASE-URL": database.url,
-        "INPUT_CONFIG": "alembic.ini",
-        "INPUT_WAIT-TIMEOUT": "30",
-        "INPUT_ALLOW-DOWNGRADE": "false",
-    }
+def test_every_action_is_pinned_by_sha_with_its_tag_and_one_pin_per_action() -> None:
+    pins: dict[str, set[str]] = {}
+    for path in WORKFLOWS:
+        for line in Path(path).read_text().splitlines():
+            found = re.match(r"\s*-? ?uses: ([\w./-]+)@(\S+)(.*)", line)
+            if found:
+                name, ref, comment = found.groups()
+                assert re.fullmatch(r"[0-9a-f]{40}", ref), line
+                assert re.fullmatch(r" # v\d+\.\d+\.\d+", comment), f"no tag comment: {line}"
+                pins.setdefault(name, set()).add(f"{ref}{comment}")
+    assert all(len(refs) == 1 for refs in pins.values()), pins
+    # The node24 majors of GitHub's own actions.
+    assert pins["actions/checkout"] == {"de0fac2e4500dabe0009e67214ff5f5447ce83dd # v6.0.2"}
+    assert pins["actions/setup-python"] == {"a309ff8b426b58ec0e2a45f0f869d46889d02405 # v6.2.0"}
 
+
+def test_the_release_builds_amd64_and_arm64() -> None:
+    release = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())["jobs"][
+        "release"
+    ]
+    uses = [step.get("uses", "").split("@")[0] for step in release["steps"]]
+    build = next(s for s in release["steps"] if s.get("uses", "").startswith("docker/build-push"))
+
+    assert build["with"]["platforms"] == "linux/amd64,linux/arm64"
+    assert uses.index("docker/setup-qemu-action") < uses.index("docker/setup-buildx-action")
+
+
+def test_the_reusable_roundtrip_installs_the_locked_migrator_at_its_own_commit() -> None:
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "roundtrip.yml").read_text())
+    steps = workflow["jobs"]["verify"]["steps"]
+    own = next(s for s in steps if s.get("with", {}).get("path") == ".migrator")
+    install = next(s["run"] for s in steps if "pip install" in s.get("run", ""))
+
+    assert own["with"]["repository"] == "${{ job.workflow_repository }}"
+    assert own["with"]["ref"] == "${{ job.workflow_sha }}"
+    assert "pip install --require-hashes -r .migrator/requirements.lock" in install
+    assert "pip install --no-deps ./.migrator" in install
+    assert "git+" not in install and "@v" not in install
+
+
+HEAD = "c3f9b7d21a58"
+ACTION_IMAGE = "migrator-action:test"
+
+
+@dataclass
+class ActionRun:
+    status: int
+    log: str
+    outputs: dict[str, str]
+    step_summary: str
+
+
+@pytest.fixture(scope="module")
+def action_image(migrator_image: str) -> str:
+    docker_build(ACTION_IMAGE, ROOT / "action", f"MIGRATOR_IMAGE={migrator_image}")
+    return ACTION_IMAGE
+
+
+def run_action(
+    image: str, tmp_path: Path, inputs: dict[str, str], env: dict[str, str] | None = None
+) -> ActionRun:
+    """As the runner runs a container action: the checkout mounted as the working
+    directory, inputs as INPUT_<NAME> (upper-cased, dashes kept), GITHUB_OUTPUT and
+    GITHUB_STEP_SUMMARY files the step appends to."""
+    commands = tmp_path / "file_commands"
+    commands.mkdir(parents=True)
+    (commands / "output").touch()
+    (commands / "summary").touch()
+    given = {f"INPUT_{name.upper()}": value for name, value in inputs.items()} | (env or {})
     result = subprocess.run(
-        # As the runner does: the checkout as the working directory, GITHUB_OUTPUT a file.
         [
             "docker",
             "run",
@@ -99,24 +155,166 @@ def test_the_action_runs_as_the_runner_runs_it(
             f"{commands}:/github/file_commands",
             "-e",
             "GITHUB_OUTPUT=/github/file_commands/output",
-            *docker_env_flags(inputs),
-            "migrator-action:test",
+            "-e",
+            "GITHUB_STEP_SUMMARY=/github/file_commands/summary",
+            *docker_env_flags(given),
+            image,
         ],
-        env={**os.environ, **inputs},
+        env={**os.environ, **given},
         capture_output=True,
         text=True,
         timeout=120,
     )
-
-    outputs = dict(line.split("=", 1) for line in (commands / "output").read_text().split())
-    assert result.returncode == 0, result.stderr
-    assert outputs == {"from-revision": "base", "to-revision": "c3f9b7d21a58", "applied": "4"}
-    assert database.revision() == "c3f9b7d21a58"
+    outputs = dict(
+        line.split("=", 1) for line in (commands / "output").read_text().splitlines() if line
+    )
+    log = result.stdout + result.stderr
+    summary = (commands / "summary").read_text()
     # The only lines that name the secret are the runner's masking commands.
-    for line in (result.stdout + result.stderr).splitlines():
+    for line in log.splitlines():
         if not line.startswith("::add-mask::"):
             assert not any(form in line for form in PASSWORD_FORMS), line
-    assert f"::add-mask::{PASSWORD}" in result.stdout
+    assert not any(form in summary + str(outputs) for form in PASSWORD_FORMS)
+    return ActionRun(result.returncode, log, outputs, summary)
+
+
+def table_rows(markdown: str) -> list[list[str]]:
+    """The body rows of the Markdown tables, as cells."""
+    rows = [
+        [cell.strip() for cell in line.strip().strip("|").split("|")]
+        for line in markdown.splitlines()
+        if line.startswith("|")
+    ]
+    return [row for row in rows if not all(set(cell) <= {"-", " "} for cell in row)]
+
+
+def test_the_action_runs_as_the_runner_runs_it(
+    action_image: str, database: Database, tmp_path: Path
+) -> None:
+    run = run_action(
+        action_image,
+        tmp_path,
+        {
+            "command": "upgrade",
+            "target": "head",
+            "database-url": database.url,
+            "config": "alembic.ini",
+            "wait-timeout": "30",
+            "allow-downgrade": "false",
+        },
+    )
+
+    assert run.status == 0, run.log
+    assert database.revision() == HEAD
+    outputs = run.outputs
+    assert {key: outputs[key] for key in ("from-revision", "to-revision", "applied")} == {
+        "from-revision": "base",
+        "to-revision": HEAD,
+        "applied": "4",
+    }
+    assert (outputs["command"], outputs["status"], outputs["exit-code"]) == ("upgrade", "ok", "0")
+    assert float(outputs["seconds"]) > 0
+    revisions = json.loads(outputs["revisions"])
+    assert [step["direction"] for step in revisions] == ["upgrade"] * 4
+    assert revisions[-1]["revision"] == HEAD
+    assert all(step["seconds"] >= 0 and step["message"] for step in revisions)
+    # The job summary: the run, then each revision with its message and duration.
+    rows = table_rows(run.step_summary)
+    assert run.step_summary.startswith("### migrator upgrade: ok")
+    assert rows[1][:3] == ["base", HEAD, "4"]
+    assert [row[1].strip("`") for row in rows[3:]] == [step["revision"] for step in revisions]
+    assert [float(row[4]) for row in rows[3:]] == [step["seconds"] for step in revisions]
+    assert f"::add-mask::{PASSWORD}" in run.log
+
+
+@pytest.mark.parametrize(
+    "inputs", [{"command": "plan"}, {"command": "upgrade", "dry-run": "true"}], ids=str
+)
+def test_the_action_plans_without_changing_anything(
+    action_image: str, database: Database, tmp_path: Path, inputs: dict[str, str]
+) -> None:
+    run = run_action(
+        action_image, tmp_path, {**inputs, "target": "head", "database-url": database.url}
+    )
+
+    assert run.status == 0, run.log
+    assert database.revision() is None  # nothing ran
+    assert "alembic_version" not in database.tables()
+    planned = json.loads(run.outputs["revisions"])
+    assert (run.outputs["command"], run.outputs["planned"], run.outputs["applied"]) == (
+        "plan",
+        "4",
+        "0",
+    )
+    assert run.outputs["from-revision"] == "base"
+    assert planned[-1]["revision"] == HEAD
+    assert "4 revision(s) would run" in run.step_summary.splitlines()[0]
+    plan_rows = [row for row in table_rows(run.step_summary) if row[0].isdigit()]
+    assert [row[1].strip("`") for row in plan_rows] == [step["revision"] for step in planned]
+    assert [row[2] for row in plan_rows] == [step["message"] for step in planned]
+
+
+def test_the_action_plans_a_downgrade_and_reports_a_downgrade_with_json_logs(
+    action_image: str, database: Database, tmp_path: Path
+) -> None:
+    """Outputs come from the migrator's JSON summary file, not from its log: they are the
+    same with JSON log lines (MIGRATOR_LOG_FORMAT in the step's env)."""
+    url = {"database-url": database.url}
+    json_logs = {"MIGRATOR_LOG_FORMAT": "json"}
+    up = run_action(action_image, tmp_path / "up", {"command": "upgrade", **url}, json_logs)
+    plan = run_action(
+        action_image,
+        tmp_path / "plan",
+        {"command": "downgrade", "target": "base", "dry-run": "true", **url},
+        json_logs,
+    )
+    down = run_action(
+        action_image,
+        tmp_path / "down",
+        {"command": "downgrade", "target": "base", "allow-downgrade": "true", **url},
+        json_logs,
+    )
+
+    assert up.status == 0 and up.outputs["to-revision"] == HEAD, up.log
+    assert plan.status == 0, plan.log
+    assert plan.outputs["planned"] == "4"
+    assert json.loads(plan.outputs["revisions"])[0]["revision"] == HEAD
+    assert "downgrade to `base`: 4 revision(s) would run" in plan.step_summary
+    assert down.status == 0, down.log
+    assert (down.outputs["from-revision"], down.outputs["to-revision"]) == (HEAD, "base")
+    assert down.outputs["applied"] == "4"
+    assert {step["direction"] for step in json.loads(down.outputs["revisions"])} == {"downgrade"}
+    assert all(json.loads(line) for line in down.log.splitlines() if line.startswith("{"))
+    assert database.revision() is None
+
+
+def test_a_failed_run_fails_the_step_and_says_why(
+    action_image: str, database: Database, tmp_path: Path
+) -> None:
+    wrong = database.url.replace(quote(PASSWORD, safe=""), quote("not-" + PASSWORD, safe=""))
+
+    run = run_action(action_image, tmp_path, {"database-url": wrong, "wait-timeout": "5"})
+
+    assert run.status == 6, run.log  # the credentials were refused
+    assert run.outputs["exit-code"] == "6"
+    assert run.outputs["status"] not in ("", "ok")
+    assert run.outputs["applied"] == "0"
+    assert run.step_summary.startswith("### migrator upgrade: failed (exit 6)")
+    assert database.revision() is None
+
+
+def test_a_usage_error_still_writes_outputs_and_a_summary(
+    action_image: str, database: Database, tmp_path: Path
+) -> None:
+    run = run_action(
+        action_image,
+        tmp_path,
+        {"command": "upgrade", "target": "nosuch", "database-url": database.url},
+    )
+
+    assert run.status == 2, run.log
+    assert run.outputs["exit-code"] == "2"
+    assert "exit 2" in run.step_summary
 
 
 def test_the_roundtrip_script_proves_upgrade_downgrade_upgrade(
