@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import shutil
 import signal
 import statistics
@@ -42,7 +43,17 @@ ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "bench" / ".cache"
 BIN = Path(sys.executable).parent
 DBMATE_VERSION = "2.36.0"
-PARTS = ("noop", "apply", "readiness", "concurrency", "memory", "image", "traffic", "conditions")
+PARTS = (
+    "noop",
+    "apply",
+    "readiness",
+    "concurrency",
+    "memory",
+    "image",
+    "traffic",
+    "conditions",
+    "verify",
+)
 # The tools run as a user runs them: none of this shell's database settings, and Python
 # free to cache bytecode (an installed package or image has it compiled already).
 TOOL_ENV = {
@@ -120,14 +131,14 @@ class Tools:
             **env,
         }
 
-    def alembic(self, ini: Path, database: str) -> Command:
+    def alembic(self, ini: Path, database: str, *arguments: str) -> Command:
         """Plain Alembic reads its URL from alembic.ini: a copy of the project's, per database."""
         copy = ini.with_name(f"{ini.stem}-{database}.ini")
         if not copy.exists():
             # SQLAlchemy 2.1 reads postgresql:// as psycopg 3; the migrator runs psycopg2.
             url = self.server.url(database).replace("postgresql://", "postgresql+psycopg2://")
             chain.write_url(ini, copy, url)
-        return [str(BIN / "alembic"), "-c", str(copy), "upgrade", "head"], {}
+        return [str(BIN / "alembic"), "-c", str(copy), *(arguments or ("upgrade", "head"))], {}
 
     def dbmate(self, migrations: Path, database: str, *flags: str, npm: bool = False) -> Command:
         program = self.dbmate_npm if npm else self.dbmate_go
@@ -223,351 +234,6 @@ class Bench:
         self.server.fresh_database(database)
         run(self.tools.migrator(self.projects[size][0], database))
 
-    def noop(self) -> None:
-        size, runs = self.small, self.args.runs
-        ini, _ = self.projects[size]
-        self.at_head("noop", size)
-        results = self.alternate(
-            {
-                "floor: python -c 'import sqlalchemy, alembic, psycopg2'": self.tools.floor(),
-                ALEMBIC: self.tools.alembic(ini, "noop"),
-                MIGRATOR: self.tools.migrator(ini, "noop"),
-            },
-            runs,
-        )
-        self.say(f"## 1. No-op deploy: database at head, {size} revisions, {runs} runs each")
-        self.say()
-        self.table(
-            "| command | seconds, min / median / max |",
-            [f"| {name} | {spread([f.seconds for f in done])} |" for name, done in results.items()],
-        )
-        alembic_s = median([f.seconds for f in results[ALEMBIC]])
-        migrator_s = median([f.seconds for f in results[MIGRATOR]])
-        self.say(
-            f"migrator / alembic: **{migrator_s / alembic_s:.3f}x** "
-            f"({(migrator_s - alembic_s) * 1000:+.0f} ms; target <= 1.05x)"
-        )
-        self.say()
-
-    def apply(self) -> None:
-        runs = self.args.runs
-        rows, medians = [], {}
-        for size in self.args.sizes:
-            ini, migrations = self.projects[size]
-            commands = {
-                ALEMBIC: self.tools.alembic(ini, "apply"),
-                ALEMBIC_PER_REVISION: self.tools.alembic(chain.per_revision(ini), "apply"),
-                MIGRATOR: self.tools.migrator(ini, "apply"),
-                DBMATE: self.tools.dbmate(migrations, "apply"),
-                DBMATE_NPM: self.tools.dbmate(migrations, "apply", npm=True),
-            }
-            results = self.alternate(
-                commands,
-                runs,
-                before=lambda _: self.server.fresh_database("apply"),
-                check=lambda name, size=size: self.check_applied(name, size),
-            )
-            for name, done in results.items():
-                medians[size, name] = median([f.seconds for f in done])
-                rss = median([f.max_rss_mib for f in done])
-                if size == self.small:
-                    self.memory_mib[name] = rss
-                rows.append(
-                    f"| {size} | {name} | {spread([f.seconds for f in done])} | {rss:.1f} |"
-                )
-        self.say(f"## 2. Apply from empty, {runs} runs each")
-        self.say()
-        self.say(
-            f"`{ALEMBIC_PER_REVISION}` runs the same revisions through an env.py whose one "
-            "change is `transaction_per_migration=True`: what the migrator does."
-        )
-        self.say()
-        self.table("| revisions | tool | seconds, min / median / max | peak RSS MiB |", rows)
-        for size in self.args.sizes:
-            over_alembic = medians[size, MIGRATOR] - medians[size, ALEMBIC]
-            over_per_revision = medians[size, MIGRATOR] - medians[size, ALEMBIC_PER_REVISION]
-            self.say(
-                f"- {size} revisions: migrator - alembic = **{over_alembic * 1000:+.0f} ms** "
-                f"(target <= +50 ms); migrator - alembic with a commit per revision = "
-                f"**{over_per_revision * 1000:+.0f} ms**"
-            )
-        large = self.args.sizes[-1]
-        if large != self.small:
-            for name in (ALEMBIC, ALEMBIC_PER_REVISION, MIGRATOR, DBMATE):
-                growth = medians[large, name] / medians[self.small, name]
-                each = (medians[large, name] - medians[self.small, name]) / (large - self.small)
-                self.say(
-                    f"- {name}: {self.small} -> {large} revisions takes {growth:.2f}x as long; "
-                    f"each further revision costs {each * 1000:.2f} ms"
-                )
-        self.say()
-
-    def check_applied(self, name: str, size: int) -> None:
-        """That a tool really applied the chain: every table and every version is there."""
-        table = "schema_migrations" if "dbmate" in name else "alembic_version"
-        connection = self.server.connect("apply")
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT count(*) FROM pg_tables WHERE tablename ~ '^t[0-9]+$'")
-            tables = cursor.fetchone()[0]
-            cursor.execute(f"SELECT count(*) FROM {table}")
-            versions = cursor.fetchone()[0]
-        connection.close()
-        wanted = (chain.tables(size), size if "dbmate" in name else 1)
-        if (tables, versions) != wanted:
-            raise SystemExit(
-                f"bench: after {name}, {tables} tables and {versions} rows in {table}; "
-                f"wanted {wanted[0]} and {wanted[1]}"
-            )
-
-    def readiness(self) -> None:
-        runs, down = self.args.readiness_runs, self.args.down_seconds
-        ini, migrations = self.projects[self.small]
-        self.at_head("ready_migrator", self.small)
-        self.server.fresh_database("ready_dbmate")
-        run(self.tools.dbmate(migrations, "ready_dbmate"))
-        commands = {
-            MIGRATOR: self.tools.migrator(
-                ini, "ready_migrator", MIGRATOR_LOG_FORMAT="json", MIGRATOR_WAIT_TIMEOUT="60"
-            ),
-            "dbmate --wait (1 s interval, the default)": self.tools.dbmate(
-                migrations, "ready_dbmate", "--wait"
-            ),
-            "dbmate --wait --wait-interval 100ms": self.tools.dbmate(
-                migrations, "ready_dbmate", "--wait", "--wait-interval", "100ms"
-            ),
-        }
-        first_connection: dict[str, list[float]] = {name: [] for name in commands}
-        connected_event: list[float] = []
-        for _ in range(runs):
-            for name, command in commands.items():
-                self.server.stop()
-                log_start = self.server.log_size()
-                outcome: list[Finished] = []
-                tool = threading.Thread(target=lambda c=command, o=outcome: o.append(run(c)))
-                tool.start()
-                time.sleep(down)
-                self.server.start()
-                tool.join()
-                events = self.server.log_events(log_start)
-                ready = next(t for t, line in events if "ready to accept connections" in line)
-                seen = next(
-                    t for t, line in events if t >= ready and "connection authorized" in line
-                )
-                first_connection[name].append((seen - ready).total_seconds())
-                if name == MIGRATOR:
-                    connected_event.append(
-                        (connected_at(outcome[0].stderr) - ready).total_seconds()
-                    )
-        self.say(
-            f"## 3. Readiness: the tool starts, the server {down:g} s later; from the "
-            "server's \"ready to accept connections\" to the tool's first connection, "
-            f"{runs} runs each"
-        )
-        self.say()
-        self.table(
-            "| tool | to first connection (server log), ms | to own `connected` event, ms |",
-            [
-                f"| {name} | {spread(seen, 'ms')} | "
-                + (spread(connected_event, "ms") if name == MIGRATOR else "")
-                + " |"
-                for name, seen in first_connection.items()
-            ],
-        )
-        self.say(
-            f"migrator median: **{median(connected_event) * 1000:.0f} ms** to its own "
-            "`connected` event (target <= 100 ms)"
-        )
-        self.say()
-
-    def concurrency(self) -> None:
-        count, runs = self.args.concurrency, self.args.runs
-        ini, _ = self.projects[self.small]
-        self.at_head("together", self.small)
-        commands = {
-            f"{count} x {ALEMBIC}": self.tools.alembic(ini, "together"),
-            f"{count} x {MIGRATOR}": self.tools.migrator(ini, "together"),
-        }
-        walls: dict[str, list[float]] = {name: [] for name in commands}
-        for turn in range(runs + 1):  # the first turn warms up
-            for name, (arguments, env) in commands.items():
-                started = time.perf_counter()
-                processes = [
-                    subprocess.Popen(
-                        arguments,
-                        env={**TOOL_ENV, **env},
-                        stdout=subprocess.DEVNULL,
-                        stderr=subprocess.DEVNULL,
-                    )
-                    for _ in range(count)
-                ]
-                if any([process.wait() for process in processes]):
-                    raise SystemExit(f"bench: one of {name} failed")
-                if turn > 0:
-                    walls[name].append(time.perf_counter() - started)
-        self.say(
-            f"## 4. Concurrency: {count} processes started together on a database at head, "
-            f"{runs} runs"
-        )
-        self.say()
-        self.table(
-            "| processes | wall seconds, min / median / max |",
-            [f"| {name} | {spread(seconds)} |" for name, seconds in walls.items()],
-        )
-        alembic_s, migrator_s = (median(seconds) for seconds in walls.values())
-        self.say(f"migrator / alembic: **{migrator_s / alembic_s:.3f}x** (target <= 1.1x)")
-        self.say()
-
-    def memory(self) -> None:
-        self.say(
-            f"## 5. Peak memory (max RSS) applying {self.small} revisions, the median of "
-            "part 2's runs"
-        )
-        self.say()
-        for name, mib in self.memory_mib.items():
-            self.say(f"- {name}: {mib:.1f} MiB")
-        extra = self.memory_mib[MIGRATOR] - self.memory_mib[ALEMBIC]
-        self.say(f"- migrator - alembic: **{extra:+.1f} MiB** (target <= +3 MiB)")
-        self.say()
-
-    def image(self) -> None:
-        self.say("## 6. Image")
-        self.say()
-        if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
-            self.say("Not measured: no Docker engine answers here.")
-            self.say()
-            return
-        picked = subprocess.run(
-            [ROOT / "scripts" / "pick-base-images.sh"], check=True, capture_output=True, text=True
-        ).stdout
-        exports = dict(
-            line.removeprefix("export ").split("=", 1)
-            for line in picked.splitlines()
-            if line.startswith("export ")
-        )
-        base = exports["MIGRATOR_TEST_PYTHON_IMAGE"]
-        subprocess.run(
-            [
-                "docker",
-                "build",
-                "-q",
-                "--build-arg",
-                f"PYTHON_IMAGE={base}",
-                "-t",
-                "migrator:bench",
-                str(ROOT),
-            ],
-            check=True,
-            capture_output=True,
-        )
-        image_mb, base_mb = image_size_mb("migrator:bench"), image_size_mb(base)
-        self.say(
-            f"- migrator:bench {image_mb:.1f} MB on base {base} {base_mb:.1f} MB: "
-            f"**delta {image_mb - base_mb:.1f} MB**"
-        )
-        version = ["docker", "run", "--rm", "migrator:bench", "--version"]
-        started = self.alternate({"version": (version, {})}, self.args.runs)["version"]
-        self.say(f"- `{' '.join(version)}`: {spread([f.seconds for f in started])} s")
-        self.say()
-
-    def traffic(self) -> None:
-        hold, timeout = self.args.hold_seconds, self.args.ddl_lock_timeout
-        ini, _ = chain.write_projects(self.work / "traffic", chain.TRAFFIC)
-        cases = [
-            (ALEMBIC, "traffic_alembic", self.tools.alembic(ini, "traffic_alembic")),
-            (
-                f"{MIGRATOR}, MIGRATOR_DDL_LOCK_TIMEOUT={timeout:g}",
-                "traffic_migrator",
-                self.tools.migrator(
-                    ini,
-                    "traffic_migrator",
-                    MIGRATOR_DDL_LOCK_TIMEOUT=f"{timeout:g}",
-                    MIGRATOR_DDL_LOCK_RETRIES="50",
-                ),
-            ),
-        ]
-        rows = []
-        for name, database, command in cases:
-            self.server.fresh_database(database)
-            run(self.tools.migrator(ini, database, "upgrade", chain.revision_id(1)))
-            latencies, finished = self.under_load(database, command, hold)
-            p50, p99 = latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99)]
-            rows.append(
-                f"| {name} | {p50 * 1000:.1f} | {p99 * 1000:.0f} | **{latencies[-1] * 1000:.0f}** "
-                f"| {finished.seconds:.2f} | {finished.code} |"
-            )
-        self.say(
-            f"## 7. Traffic: {Load.CLIENTS} clients, {Load.CLIENTS * Load.PER_SECOND} queries/s "
-            f"on `traffic`; a session holds a transaction on it for {hold:g} s, and 0.5 s into "
-            "it a revision adds a column"
-        )
-        self.say()
-        self.table(
-            "| tool | load p50 ms | load p99 ms | longest stall ms | tool's seconds | exit |",
-            rows,
-        )
-        self.say(
-            f"Target for the migrator: longest stall <= 1.5 x {timeout:g} s = "
-            f"{1.5 * timeout * 1000:.0f} ms."
-        )
-        self.say()
-
-    def under_load(
-        self, database: str, command: Command, hold: float
-    ) -> tuple[list[float], Finished]:
-        """Run `command` while the load runs and a transaction holds `traffic` for `hold` s;
-        returns the latencies of the queries due from the blocker's start to 1 s after the
-        command ends, and the command's outcome."""
-        with Load(self.server.url(database)) as load:
-            time.sleep(1.0)
-            blocker = self.server.connect(database)
-            blocker.autocommit = False
-            blocker.cursor().execute("SELECT count(*) FROM traffic")
-            blocked_from = time.perf_counter()
-            release = threading.Timer(hold, blocker.commit)
-            release.start()
-            time.sleep(0.5)
-            finished = run(command, check=False)
-            ended = time.perf_counter()
-            release.join()
-            blocker.close()
-            time.sleep(1.0)
-        return load.latencies(blocked_from, ended + 1.0), finished
-
-    def conditions(self) -> None:
-        runs = self.args.condition_runs
-        figures = {
-            "lost lock to exit 7 (one session)": lambda: production.lost_lock_to_exit(
-                self.server, production.AUDITED
-            ),
-            "lost lock to exit 7 (env.py's own connection: the heartbeat)": lambda: (
-                production.lost_lock_to_exit(self.server, production.OWN_CONNECTION)
-            ),
-            "SIGTERM to exit 143, network stalled": lambda: production.sigterm_to_exit_when_stalled(
-                self.server
-            ),
-        }
-        seconds = {name: production.repeat(measure, runs) for name, measure in figures.items()}
-        small = Server(max_connections=40)
-        try:
-            seconds["30 runs at once, max_connections=40 (wall)"] = production.repeat(
-                lambda: production.thirty_runs_on_forty_slots(small), runs
-            )
-        finally:
-            small.destroy()
-        self.say(f"## 8. Production conditions, {runs} runs each")
-        self.say()
-        self.table(
-            "| figure | seconds, min / median / max |",
-            [f"| {name} | {spread(values)} |" for name, values in seconds.items()],
-        )
-        self.table(
-            "| one run | connections opened (server's log) |",
-            [
-                f"| {name} | {count} |"
-                for name, count in production.connection_counts(self.server).items()
-            ],
-        )
-
     def header(self) -> None:
         postgres = subprocess.run(
             [self.server.bin / "postgres", "--version"], capture_output=True, text=True
@@ -588,6 +254,381 @@ class Bench:
             "rename, as the same SQL for every tool."
         )
         self.say()
+
+
+def noop(bench: Bench) -> None:
+    size, runs = bench.small, bench.args.runs
+    ini, _ = bench.projects[size]
+    bench.at_head("noop", size)
+    results = bench.alternate(
+        {
+            "floor: python -c 'import sqlalchemy, alembic, psycopg2'": bench.tools.floor(),
+            ALEMBIC: bench.tools.alembic(ini, "noop"),
+            MIGRATOR: bench.tools.migrator(ini, "noop"),
+        },
+        runs,
+    )
+    bench.say(f"## 1. No-op deploy: database at head, {size} revisions, {runs} runs each")
+    bench.say()
+    bench.table(
+        "| command | seconds, min / median / max |",
+        [f"| {name} | {spread([f.seconds for f in done])} |" for name, done in results.items()],
+    )
+    alembic_s = median([f.seconds for f in results[ALEMBIC]])
+    migrator_s = median([f.seconds for f in results[MIGRATOR]])
+    bench.say(
+        f"migrator / alembic: **{migrator_s / alembic_s:.3f}x** "
+        f"({(migrator_s - alembic_s) * 1000:+.0f} ms; target <= 1.05x)"
+    )
+    bench.say()
+
+
+def apply(bench: Bench) -> None:
+    runs = bench.args.runs
+    rows, medians = [], {}
+    for size in bench.args.sizes:
+        ini, migrations = bench.projects[size]
+        commands = {
+            ALEMBIC: bench.tools.alembic(ini, "apply"),
+            ALEMBIC_PER_REVISION: bench.tools.alembic(chain.per_revision(ini), "apply"),
+            MIGRATOR: bench.tools.migrator(ini, "apply"),
+            DBMATE: bench.tools.dbmate(migrations, "apply"),
+            DBMATE_NPM: bench.tools.dbmate(migrations, "apply", npm=True),
+        }
+        results = bench.alternate(
+            commands,
+            runs,
+            before=lambda _: bench.server.fresh_database("apply"),
+            check=lambda name, size=size: check_applied(bench, name, size),
+        )
+        for name, done in results.items():
+            medians[size, name] = median([f.seconds for f in done])
+            rss = median([f.max_rss_mib for f in done])
+            if size == bench.small:
+                bench.memory_mib[name] = rss
+            rows.append(f"| {size} | {name} | {spread([f.seconds for f in done])} | {rss:.1f} |")
+    bench.say(f"## 2. Apply from empty, {runs} runs each")
+    bench.say()
+    bench.say(
+        f"`{ALEMBIC_PER_REVISION}` runs the same revisions through an env.py whose one "
+        "change is `transaction_per_migration=True`: what the migrator does."
+    )
+    bench.say()
+    bench.table("| revisions | tool | seconds, min / median / max | peak RSS MiB |", rows)
+    for size in bench.args.sizes:
+        over_alembic = medians[size, MIGRATOR] - medians[size, ALEMBIC]
+        over_per_revision = medians[size, MIGRATOR] - medians[size, ALEMBIC_PER_REVISION]
+        bench.say(
+            f"- {size} revisions: migrator - alembic = **{over_alembic * 1000:+.0f} ms** "
+            f"(target <= +50 ms); migrator - alembic with a commit per revision = "
+            f"**{over_per_revision * 1000:+.0f} ms**"
+        )
+    large = bench.args.sizes[-1]
+    if large != bench.small:
+        for name in (ALEMBIC, ALEMBIC_PER_REVISION, MIGRATOR, DBMATE):
+            growth = medians[large, name] / medians[bench.small, name]
+            each = (medians[large, name] - medians[bench.small, name]) / (large - bench.small)
+            bench.say(
+                f"- {name}: {bench.small} -> {large} revisions takes {growth:.2f}x as long; "
+                f"each further revision costs {each * 1000:.2f} ms"
+            )
+    bench.say()
+
+
+def check_applied(bench: Bench, name: str, size: int) -> None:
+    """That a tool really applied the chain: every table and every version is there."""
+    table = "schema_migrations" if "dbmate" in name else "alembic_version"
+    connection = bench.server.connect("apply")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_tables WHERE tablename ~ '^t[0-9]+$'")
+        tables = cursor.fetchone()[0]
+        cursor.execute(f"SELECT count(*) FROM {table}")
+        versions = cursor.fetchone()[0]
+    connection.close()
+    wanted = (chain.tables(size), size if "dbmate" in name else 1)
+    if (tables, versions) != wanted:
+        raise SystemExit(
+            f"bench: after {name}, {tables} tables and {versions} rows in {table}; "
+            f"wanted {wanted[0]} and {wanted[1]}"
+        )
+
+
+def readiness(bench: Bench) -> None:
+    runs, down = bench.args.readiness_runs, bench.args.down_seconds
+    ini, migrations = bench.projects[bench.small]
+    bench.at_head("ready_migrator", bench.small)
+    bench.server.fresh_database("ready_dbmate")
+    run(bench.tools.dbmate(migrations, "ready_dbmate"))
+    commands = {
+        MIGRATOR: bench.tools.migrator(
+            ini, "ready_migrator", MIGRATOR_LOG_FORMAT="json", MIGRATOR_WAIT_TIMEOUT="60"
+        ),
+        "dbmate --wait (1 s interval, the default)": bench.tools.dbmate(
+            migrations, "ready_dbmate", "--wait"
+        ),
+        "dbmate --wait --wait-interval 100ms": bench.tools.dbmate(
+            migrations, "ready_dbmate", "--wait", "--wait-interval", "100ms"
+        ),
+    }
+    first_connection: dict[str, list[float]] = {name: [] for name in commands}
+    connected_event: list[float] = []
+    for _ in range(runs):
+        for name, command in commands.items():
+            bench.server.stop()
+            log_start = bench.server.log_size()
+            outcome: list[Finished] = []
+            tool = threading.Thread(target=lambda c=command, o=outcome: o.append(run(c)))
+            tool.start()
+            time.sleep(down)
+            bench.server.start()
+            tool.join()
+            events = bench.server.log_events(log_start)
+            ready = next(t for t, line in events if "ready to accept connections" in line)
+            seen = next(t for t, line in events if t >= ready and "connection authorized" in line)
+            first_connection[name].append((seen - ready).total_seconds())
+            if name == MIGRATOR:
+                connected_event.append((connected_at(outcome[0].stderr) - ready).total_seconds())
+    bench.say(
+        f"## 3. Readiness: the tool starts, the server {down:g} s later; from the "
+        "server's \"ready to accept connections\" to the tool's first connection, "
+        f"{runs} runs each"
+    )
+    bench.say()
+    bench.table(
+        "| tool | to first connection (server log), ms | to own `connected` event, ms |",
+        [
+            f"| {name} | {spread(seen, 'ms')} | "
+            + (spread(connected_event, "ms") if name == MIGRATOR else "")
+            + " |"
+            for name, seen in first_connection.items()
+        ],
+    )
+    bench.say(
+        f"migrator median: **{median(connected_event) * 1000:.0f} ms** to its own "
+        "`connected` event (target <= 100 ms)"
+    )
+    bench.say()
+
+
+def concurrency(bench: Bench) -> None:
+    count, runs = bench.args.concurrency, bench.args.runs
+    ini, _ = bench.projects[bench.small]
+    bench.at_head("together", bench.small)
+    commands = {
+        f"{count} x {ALEMBIC}": bench.tools.alembic(ini, "together"),
+        f"{count} x {MIGRATOR}": bench.tools.migrator(ini, "together"),
+    }
+    walls: dict[str, list[float]] = {name: [] for name in commands}
+    for turn in range(runs + 1):  # the first turn warms up
+        for name, (arguments, env) in commands.items():
+            started = time.perf_counter()
+            processes = [
+                subprocess.Popen(
+                    arguments,
+                    env={**TOOL_ENV, **env},
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                for _ in range(count)
+            ]
+            if any([process.wait() for process in processes]):
+                raise SystemExit(f"bench: one of {name} failed")
+            if turn > 0:
+                walls[name].append(time.perf_counter() - started)
+    bench.say(
+        f"## 4. Concurrency: {count} processes started together on a database at head, {runs} runs"
+    )
+    bench.say()
+    bench.table(
+        "| processes | wall seconds, min / median / max |",
+        [f"| {name} | {spread(seconds)} |" for name, seconds in walls.items()],
+    )
+    alembic_s, migrator_s = (median(seconds) for seconds in walls.values())
+    bench.say(f"migrator / alembic: **{migrator_s / alembic_s:.3f}x** (target <= 1.1x)")
+    bench.say()
+
+
+def memory(bench: Bench) -> None:
+    bench.say(
+        f"## 5. Peak memory (max RSS) applying {bench.small} revisions, the median of part 2's runs"
+    )
+    bench.say()
+    for name, mib in bench.memory_mib.items():
+        bench.say(f"- {name}: {mib:.1f} MiB")
+    extra = bench.memory_mib[MIGRATOR] - bench.memory_mib[ALEMBIC]
+    bench.say(f"- migrator - alembic: **{extra:+.1f} MiB** (target <= +3 MiB)")
+    bench.say()
+
+
+def image(bench: Bench) -> None:
+    bench.say("## 6. Image")
+    bench.say()
+    if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
+        bench.say("Not measured: no Docker engine answers here.")
+        bench.say()
+        return
+    picked = subprocess.run(
+        [ROOT / "scripts" / "pick-base-images.sh"], check=True, capture_output=True, text=True
+    ).stdout
+    exports = dict(
+        line.removeprefix("export ").split("=", 1)
+        for line in picked.splitlines()
+        if line.startswith("export ")
+    )
+    base = exports["MIGRATOR_TEST_PYTHON_IMAGE"]
+    subprocess.run(
+        [
+            "docker",
+            "build",
+            "-q",
+            "--build-arg",
+            f"PYTHON_IMAGE={base}",
+            "-t",
+            "migrator:bench",
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    image_mb, base_mb = image_size_mb("migrator:bench"), image_size_mb(base)
+    bench.say(
+        f"- migrator:bench {image_mb:.1f} MB on base {base} {base_mb:.1f} MB: "
+        f"**delta {image_mb - base_mb:.1f} MB**"
+    )
+    version = ["docker", "run", "--rm", "migrator:bench", "--version"]
+    started = bench.alternate({"version": (version, {})}, bench.args.runs)["version"]
+    bench.say(f"- `{' '.join(version)}`: {spread([f.seconds for f in started])} s")
+    bench.say()
+
+
+def traffic(bench: Bench) -> None:
+    hold, timeout = bench.args.hold_seconds, bench.args.ddl_lock_timeout
+    ini, _ = chain.write_projects(bench.work / "traffic", chain.TRAFFIC)
+    cases = [
+        (ALEMBIC, "traffic_alembic", bench.tools.alembic(ini, "traffic_alembic")),
+        (
+            f"{MIGRATOR}, MIGRATOR_DDL_LOCK_TIMEOUT={timeout:g}",
+            "traffic_migrator",
+            bench.tools.migrator(
+                ini,
+                "traffic_migrator",
+                MIGRATOR_DDL_LOCK_TIMEOUT=f"{timeout:g}",
+                MIGRATOR_DDL_LOCK_RETRIES="50",
+            ),
+        ),
+    ]
+    rows = []
+    for name, database, command in cases:
+        bench.server.fresh_database(database)
+        run(bench.tools.migrator(ini, database, "upgrade", chain.revision_id(1)))
+        latencies, finished = under_load(bench, database, command, hold)
+        p50, p99 = latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99)]
+        rows.append(
+            f"| {name} | {p50 * 1000:.1f} | {p99 * 1000:.0f} | **{latencies[-1] * 1000:.0f}** "
+            f"| {finished.seconds:.2f} | {finished.code} |"
+        )
+    bench.say(
+        f"## 7. Traffic: {Load.CLIENTS} clients, {Load.CLIENTS * Load.PER_SECOND} queries/s "
+        f"on `traffic`; a session holds a transaction on it for {hold:g} s, and 0.5 s into "
+        "it a revision adds a column"
+    )
+    bench.say()
+    bench.table(
+        "| tool | load p50 ms | load p99 ms | longest stall ms | tool's seconds | exit |",
+        rows,
+    )
+    bench.say(
+        f"Target for the migrator: longest stall <= 1.5 x {timeout:g} s = "
+        f"{1.5 * timeout * 1000:.0f} ms."
+    )
+    bench.say()
+
+
+def under_load(
+    bench: Bench, database: str, command: Command, hold: float
+) -> tuple[list[float], Finished]:
+    """Run `command` while the load runs and a transaction holds `traffic` for `hold` s;
+    returns the latencies of the queries due from the blocker's start to 1 s after the
+    command ends, and the command's outcome."""
+    with Load(bench.server.url(database)) as load:
+        time.sleep(1.0)
+        blocker = bench.server.connect(database)
+        blocker.autocommit = False
+        blocker.cursor().execute("SELECT count(*) FROM traffic")
+        blocked_from = time.perf_counter()
+        release = threading.Timer(hold, blocker.commit)
+        release.start()
+        time.sleep(0.5)
+        finished = run(command, check=False)
+        ended = time.perf_counter()
+        release.join()
+        blocker.close()
+        time.sleep(1.0)
+    return load.latencies(blocked_from, ended + 1.0), finished
+
+
+def conditions(bench: Bench) -> None:
+    runs = bench.args.condition_runs
+    figures = {
+        "lost lock to exit 7 (one session)": lambda: production.lost_lock_to_exit(
+            bench.server, production.AUDITED
+        ),
+        "lost lock to exit 7 (env.py's own connection: the heartbeat)": lambda: (
+            production.lost_lock_to_exit(bench.server, production.OWN_CONNECTION)
+        ),
+        "SIGTERM to exit 143, network stalled": lambda: production.sigterm_to_exit_when_stalled(
+            bench.server
+        ),
+    }
+    seconds = {name: production.repeat(measure, runs) for name, measure in figures.items()}
+    small = Server(max_connections=40)
+    try:
+        seconds["30 runs at once, max_connections=40 (wall)"] = production.repeat(
+            lambda: production.thirty_runs_on_forty_slots(small), runs
+        )
+    finally:
+        small.destroy()
+    bench.say(f"## 8. Production conditions, {runs} runs each")
+    bench.say()
+    bench.table(
+        "| figure | seconds, min / median / max |",
+        [f"| {name} | {spread(values)} |" for name, values in seconds.items()],
+    )
+    bench.table(
+        "| one run | connections opened (server's log) |",
+        [
+            f"| {name} | {count} |"
+            for name, count in production.connection_counts(bench.server).items()
+        ],
+    )
+
+
+def verify(bench: Bench) -> None:
+    """`migrator verify` (each revision up, down, up again, with schema snapshots, on a scratch
+    database) beside the plain sum of the chain's steps: upgrade head, then downgrade base."""
+    size, runs = bench.small, bench.args.runs
+    ini, _ = bench.projects[size]
+    bench.server.fresh_database("verified")
+    up, _ = bench.tools.alembic(ini, "verified", "upgrade", "head")
+    down, _ = bench.tools.alembic(ini, "verified", "downgrade", "base")
+    plain = "alembic upgrade head, then downgrade base"
+    results = bench.alternate(
+        {
+            plain: (["sh", "-c", f"{shlex.join(up)} && {shlex.join(down)}"], {}),
+            "migrator verify": bench.tools.migrator(ini, "verified", "verify"),
+        },
+        runs,
+    )
+    bench.say(f"## 9. verify: {size} revisions, {runs} runs each")
+    bench.say()
+    bench.table(
+        "| command | seconds, min / median / max |",
+        [f"| {name} | {spread([f.seconds for f in done])} |" for name, done in results.items()],
+    )
+    plain_s = median([f.seconds for f in results[plain]])
+    verify_s = median([f.seconds for f in results["migrator verify"]])
+    bench.say(f"verify / plain steps: **{verify_s / plain_s:.2f}x** (target <= 3x)")
+    bench.say()
 
 
 def connected_at(json_log: str) -> datetime:
@@ -634,6 +675,9 @@ def arguments() -> argparse.Namespace:
     return args
 
 
+PART_FUNCTIONS: dict[str, Callable[[Bench], None]] = {part: globals()[part] for part in PARTS}
+
+
 def main() -> None:
     args = arguments()
     # A stopped bench still stops its server: SystemExit runs the `finally` below.
@@ -643,7 +687,7 @@ def main() -> None:
         bench.header()
         for part in PARTS:
             if part in args.only:
-                getattr(bench, part)()
+                PART_FUNCTIONS[part](bench)
     finally:
         bench.close()
     if args.output:

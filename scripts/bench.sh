@@ -11,6 +11,7 @@ scripts/setup.sh
 missing=()
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
 [ -x /usr/bin/time ] || missing+=(time)
+command -v iptables >/dev/null || missing+=(iptables)  # part 8 stalls a connection
 command -v npm >/dev/null || missing+=(npm)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "bench: installing ${missing[*]}" >&2
