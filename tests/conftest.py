@@ -124,13 +124,14 @@ class Database:
         password = quote(PASSWORD, safe="")
         return f"postgresql://{ROLE}:{password}@{self.server.host}:{self.server.port}/{self.name}"
 
+    @property
+    def psycopg2_url(self) -> str:
+        """The URL for SQLAlchemy in the tests (2.1 reads postgresql:// as psycopg 3)."""
+        return self.url.replace("postgresql://", "postgresql+psycopg2://", 1)
+
     def engine(self, **kwargs: Any) -> sa.Engine:
         # NullPool: closing a connection ends its session, and any advisory lock with it.
-        return sa.create_engine(
-            self.url.replace("postgresql://", "postgresql+psycopg2://"),
-            poolclass=sa.NullPool,
-            **kwargs,
-        )
+        return sa.create_engine(self.psycopg2_url, poolclass=sa.NullPool, **kwargs)
 
     def query(self, sql: str, **params: Any) -> list[Any]:
         engine = self.engine()

@@ -242,9 +242,7 @@ def pytest_alembic_verdicts(ini: Path, database: Database, directory: Path) -> d
     directory.mkdir()
     (directory / "pytest.ini").write_text("[pytest]\n")  # its own run, not this project's
     (directory / "conftest.py").write_text(
-        PYTEST_ALEMBIC_CONFTEST.format(
-            ini=str(ini), url=database.url.replace("postgresql://", "postgresql+psycopg2://")
-        )
+        PYTEST_ALEMBIC_CONFTEST.format(ini=str(ini), url=database.psycopg2_url)
     )
     (directory / "test_builtin.py").write_text(
         "from pytest_alembic.tests import (test_model_definitions_match_ddl,\n"

@@ -96,9 +96,7 @@ def test_too_many_connections_is_retried_until_a_slot_frees(
             sa.text(f"CREATE ROLE limited LOGIN PASSWORD '{PASSWORD}' CONNECTION LIMIT 1")
         )
         admin.execute(sa.text(f"GRANT ALL ON DATABASE {database.name} TO limited"))
-    url = database.url.replace(f"{ROLE}:", "limited:", 1).replace(
-        "postgresql:", "postgresql+psycopg2:"
-    )
+    url = database.psycopg2_url.replace(f"{ROLE}:", "limited:", 1)
     hog_engine = sa.create_engine(url, poolclass=sa.NullPool)  # close() ends the session
     hog = hog_engine.connect()
     threading.Timer(2.0, hog.close).start()
