@@ -144,15 +144,7 @@ class Session:
         connection.commit()
         if row.token != self.token:
             raise transaction_pooling()
-        self._check_timeout(
-            "MIGRATOR_STATEMENT_TIMEOUT",
-            "statement",
-            self.settings.statement_timeout,
-            row.statement_ms,
-        )
-        self._check_timeout(
-            "MIGRATOR_DDL_LOCK_TIMEOUT", "lock", self.settings.ddl_lock_timeout, row.lock_ms
-        )
+        self._check_timeouts(row)
         if self.writable and (row.in_recovery or row.read_only):
             why = (
                 "in recovery (a standby; a failover in progress?)"
@@ -189,23 +181,21 @@ class Session:
 
     def check_timeouts(self, connection: Connection) -> None:
         """Refuse a connection (env.py's own) on which the user's timeouts did not apply."""
-        row = connection.execute(_CHECK).one()
-        self._check_timeout(
-            "MIGRATOR_STATEMENT_TIMEOUT",
-            "statement",
-            self.settings.statement_timeout,
-            row.statement_ms,
-        )
-        self._check_timeout(
-            "MIGRATOR_DDL_LOCK_TIMEOUT", "lock", self.settings.ddl_lock_timeout, row.lock_ms
-        )
+        self._check_timeouts(connection.execute(_CHECK).one())
 
-    @staticmethod
-    def _check_timeout(variable: str, name: str, wanted: float | None, applied: str) -> None:
-        if wanted is not None and applied != str(milliseconds(wanted)):
-            raise UsageError(
-                f"{variable}: the server did not apply it ({name}_timeout is {applied} ms)"
-            )
+    def _check_timeouts(self, row: Row[Any]) -> None:
+        wanted = {
+            "MIGRATOR_STATEMENT_TIMEOUT": ("statement_timeout", self.settings.statement_timeout),
+            "MIGRATOR_DDL_LOCK_TIMEOUT": ("lock_timeout", self.settings.ddl_lock_timeout),
+        }
+        applied = {"statement_timeout": row.statement_ms, "lock_timeout": row.lock_ms}
+        for variable, (name, seconds) in wanted.items():
+            if seconds is not None and applied[name] != str(milliseconds(seconds)):
+                raise UsageError(
+                    f"{variable}: the server did not apply it ({name} is {applied[name]} ms; "
+                    "a pooler that ignores libpq's `options`?): hand env.py the migrator's "
+                    "connection (config.attributes['connection']) or connect directly"
+                )
 
 
 def _version_number(connection: Connection) -> int:
