@@ -102,6 +102,13 @@ def example_image(migrator_image: str) -> str:
     return EXAMPLE_IMAGE
 
 
+@pytest.fixture(scope="session")
+def action_image(migrator_image: str) -> str:
+    """The GitHub action's image, built from action/Dockerfile on the migrator image."""
+    docker_build("migrator-action:test", ROOT / "action", f"MIGRATOR_IMAGE={migrator_image}")
+    return "migrator-action:test"
+
+
 @dataclass
 class Database:
     """A fresh database owned by ROLE, whose password is PASSWORD."""

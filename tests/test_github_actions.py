@@ -114,7 +114,6 @@ def test_the_reusable_roundtrip_installs_the_locked_migrator_at_its_own_commit()
 
 
 HEAD = "c3f9b7d21a58"
-ACTION_IMAGE = "migrator-action:test"
 
 
 @dataclass
@@ -123,12 +122,6 @@ class ActionRun:
     log: str
     outputs: dict[str, str]
     step_summary: str
-
-
-@pytest.fixture(scope="module")
-def action_image(migrator_image: str) -> str:
-    docker_build(ACTION_IMAGE, ROOT / "action", f"MIGRATOR_IMAGE={migrator_image}")
-    return ACTION_IMAGE
 
 
 def run_action(

@@ -11,7 +11,16 @@ from collections.abc import Callable
 
 import sqlalchemy as sa
 from conditions import Bouncer, OtherRole, Proxy, SmallServer
-from conftest import LOCK_KEY, PROJECTS, ROLE, Database, finish, run_migrator, start_migrator
+from conftest import (
+    LOCK_KEY,
+    PROJECTS,
+    ROLE,
+    Database,
+    Result,
+    finish,
+    run_migrator,
+    start_migrator,
+)
 from conftest import wait_for_line as read_until
 from test_locking_and_running import applied_counts, holding_the_lock
 
@@ -38,6 +47,13 @@ def migrator_sessions(database: Database) -> list[int]:
         "AND datname = current_database()"
     )
     return [int(row[0]) for row in rows]
+
+
+def run_together(count: int, env: dict[str, str]) -> list[Result]:
+    """`count` runs started at once, as concurrent deploys would be."""
+    started = time.monotonic()
+    processes = [start_migrator("upgrade", "head", env=env) for _ in range(count)]
+    return [finish(process, started, timeout=300) for process in processes]
 
 
 def terminate(database: Database, pid: int) -> None:
@@ -213,9 +229,7 @@ def test_transaction_pooling_is_refused_and_never_applies_twice(
 ) -> None:
     bouncer = pgbouncer(database, mode="transaction", pool_size=2)
     env = {**bouncer.env, **AUDITED, "SAMPLE_SLEEP": "2"}
-    started = time.monotonic()
-    processes = [start_migrator("upgrade", "head", env=env) for _ in range(4)]
-    results = [finish(process, started) for process in processes]
+    results = run_together(4, env)
 
     assert {result.status for result in results} <= {0, 2}, [r.stderr for r in results]
     refused = [result for result in results if result.status == 2]
@@ -231,9 +245,7 @@ def test_ten_runs_through_a_session_pool_of_five_all_finish(
 ) -> None:
     bouncer = pgbouncer(database, mode="session", pool_size=5)
     env = {**bouncer.env, **AUDITED, "SAMPLE_SLEEP": "1"}
-    started = time.monotonic()
-    processes = [start_migrator("upgrade", "head", env=env) for _ in range(10)]
-    results = [finish(process, started) for process in processes]
+    results = run_together(10, env)
 
     assert [result.status for result in results] == [0] * 10, [r.stderr for r in results]
     assert applied_counts(database) == ALL_ONCE
@@ -337,9 +349,7 @@ def test_the_lock_timeout_holds_when_the_lock_wait_stalls(
 
 def test_thirty_runs_at_once_on_forty_connection_slots(small_server: SmallServer) -> None:
     env = {**small_server.env, **AUDITED, "SAMPLE_SLEEP": "1"}
-    started = time.monotonic()
-    processes = [start_migrator("upgrade", "head", env=env) for _ in range(30)]
-    results = [finish(process, started, timeout=300) for process in processes]
+    results = run_together(30, env)
 
     assert [result.status for result in results] == [0] * 30, [
         r.stderr for r in results if r.status

@@ -7,10 +7,8 @@ with its URL in the message, and the GitHub action.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,13 +19,11 @@ import sqlalchemy as sa
 from conftest import (
     PROJECTS,
     ROLE,
-    ROOT,
     Database,
-    docker_build,
-    docker_env_flags,
     free_port,
     run_migrator,
 )
+from test_github_actions import run_action
 
 from migrator.masking import SHORT_PASSWORD, spellings
 
@@ -149,45 +145,24 @@ def test_a_password_is_taken_as_given_and_never_shown(
 
 @pytest.mark.parametrize("role", list(PASSWORDS), indirect=True)
 def test_the_action_masks_every_spelling_before_anything_runs(
-    migrator_image: str, database: Database, role: tuple[str, str], tmp_path: Path
+    action_image: str, database: Database, role: tuple[str, str], tmp_path: Path
 ) -> None:
     user, password = role
-    docker_build("migrator-action:test", ROOT / "action", f"MIGRATOR_IMAGE={migrator_image}")
-    (tmp_path / "output").touch()
     url = given("DATABASE_URL", database, user, password, tmp_path)["DATABASE_URL"]
     inputs = {
-        "INPUT_DATABASE-URL": url,
-        "INPUT_COMMAND": "current",
-        "INPUT_CONFIG": "tests/projects/audited/alembic.ini",
+        "database-url": url,
+        "command": "current",
+        "config": "tests/projects/audited/alembic.ini",
     }
-    result = subprocess.run(
-        [
-            "docker",
-            "run",
-            "--rm",
-            "--workdir",
-            "/github/workspace",
-            "-v",
-            f"{ROOT}:/github/workspace:ro",
-            "-v",
-            f"{tmp_path}:/github/file_commands",
-            "-e",
-            "GITHUB_OUTPUT=/github/file_commands/output",
-            *docker_env_flags(inputs),
-            "migrator-action:test",
-        ],
-        env={**os.environ, **inputs},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    run = run_action(action_image, tmp_path, inputs)
 
-    assert result.returncode == 0, result.stderr
-    masks = {line.removeprefix("::add-mask::") for line in result.stdout.splitlines()}
+    assert run.status == 0, run.log
+    lines = run.log.splitlines()
+    masks = {line.removeprefix("::add-mask::") for line in lines if line.startswith("::add")}
     wanted = {line for form in spellings(password) for line in form.splitlines() if line.strip()}
     assert wanted <= masks
-    printed = [line for line in (result.stdout + result.stderr).splitlines()]
-    assert not leaks(password, "\n".join(p for p in printed if not p.startswith("::add-mask::")))
+    shown = "\n".join(line for line in lines if not line.startswith("::add-mask::"))
+    assert not leaks(password, shown + run.step_summary + str(run.outputs))
 
 
 def test_an_unescaped_at_in_the_password_is_a_configuration_error(database: Database) -> None:
