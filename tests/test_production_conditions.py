@@ -224,6 +224,19 @@ def test_a_table_locked_by_another_role_is_reported_without_crashing(
 # -- PgBouncer ------------------------------------------------------------------------------
 
 
+def test_a_run_through_transaction_pooling_is_refused_at_once(
+    database: Database, pgbouncer: Callable[..., Bouncer]
+) -> None:
+    bouncer = pgbouncer(database, mode="transaction", pool_size=5)
+    result = run_migrator("upgrade", "head", env={**bouncer.env, **AUDITED})
+
+    assert result.status == 2, result.output
+    assert "transaction pooler" in result.stderr
+    assert "point the migrator at PostgreSQL directly" in result.stderr
+    assert database.tables() == set()
+    assert database.advisory_locks() == 0
+
+
 def test_transaction_pooling_is_refused_and_never_applies_twice(
     database: Database, pgbouncer: Callable[..., Bouncer]
 ) -> None:
