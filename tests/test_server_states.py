@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import free_port, run_migrator
+from conftest import PROJECTS, free_port, run_migrator
 
 
 def server_binaries() -> Path:
@@ -32,8 +32,10 @@ def as_server_user(*command: str | Path) -> list[str]:
     return [*prefix, *map(str, command)]
 
 
-@pytest.fixture
-def standby() -> Iterator[tuple[int, Path, Path]]:
+@pytest.fixture(params=["off"])
+def standby(request: pytest.FixtureRequest) -> Iterator[tuple[int, Path, Path]]:
+    """A server in recovery with no primary; with hot_standby on (`params`), it takes
+    read-only connections, as a standby does during a failover."""
     binaries = server_binaries()
     directory = Path(tempfile.mkdtemp(prefix="migrator-standby-"))
     data = directory / "data"
@@ -49,7 +51,9 @@ def standby() -> Iterator[tuple[int, Path, Path]]:
     if os.geteuid() == 0:
         shutil.chown(signal_file, "postgres")
     port = free_port()
-    options = f"-p {port} -k {directory} -c listen_addresses=127.0.0.1 -c hot_standby=off"
+    options = (
+        f"-p {port} -k {directory} -c listen_addresses=127.0.0.1 -c hot_standby={request.param}"
+    )
     subprocess.run(
         as_server_user(
             binaries / "pg_ctl", "-D", data, "-o", options, "-l", directory / "log", "-w", "start"
@@ -107,3 +111,34 @@ def test_a_server_that_never_accepts_gives_exit_3_naming_why(
     assert result.status == 3
     assert "not reachable within 1 s" in result.stderr
     assert "not accepting connections" in result.stderr
+
+
+@pytest.mark.parametrize("standby", ["on"], indirect=True)
+def test_a_read_only_standby_is_waited_for_until_it_is_promoted(
+    standby: tuple[int, Path, Path],
+) -> None:
+    port, binaries, data = standby
+    env = {
+        "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{port}/postgres",
+        "MIGRATOR_CONFIG": str(PROJECTS / "audited" / "alembic.ini"),
+    }
+    current = run_migrator("current", env=env)  # read-only commands run on a standby
+    refused = run_migrator("upgrade", "head", env={**env, "MIGRATOR_WAIT_TIMEOUT": "1"})
+    promote = threading.Timer(
+        2.0,
+        lambda: subprocess.run(
+            as_server_user(binaries / "pg_ctl", "-D", data, "-w", "promote"), capture_output=True
+        ),
+    )
+    promote.start()
+    try:
+        promoted = run_migrator("upgrade", "head", env={**env, "MIGRATOR_WAIT_TIMEOUT": "30"})
+    finally:
+        promote.join()
+
+    assert current.status == 0 and current.stdout.startswith("base"), current.output
+    assert refused.status == 3, refused.output
+    assert "read-only: in recovery" in refused.stderr
+    assert "migration lock" not in refused.stderr
+    assert promoted.status == 0, promoted.output
+    assert "waiting for the database" in promoted.stderr and "applied=3" in promoted.stderr
