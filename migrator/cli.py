@@ -98,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("direction", choices=("upgrade", "downgrade"))
     plan.add_argument("target", metavar="TARGET")
     add_json(plan)
+    plan.add_argument(
+        "--safety",
+        action="store_true",
+        help="measure what each revision locks, rewrites and scans (on a scratch database) "
+        "and weigh it with this database's table sizes",
+    )
+    plan.add_argument("--markdown", dest="as_markdown", action="store_true", help="Markdown output")
     verify = add(
         commands.verify,
         "verify",

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any
 
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 
-from migrator import run
+from migrator import run, signals
+from migrator import safety as safety_report
 from migrator.config import Settings
-from migrator.errors import DifferenceFound, UsageError
+from migrator.errors import DifferenceFound, MigratorError, SafetyRefused, UsageError
 from migrator.lock import migration_lock
 from migrator.logs import Summary, log
 from migrator.run import Direction, State
@@ -31,25 +35,47 @@ def downgrade(settings: Settings, summary: Summary, target: str, sql: bool = Fal
 
 
 def plan(
-    settings: Settings, summary: Summary, direction: Direction, target: str, as_json: bool
+    settings: Settings,
+    summary: Summary,
+    direction: Direction,
+    target: str,
+    as_json: bool,
+    safety: bool = False,
+    as_markdown: bool = False,
 ) -> None:
-    """The revisions an upgrade or downgrade would run, in order; changes nothing."""
+    """The revisions an upgrade or downgrade would run, in order; changes nothing. With
+    `safety`, what each would lock, rewrite and scan, measured on a scratch database and
+    weighed with this database's table sizes."""
     config, script = run.alembic_project(settings)
     run.refuse_unresolvable_target(script, target)
-    with _database(settings, config):
+    report = None
+    with _database(settings, config) as session:
         state = run.inspect(config, script, direction, target)
-    _accept(state, direction, settings, summary)
+        _accept(state, direction, settings, summary)
+        if safety:
+            report = _safety_report(settings, script, state, direction, target, session)
     steps = [{"revision": step.revision, "message": step.doc} for step in state.steps]
     summary.revisions = steps
-    _emit(
-        as_json,
-        {"direction": direction, "from": list(state.heads), "to": target, "revisions": steps},
-        [f"{direction} from {_name(state.heads)} to {target}: {len(steps)} revision(s)"]
-        + [
-            f"  {position}. {step['revision']}  {step['message']}"
-            for position, step in enumerate(steps, start=1)
-        ],
-    )
+    lines = [f"{direction} from {_name(state.heads)} to {target}: {len(steps)} revision(s)"] + [
+        f"  {position}. {step['revision']}  {step['message']}"
+        for position, step in enumerate(steps, start=1)
+    ]
+    payload: dict[str, Any] = {
+        "direction": direction,
+        "from": list(state.heads),
+        "to": target,
+        "revisions": steps,
+    }
+    if report is not None:
+        payload["safety"] = asdict(report)
+        lines += safety_report.text_lines(report)
+    if as_markdown:
+        print(_plan_markdown(direction, _name(state.heads), target, steps, report))
+    else:
+        _emit(as_json, payload, lines)
+    refused = report.refused() if report is not None else []
+    if refused and settings.safety == "block":
+        raise SafetyRefused(_refusal(refused))
 
 
 def current(settings: Settings, summary: Summary, as_json: bool = False) -> None:
@@ -194,6 +220,8 @@ def _migrate(
         _accept(state, direction, settings, summary)
         if not state.steps:
             return
+        if direction == "upgrade" and settings.safety != "off":
+            _weigh_safety(settings, script, state, target, session)
         log.info(
             "%d revision(s) to %s from %s to %s",
             len(state.steps),
@@ -224,6 +252,89 @@ def _migrate(
                 refuse=lambda state: _accept(state, direction, settings, summary),
             )
     log.info("%s done: at %s", direction, summary.to_revision)
+
+
+def _safety_report(
+    settings: Settings,
+    script: ScriptDirectory,
+    state: State,
+    direction: Direction,
+    target: str,
+    session: Session,
+) -> safety_report.Report:
+    """Measure the pending revisions on a scratch database at the database's revision, and
+    weigh what they do with the live size of each table."""
+    from migrator.verify import measure  # as in `verify`: autogenerate only when asked
+
+    if not state.steps:
+        return safety_report.Report([], [], [])
+    started = time.monotonic()
+    effects = measure(settings, state.heads, direction, target)
+    sizes = safety_report.live_sizes(
+        session.connection, safety_report.touched_tables(effects), settings.safety_error_rows
+    )
+    report = safety_report.weigh(
+        effects,
+        sizes,
+        safety_report.allowances(script, [measured.revision for measured in effects]),
+        settings.safety_warn_rows,
+        settings.safety_error_rows,
+    )
+    log.info(
+        "safety: %d revision(s) measured on a scratch database in %.2f s",
+        len(effects),
+        time.monotonic() - started,
+    )
+    return report
+
+
+def _weigh_safety(
+    settings: Settings, script: ScriptDirectory, state: State, target: str, session: Session
+) -> None:
+    """MIGRATOR_SAFETY for an upgrade: log the findings; with `block`, refuse error-level ones
+    before anything runs."""
+    try:
+        report = _safety_report(settings, script, state, "upgrade", target, session)
+    except MigratorError as error:
+        if settings.safety == "block" or signals.stop_requested.is_set():
+            raise
+        log.warning("safety report skipped (MIGRATOR_SAFETY=warn): %s", error)
+        return
+    for finding in report.findings:
+        log.log(
+            logging.INFO if finding.severity == "info" else logging.WARNING,
+            "safety: %s",
+            finding.line(),
+        )
+    for note in report.notes:
+        log.info("safety: note: %s", note)
+    refused = report.refused()
+    if refused and settings.safety == "block":
+        raise SafetyRefused(_refusal(refused))
+
+
+def _refusal(refused: list[safety_report.Finding]) -> str:
+    named = "; ".join(f"{f.rule} on {f.table} in {f.revision}" for f in refused)
+    return (
+        f"MIGRATOR_SAFETY=block: {len(refused)} error-level finding(s), nothing ran: {named}; "
+        "make the revision safer, or accept the risk in it: "
+        'migrator_safety = {"allow": ["RULE:TABLE"]}'
+    )
+
+
+def _plan_markdown(
+    direction: str,
+    source: str,
+    target: str,
+    steps: list[dict[str, Any]],
+    report: safety_report.Report | None,
+) -> str:
+    """The plan as Markdown, for a pull request or the GitHub job summary."""
+    lines = [f"### Plan: {direction} from {source} to {target}, {len(steps)} revision(s)", ""]
+    lines += [f"{n}. `{step['revision']}` {step['message']}" for n, step in enumerate(steps, 1)]
+    if report is not None:
+        lines += ["", safety_report.markdown(direction, source, target, report)]
+    return "\n".join(lines)
 
 
 def _accept(state: State, direction: Direction, settings: Settings, summary: Summary) -> None:

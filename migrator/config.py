@@ -24,6 +24,7 @@ TARGETED_COMMANDS = ("upgrade", "downgrade", "plan", "verify")
 DEFAULT_TARGET = "head"
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+SAFETY_MODES = ("off", "warn", "block")  # MIGRATOR_SAFETY: what upgrade does with the report
 KEEPALIVES = (
     "keepalives",
     "keepalives_idle",
@@ -55,6 +56,10 @@ class Settings:
     summary_file: Path | None
     verify_url: URL | None
     passwords: tuple[str, ...]  # every password the configuration carries, to hide
+    safety: str = "warn"
+    # A finding on a table with this many live rows is a warning, an error (migrator.safety).
+    safety_warn_rows: int = 10_000
+    safety_error_rows: int = 100_000
 
     def masked_url(self) -> str:
         if self.database_url is None:
@@ -129,6 +134,9 @@ def load_settings(environ: Mapping[str, str], flags: Mapping[str, str | None]) -
         summary_file=_optional_path(values, "MIGRATOR_SUMMARY_FILE"),
         verify_url=verify_url,
         passwords=(*passwords_in(database_url), *passwords_in(verify_url)),
+        safety=_choice(values, "MIGRATOR_SAFETY", SAFETY_MODES, "warn"),
+        safety_warn_rows=_count(values, "MIGRATOR_SAFETY_WARN_ROWS", 10_000),
+        safety_error_rows=_count(values, "MIGRATOR_SAFETY_ERROR_ROWS", 100_000),
     )
 
 

@@ -59,6 +59,13 @@ class LockLost(MigratorError):
     status = "lock lost"
 
 
+class SafetyRefused(MigratorError):
+    """MIGRATOR_SAFETY=block: pending revisions have error-level findings; nothing ran."""
+
+    exit_status = 8
+    status = "refused by safety"
+
+
 class Interrupted(MigratorError):
     """SIGTERM or SIGINT stopped the run; the revision in flight was rolled back."""
 

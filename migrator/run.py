@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
@@ -293,12 +293,32 @@ def _failure(
     return failure
 
 
-def step(config: Config, script: ScriptDirectory, direction: Direction, target: str) -> None:
+class StepRecorder(Protocol):
+    """Watches each revision a `step` runs (the safety report's measurement)."""
+
+    def track(self, planned: Iterable[Any], context: MigrationContext) -> Iterator[Any]: ...
+
+    def applied(self, *, ctx: MigrationContext, **kw: Any) -> None: ...
+
+
+def step(
+    config: Config,
+    script: ScriptDirectory,
+    direction: Direction,
+    target: str,
+    recorder: StepRecorder | None = None,
+) -> None:
     """Upgrade or downgrade to `target` at once: no lock, no retries, nothing logged."""
+
+    def steps(heads: tuple[str, ...], context: MigrationContext) -> Iterable[Any]:
+        planned = _plan(script, direction, target, heads)
+        return planned if recorder is None else recorder.track(planned, context)
+
     run_env(
         config,
         script,
-        lambda heads, context: _plan(script, direction, target, heads),
+        steps,
+        on_version_apply=[] if recorder is None else [recorder.applied],
         destination_rev=target,
     )
 

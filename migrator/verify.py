@@ -24,8 +24,9 @@ from sqlalchemy.pool import NullPool
 
 from migrator import run, signals, wait
 from migrator.config import Settings
-from migrator.errors import MigratorError, UsageError, reason, refusal
+from migrator.errors import MigrationFailed, MigratorError, UsageError, reason, refusal
 from migrator.logs import log
+from migrator.safety import Effects, Recorder
 
 VERSION_TABLE = "alembic_version"  # its rows change with every step; it is not the schema
 SYSTEM_SCHEMAS = ("information_schema",)
@@ -43,6 +44,7 @@ class Stair:
     differences: list[str] = field(default_factory=list)
     error: str | None = None
     seconds: float = 0.0
+    effects: Effects | None = None  # measured on its first upgrade (the safety report)
 
     def marks(self) -> str:
         words = {True: "✓", False: "✗"}
@@ -76,7 +78,7 @@ class Report:
 
 def stairway(settings: Settings, target: str | None) -> Report:
     """On a scratch database: each revision up, down (schema as before?), up again; then models."""
-    scratch = replace(settings, database_url=settings.verify_url or _scratch_url(settings))
+    scratch = scratch_settings(settings)
     config, script = run.alembic_project(scratch)
     report = Report(heads=script.get_heads())
     if target is None and len(report.heads) > 1:
@@ -251,6 +253,40 @@ def scratch_database(settings: Settings, scratch: Settings) -> Iterator[None]:
         log.info("scratch database %s dropped", name)
 
 
+def scratch_settings(settings: Settings) -> Settings:
+    """The settings with MIGRATOR_VERIFY_URL's database, or a new scratch database's name."""
+    return replace(settings, database_url=settings.verify_url or _scratch_url(settings))
+
+
+def measure(
+    settings: Settings, heads: tuple[str, ...], direction: run.Direction, target: str
+) -> list[Effects]:
+    """On a scratch database brought to `heads` (where the real database is), run the
+    revisions to `target` and measure what each one does (migrator.safety)."""
+    scratch = scratch_settings(settings)
+    config, script = run.alembic_project(scratch)
+    recorder = Recorder()
+    with scratch_database(settings, scratch):
+        engine = create_engine(scratch.connection_url(), poolclass=NullPool)
+        try:
+            with engine.connect() as connection:
+                config.attributes["connection"] = connection
+                for head in heads:
+                    run.step(config, script, "upgrade", head)
+                run.step(config, script, direction, target, recorder)
+        except MigratorError:
+            raise
+        except Exception as error:
+            if signals.stop_requested.is_set():
+                raise
+            raise MigrationFailed(
+                f"measuring on the scratch database: {recorder.in_flight()} failed: {reason(error)}"
+            ) from None
+        finally:
+            engine.dispose()
+    return recorder.effects
+
+
 def _scratch_url(settings: Settings) -> URL:
     if settings.database_url is None:
         settings.connection_url()  # raises: no database configured
@@ -264,8 +300,10 @@ def _climb(
     stair = Stair(revision.revision, revision.doc)
     started = time.monotonic()
     before = snapshot(connection)
+    recorder = Recorder()
     try:
-        run.step(config, script, "upgrade", revision.revision)
+        run.step(config, script, "upgrade", revision.revision, recorder)
+        stair.effects = recorder.effects[0] if recorder.effects else None
         stair.upgrade = True
         run.step(config, script, "downgrade", _below(revision))
         stair.differences = differences(before, snapshot(connection))
