@@ -1,3 +1,3 @@
-from migrator.cli import main
+from migrator.fast import main
 
 raise SystemExit(main())

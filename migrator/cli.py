@@ -120,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
         add(commands.check, "check", "exit 5 unless the database is at head and the models match")
     )
     add(commands.wait, "wait", "only wait until the database accepts connections")
+    add(
+        commands.manifest,
+        "manifest",
+        "write the project's manifest (at image build time: fast no-op deploys)",
+    )
     return parser
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,6 +14,7 @@ from typing import Any
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
+from migrator import manifest as project_manifest
 from migrator import run, signals
 from migrator import safety as safety_report
 from migrator.config import Settings
@@ -198,6 +200,23 @@ def check(settings: Settings, summary: Summary, as_json: bool = False) -> None:
     )
     if problems:
         raise DifferenceFound(f"check: {problems[0]}")
+
+
+def manifest(settings: Settings, summary: Summary) -> None:
+    """Write the project's manifest beside alembic.ini (at image build time), so that a
+    no-op deploy is answered without importing SQLAlchemy or Alembic; no database needed."""
+    config, script = run.alembic_project(settings)
+    name, schema = run.version_table(config, script)
+    base = settings.alembic_ini.parent
+    directories = [script.dir, *(script.version_locations or [])]
+    written = project_manifest.write(
+        settings.alembic_ini,
+        [os.path.relpath(directory, base) for directory in directories],
+        list(script.get_heads()),
+        name,
+        schema,
+    )
+    print(f"wrote {written}: heads {', '.join(script.get_heads())}, version table {name}")
 
 
 def wait(settings: Settings, summary: Summary) -> None:

@@ -10,12 +10,15 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from typing import TYPE_CHECKING, Any
 
 from migrator.errors import UsageError
 from migrator.masking import passwords_in
+
+if TYPE_CHECKING:
+    # Imported where a URL is parsed: a run that needs no URL object (the no-op fast path,
+    # migrator/fast.py) must not pay for importing SQLAlchemy.
+    from sqlalchemy.engine import URL
 
 # Commands a Job can ask for through MIGRATOR_COMMAND (it passes no arguments).
 ENVIRONMENT_COMMANDS = ("upgrade", "downgrade", "current", "history", "check", "verify", "wait")
@@ -111,11 +114,17 @@ class Settings:
         }
 
 
-def load_settings(environ: Mapping[str, str], flags: Mapping[str, str | None]) -> Settings:
-    """Read settings; `flags` maps an environment variable's name to its command-line value."""
+def load_settings(
+    environ: Mapping[str, str], flags: Mapping[str, str | None], *, urls: bool = True
+) -> Settings:
+    """Read settings; `flags` maps an environment variable's name to its command-line value.
+
+    Without `urls`, the database URLs are left unparsed (None): for the no-op fast path,
+    which must not import SQLAlchemy; it reads them with `database_url_text` and
+    `database_parts`."""
     values = _Values(environ, flags)
-    database_url = _database_url(values)
-    verify_url = _verify_url(values)
+    database_url = _database_url(values) if urls else None
+    verify_url = _verify_url(values) if urls else None
     return Settings(
         database_url=database_url,
         alembic_ini=_alembic_ini(values),
@@ -199,7 +208,7 @@ class _Values:
     """Raw values by environment-variable name; a command-line flag wins over the variable."""
 
     def __init__(self, environ: Mapping[str, str], flags: Mapping[str, str | None]) -> None:
-        self._environ = environ
+        self.environ = environ
         self._flags = {name: value for name, value in flags.items() if value is not None}
 
     def raw(self, name: str) -> str | None:
@@ -208,7 +217,7 @@ class _Values:
 
     def exact(self, name: str) -> str | None:
         """The value as given, spaces kept (a password's own), or None when empty."""
-        value = self._flags.get(name, self._environ.get(name))
+        value = self._flags.get(name, self.environ.get(name))
         if value is None or not value.strip():
             return None  # Kubernetes often passes an empty value for "not set"
         return value
@@ -327,6 +336,9 @@ def _verify_url(values: _Values) -> URL | None:
 
 
 def _parse_url(text: str, label: str = "DATABASE_URL") -> URL:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     try:
         url = make_url(text)
     except (ArgumentError, ValueError):
@@ -349,21 +361,34 @@ def _parse_url(text: str, label: str = "DATABASE_URL") -> URL:
     return url.set(drivername=_psycopg2_driver(url))
 
 
-def _url_from_parts(values: _Values) -> URL:
+def database_url_text(environ: Mapping[str, str]) -> str | None:
+    """DATABASE_URL (or the file DATABASE_URL_FILE names), as given."""
+    text = _secret(_Values(environ, {}), "DATABASE_URL")
+    return None if text is None else text.strip()
+
+
+def database_parts(environ: Mapping[str, str]) -> dict[str, Any]:
+    """DB_HOST, DB_PORT, DB_NAME, DB_USER and DB_PASSWORD (or its file), checked."""
+    values = _Values(environ, {})
     missing = [name for name in ("DB_HOST", "DB_NAME", "DB_USER") if values.raw(name) is None]
     if missing:
         raise UsageError(f"{', '.join(missing)}: required when DATABASE_URL is not set")
     raw_port = values.raw("DB_PORT") or "5432"
     if not raw_port.isdigit() or not 1 <= int(raw_port) <= 65535:
         raise UsageError(f"{values.label('DB_PORT')}: {raw_port!r} is not a port (1-65535)")
-    return URL.create(
-        "postgresql+psycopg2",
-        username=values.raw("DB_USER"),
-        password=_secret(values, "DB_PASSWORD"),
-        host=values.raw("DB_HOST"),
-        port=int(raw_port),
-        database=values.raw("DB_NAME"),
-    )
+    return {
+        "username": values.raw("DB_USER"),
+        "password": _secret(values, "DB_PASSWORD"),
+        "host": values.raw("DB_HOST"),
+        "port": int(raw_port),
+        "database": values.raw("DB_NAME"),
+    }
+
+
+def _url_from_parts(values: _Values) -> URL:
+    from sqlalchemy.engine import URL
+
+    return URL.create("postgresql+psycopg2", **database_parts(values.environ))
 
 
 def _psycopg2_driver(url: URL) -> str:

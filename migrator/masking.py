@@ -16,7 +16,10 @@ import re
 from collections.abc import Iterable
 from urllib.parse import quote, quote_plus
 
-from sqlalchemy.engine import URL
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 HIDDEN = "***"
 SHORT_PASSWORD = 8
@@ -38,13 +41,12 @@ def passwords_in(url: URL | None) -> list[str]:
 
 def spellings(password: str) -> set[str]:
     """Every way `password` can be printed by us, SQLAlchemy, configparser, JSON or repr."""
-    rendered = URL.create("postgresql", "u", password, "h").render_as_string(hide_password=False)
     encoded = {
         password,
         quote(password, safe=""),
         quote_plus(password),
         quote(password),
-        rendered[len("postgresql://u:") : -len("@h")],
+        quote(password, safe=" +"),  # as SQLAlchemy renders a URL's password
     }
     forms = encoded | {form.replace("%", "%%") for form in encoded}
     escaped = {json.dumps(form)[1:-1] for form in forms} | {repr(form)[1:-1] for form in forms}

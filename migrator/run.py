@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import configparser
+import io
 import logging
 import re
 import sys
@@ -321,6 +322,19 @@ def step(
         on_version_apply=[] if recorder is None else [recorder.applied],
         destination_rev=target,
     )
+
+
+def version_table(config: Config, script: ScriptDirectory) -> tuple[str, str | None]:
+    """The version table env.py configures (name, schema), read by running env.py offline:
+    no database needed."""
+    found: list[tuple[str, str | None]] = []
+
+    def record(heads: tuple[str, ...], context: MigrationContext) -> list[Any]:
+        found.append((context.version_table, context.version_table_schema))
+        return []
+
+    run_env(config, script, record, as_sql=True, output_buffer=io.StringIO())
+    return found[0]
 
 
 def write_sql(config: Config, script: ScriptDirectory, direction: Direction, target: str) -> None:

@@ -1,0 +1,69 @@
+"""The project's manifest: what a no-op deploy needs to know of the project (its head, the
+version table env.py names), written once at image build time (`migrator manifest`) and
+keyed by a hash of the project's files, so that a run can trust it by hashing the files,
+without importing them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from migrator import __version__
+
+NAME = "migrator-manifest.json"
+
+
+def path_for(alembic_ini: Path) -> Path:
+    return alembic_ini.parent / NAME
+
+
+def fingerprint(alembic_ini: Path, directories: list[str]) -> str:
+    """A hash of alembic.ini and of every file under the project's script and version
+    directories (names and contents), so that any edit, addition or removal changes it."""
+    digest = hashlib.sha256(alembic_ini.read_bytes())
+    base = alembic_ini.parent
+    for directory in sorted(directories):
+        root = base / directory
+        files = sorted(
+            path
+            for path in root.rglob("*")
+            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
+        )
+        for path in files:
+            digest.update(str(path.relative_to(base)).encode() + b"\0")
+            digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def write(
+    alembic_ini: Path,
+    directories: list[str],
+    heads: list[str],
+    version_table: str,
+    version_table_schema: str | None,
+) -> Path:
+    document = {
+        "migrator": __version__,
+        "hash": fingerprint(alembic_ini, directories),
+        "directories": sorted(directories),
+        "heads": sorted(heads),
+        "version_table": version_table,
+        "version_table_schema": version_table_schema,
+    }
+    target = path_for(alembic_ini)
+    target.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    return target
+
+
+def read(alembic_ini: Path) -> dict[str, Any]:
+    """The manifest, if it still describes this project exactly; raises ValueError (or an
+    OSError) saying why not."""
+    document: dict[str, Any] = json.loads(path_for(alembic_ini).read_text(encoding="utf-8"))
+    if document.get("migrator") != __version__:
+        raise ValueError(f"it was written by migrator {document.get('migrator')}")
+    if fingerprint(alembic_ini, document["directories"]) != document["hash"]:
+        raise ValueError("the project's files changed since it was written")
+    return document
