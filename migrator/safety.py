@@ -59,8 +59,9 @@ SAFER = {
     "(op.get_context().autocommit_block(), postgresql_concurrently=True)",
     "data-change": "update in batches, each in its own transaction (an autocommit block), "
     "or outside the deploy",
-    "exclusive-lock": "catalog-only, so brief once granted; but it waits behind every running "
-    "query and everything waits behind it: set MIGRATOR_DDL_LOCK_TIMEOUT",
+    "exclusive-lock": "set MIGRATOR_DDL_LOCK_TIMEOUT: the change is brief once the lock is "
+    "granted, but waiting for it (behind running queries, with every query queued behind it) "
+    "is then bounded",
 }
 # Catalog readings. Names are schema-qualified and quoted as SQL needs them (format %I.%I).
 _RELATIONS = text(
@@ -225,8 +226,7 @@ class Recorder:
             and oid not in before.relations
             and table in old_tables
             and old_tables[table] not in effects.rewritten  # a rewrite rebuilds its indexes
-            and MODES.index(max(modes.get(table, {"AccessShareLock"}), key=MODES.index))
-            >= MODES.index("ShareLock")
+            and _at_least(effects.locks.get(old_tables[table]), "ShareLock")
         ]
         effects.changed_rows = sorted(
             name for oid, name in old_tables.items() if "RowExclusiveLock" in modes.get(oid, ())
@@ -475,6 +475,10 @@ def markdown(direction: str, source: str, target: str, report: Report) -> str:
             )
     lines += [f"\n> {note}" for note in report.notes]
     return "\n".join(lines)
+
+
+def _at_least(mode: str | None, weakest: str) -> bool:
+    return mode is not None and MODES.index(mode) >= MODES.index(weakest)
 
 
 def _allows(allowed: list[str], rule: str, table: str) -> bool:

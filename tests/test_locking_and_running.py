@@ -19,7 +19,9 @@ from conftest import (
     wait_for_line,
 )
 
-AUDITED = {"MIGRATOR_CONFIG": str(PROJECTS / "audited" / "alembic.ini")}
+# Slow test revisions (SAMPLE_SLEEP) test running and locking: not measured first on a
+# scratch database as well (MIGRATOR_SAFETY, tests/test_safety.py).
+AUDITED = {"MIGRATOR_CONFIG": str(PROJECTS / "audited" / "alembic.ini"), "MIGRATOR_SAFETY": "off"}
 
 
 @contextmanager
@@ -187,6 +189,7 @@ def test_statement_timeout_applies_to_migrations(database: Database) -> None:
 def test_table_lock_timeout_is_retried_until_the_blocker_commits(database: Database) -> None:
     run_migrator("upgrade", "8d2c5a61e0f4", env=database.env)
     env = {**database.env, "MIGRATOR_DDL_LOCK_TIMEOUT": "0.3", "MIGRATOR_DDL_LOCK_RETRIES": "20"}
+    env["MIGRATOR_SAFETY"] = "off"  # the blocker's timer starts now: no scratch run first
     with session(database, "app-blocker") as blocker:
         blocker.execute(sa.text("UPDATE cars SET colour = colour"))  # holds ROW EXCLUSIVE
         threading.Timer(2.5, blocker.commit).start()

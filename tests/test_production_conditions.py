@@ -24,9 +24,17 @@ from conftest import (
 from conftest import wait_for_line as read_until
 from test_locking_and_running import applied_counts, holding_the_lock
 
-AUDITED = {"MIGRATOR_CONFIG": str(PROJECTS / "audited" / "alembic.ini")}
-OWN_CONNECTION = {"MIGRATOR_CONFIG": str(PROJECTS / "own_connection" / "alembic.ini")}
-OUTSIDE = {"MIGRATOR_CONFIG": str(PROJECTS / "outside_transaction" / "alembic.ini")}
+# Slow test revisions (SAMPLE_SLEEP) test running and locking: not measured first on a
+# scratch database as well (MIGRATOR_SAFETY, tests/test_safety.py).
+AUDITED = {"MIGRATOR_CONFIG": str(PROJECTS / "audited" / "alembic.ini"), "MIGRATOR_SAFETY": "off"}
+OWN_CONNECTION = {
+    "MIGRATOR_CONFIG": str(PROJECTS / "own_connection" / "alembic.ini"),
+    "MIGRATOR_SAFETY": "off",
+}
+OUTSIDE = {
+    "MIGRATOR_CONFIG": str(PROJECTS / "outside_transaction" / "alembic.ini"),
+    "MIGRATOR_SAFETY": "off",
+}
 ALL_ONCE = {"a1a1a1a1a1a1": 1, "a2a2a2a2a2a2": 1, "a3a3a3a3a3a3": 1}
 
 

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from conftest import PROJECTS, Database, Server, finish, run_migrator, start_migrator, wait_for_line
 
 PROBE = PROJECTS / "safety_probe" / "alembic.ini"
+AUDITED = PROJECTS / "audited" / "alembic.ini"  # a2 sleeps SAMPLE_SLEEP s; a3 fails on SAMPLE_FAIL
 ROWS = 200_000
 
 
@@ -181,7 +182,12 @@ def test_a_malformed_opt_out_is_a_usage_error(at_p1: Database) -> None:
 
 
 def test_block_refuses_error_findings_and_changes_nothing(server: Server, large: Database) -> None:
+    planned = run_migrator(
+        "plan", "upgrade", "head", "--safety", env=probe_env(large, MIGRATOR_SAFETY="block")
+    )
     result = run_migrator("upgrade", "head", env=probe_env(large, MIGRATOR_SAFETY="block"))
+
+    assert planned.status == 8, planned.output  # a pipeline can stop before the deploy
 
     assert result.status == 8, result.output
     assert "MIGRATOR_SAFETY=block: 4 error-level finding(s), nothing ran" in result.stderr
@@ -263,11 +269,28 @@ def test_the_example_tree_reads_as_a_reviewer_expects(database: Database) -> Non
     assert "| warning | `data-change` | `public.cars` | 20,000 rows |" in markdown.stdout
 
 
+def test_a_revision_that_fails_on_the_scratch_database_is_named(
+    server: Server, database: Database
+) -> None:
+    env = {**database.env, "MIGRATOR_CONFIG": str(AUDITED), "SAMPLE_FAIL": "1"}
+
+    planned = run_migrator("plan", "upgrade", "head", "--safety", env=env)
+    warned = run_migrator("upgrade", "head", env=env)  # warn: skipped, then the real failure
+    blocked = run_migrator("upgrade", "head", env={**env, "MIGRATOR_SAFETY": "block"})
+
+    assert planned.status == 1, planned.output
+    assert "measuring on the scratch database: a3a3a3a3a3a3 failed" in planned.stderr
+    assert "safety report skipped (MIGRATOR_SAFETY=warn)" in warned.stderr
+    assert warned.status == 1 and database.revision() == "a2a2a2a2a2a2"
+    assert blocked.status == 1, blocked.output
+    assert "applied in" not in blocked.stderr  # nothing ran on the real database
+    assert scratch_databases(server) == []
+
+
 def test_the_scratch_database_is_dropped_after_sigterm(server: Server, database: Database) -> None:
-    # The audited project's second revision sleeps SAMPLE_SLEEP seconds: on the scratch.
     env = {
         **database.env,
-        "MIGRATOR_CONFIG": str(PROJECTS / "audited" / "alembic.ini"),
+        "MIGRATOR_CONFIG": str(AUDITED),
         "SAMPLE_SLEEP": "60",
     }
     process = start_migrator("plan", "upgrade", "head", "--safety", env=env)
