@@ -239,8 +239,6 @@ def _migrate(
         _accept(state, direction, settings, summary)
         if not state.steps:
             return
-        if direction == "upgrade" and settings.safety != "off":
-            _weigh_safety(settings, script, state, target, session)
         log.info(
             "%d revision(s) to %s from %s to %s",
             len(state.steps),
@@ -259,6 +257,12 @@ def _migrate(
         with migration_lock(session, settings.lock_timeout, still_needed) as lock:
             if lock is None:
                 return
+            if direction == "upgrade" and settings.safety != "off":
+                # Under the lock: runs queued behind another find nothing to do instead of
+                # each measuring on a scratch database of its own.
+                now = run.look_again(session.connection, script, state, direction, target)
+                if now.steps:
+                    _weigh_safety(settings, script, now, target, session)
             config.attributes["connection"] = session.connection  # a new one after a reconnect
             run.apply(
                 config,

@@ -297,7 +297,11 @@ def _optional_path(values: _Values, name: str) -> Path | None:
 def _alembic_ini(values: _Values) -> Path:
     path = Path(values.raw("MIGRATOR_CONFIG") or "alembic.ini").absolute()
     if not path.is_file():
-        raise UsageError(f"{values.label('MIGRATOR_CONFIG')}: {path} is not a file")
+        raise UsageError(
+            f"{values.label('MIGRATOR_CONFIG')}: {path} is not a file: no Alembic project "
+            "there; build an image FROM the migrator with yours in /project, or mount one "
+            "and set MIGRATOR_CONFIG to its alembic.ini"
+        )
     return path
 
 

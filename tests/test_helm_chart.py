@@ -158,7 +158,7 @@ def test_every_rendering_is_valid_kubernetes_and_keeps_what_matters(
     assert job["spec"]["podFailurePolicy"]["rules"] == [
         {
             "action": "FailJob",
-            "onExitCodes": {"containerName": "migrator", "operator": "In", "values": [2, 5, 6]},
+            "onExitCodes": {"containerName": "migrator", "operator": "In", "values": [2, 5, 6, 8]},
         },
         {
             "action": "Ignore",

@@ -15,7 +15,7 @@
         onExitCodes:
           containerName: migrator
           operator: In
-          values: [2, 5, 6]
+          values: [2, 5, 6, 8]
       - action: Ignore
         onPodConditions:
           - type: DisruptionTarget
