@@ -49,11 +49,10 @@ COPY alembic.ini /project/
 COPY alembic/ /project/alembic/
 COPY persistence/ /project/persistence/
 # Compiled now, so a read-only root filesystem costs nothing at start (as root: the
-# copied files belong to root; the migrator only reads them).
+# copied files belong to root; the migrator only reads them); and the manifest that
+# answers a no-op deploy without importing SQLAlchemy or Alembic.
 USER 0
-RUN python3 -m compileall -q /project
-# The manifest that answers a no-op deploy without importing SQLAlchemy or Alembic.
-RUN ["migrator", "manifest"]
+RUN python3 -m compileall -q /project && migrator manifest
 USER 10001:0
 
 # The default target: the released image, without the example.
