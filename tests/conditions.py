@@ -288,6 +288,7 @@ class Proxy:
             subprocess.run([*self._iptables, "-D", *rule], check=True, capture_output=True)
 
     def close(self) -> None:
+        self.resume()  # never leave a DROP rule behind, whoever closes the proxy
         self._closed = True
         with self._lock:
             sockets, self._sockets = self._sockets, []
