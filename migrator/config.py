@@ -81,17 +81,7 @@ class Settings:
                 "or DB_HOST, DB_NAME and DB_USER"
             )
         url = self.database_url
-        query: dict[str, str] = {}
-        if "application_name" not in url.query:
-            # Names this run in pg_stat_activity, so a waiting run can say who holds the lock.
-            query["application_name"] = f"migrator@{socket.gethostname()}"[:63]
-        if "connect_timeout" not in url.query:
-            query["connect_timeout"] = str(self.connect_timeout)
-        if not any(name in url.query for name in KEEPALIVES):
-            # A stalled network (packets dropped, no reset) ends the connection within
-            # MIGRATOR_NETWORK_TIMEOUT instead of never: libpq's TCP keepalives and
-            # tcp_user_timeout bound both a silent server and unacknowledged sends.
-            query.update(self.keepalives())
+        query = self.libpq_defaults(url.query)
         options = [str(url.query["options"])] if "options" in url.query else []
         if self.statement_timeout is not None:
             options.append(f"-c statement_timeout={milliseconds(self.statement_timeout)}")
@@ -100,6 +90,21 @@ class Settings:
         if options:
             query["options"] = " ".join(options)
         return url.update_query_dict(query)
+
+    def libpq_defaults(self, given: Mapping[str, object]) -> dict[str, str]:
+        """The libpq parameters every connection gets, but for those `given` already sets."""
+        defaults: dict[str, str] = {}
+        if "application_name" not in given:
+            # Names this run in pg_stat_activity, so a waiting run can say who holds the lock.
+            defaults["application_name"] = f"migrator@{socket.gethostname()}"[:63]
+        if "connect_timeout" not in given:
+            defaults["connect_timeout"] = str(self.connect_timeout)
+        if not any(name in given for name in KEEPALIVES):
+            # A stalled network (packets dropped, no reset) ends the connection within
+            # MIGRATOR_NETWORK_TIMEOUT instead of never: libpq's TCP keepalives and
+            # tcp_user_timeout bound both a silent server and unacknowledged sends.
+            defaults.update(self.keepalives())
+        return defaults
 
     def keepalives(self) -> dict[str, str]:
         """TCP keepalive and user-timeout values that give up on a peer within the network

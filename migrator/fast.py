@@ -11,7 +11,6 @@ that head. On any doubt it returns None and the full path runs from the start.
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import time
 import uuid
@@ -24,7 +23,7 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from migrator import config, manifest
-from migrator.config import KEEPALIVES, Settings
+from migrator.config import Settings
 from migrator.logs import Summary, log, report_summary, setup_logging
 from migrator.masking import Mask
 
@@ -125,10 +124,7 @@ def _connection(
         if "@" in str(parameters.get("host", "")):
             raise Doubt("DATABASE_URL's host has an @")
         masked = Mask()(f"postgresql+psycopg2://{rest}")
-    parameters.setdefault("application_name", f"migrator@{socket.gethostname()}"[:63])
-    parameters.setdefault("connect_timeout", str(settings.connect_timeout))
-    if not any(name in parameters for name in KEEPALIVES):
-        parameters.update(settings.keepalives())
+    parameters.update(settings.libpq_defaults(parameters))
     return parameters, masked, [str(parameters["password"])] if parameters.get("password") else []
 
 
