@@ -292,7 +292,8 @@ def _safety_report(
     if not state.steps:
         return safety_report.Report([], [], [])
     started = time.monotonic()
-    effects = measure(settings, state.heads, direction, target)
+    with session.kept_busy():  # the measurement may take longer than idle_session_timeout
+        effects = measure(settings, state.heads, direction, target)
     sizes = safety_report.live_sizes(
         session.connection, safety_report.touched_tables(effects), settings.safety_error_rows
     )

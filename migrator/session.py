@@ -2,10 +2,10 @@
 lock and (handed to env.py) run the revisions, so that the lock and the work live and die
 together and a run needs one connection slot.
 
-It is set up so that it cannot hang or be ended behind the run's back (keepalives, no idle
-timeout, the user's timeouts applied and read back), and marked with a token, so that a
-pooler handing a transaction to another server session is caught (PgBouncer's transaction
-mode: a session-level lock would then be shared or left behind).
+It is set up so that it cannot hang or be ended behind the run's back (keepalives, idle
+timeouts of its own, the user's timeouts applied and read back), and marked with a token,
+so that a pooler handing a transaction to another server session is caught (PgBouncer's
+transaction mode: a session-level lock would then be shared or left behind).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import contextlib
 import json
 import threading
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import create_engine, text
@@ -27,12 +28,14 @@ from migrator.errors import UsageError
 from migrator.logs import log
 
 TOKEN_SETTING = "migrator.session"
+KEEP_BUSY_SECONDS = 2.0
 # The server's side of the session's liveness, by the server version that has the setting.
 _SERVER_SETTINGS_SINCE = {
     "idle_session_timeout": 140000,
     "client_connection_check_interval": 140000,
     "tcp_user_timeout": 120000,
 }
+_ALIVE = text("SELECT 1")
 _SET = text("SELECT set_config(key, value, false) FROM json_each_text(CAST(:values AS json))")
 _MARK = text(f"SELECT current_setting('{TOKEN_SETTING}', true)")
 _CHECK = text(
@@ -105,6 +108,25 @@ class Session:
                 raise
             return row
 
+    @contextlib.contextmanager
+    def kept_busy(self) -> Iterator[None]:
+        """While the run works elsewhere (the safety measurement), a statement every few
+        seconds, so that the session's idle_session_timeout does not end it."""
+        done = threading.Event()
+
+        def beat() -> None:
+            while not done.wait(KEEP_BUSY_SECONDS):
+                with contextlib.suppress(Exception):  # a lost session shows at its next use
+                    self.query(_ALIVE)
+
+        beating = threading.Thread(target=beat, name="migrator-keep-busy", daemon=True)
+        beating.start()
+        try:
+            yield
+        finally:
+            done.set()
+            beating.join()
+
     def invalid_indexes(self) -> list[str]:
         """INVALID indexes (an interrupted CREATE INDEX CONCURRENTLY leaves one), each with
         the statement that drops it; read on a new connection, since this one may be gone."""
@@ -158,13 +180,12 @@ class Session:
         settings = self.settings
         keepalives = settings.keepalives()
         values = {
-            # The session holds the lock while env.py works on it: it must not be ended for
-            # being idle (a role's idle_session_timeout), whatever the role's default.
-            "idle_session_timeout": "0",
-            # When the client vanishes mid-revision, the server ends the session and releases
-            # what it holds: keepalives for a silent peer; this for a proxy that stopped
-            # forwarding but still answers for the client (a revision that idles inside its
-            # transaction for longer than twice the network timeout is ended too).
+            # When the client vanishes, the server ends the session and releases what it
+            # holds: keepalives for a silent peer; these two for a proxy that stopped
+            # forwarding but still answers for the client, in a transaction or between two.
+            # They replace the role's own (which may be shorter than a pause of the run's):
+            # the run is never silent for that long (kept_busy covers its own long pauses).
+            "idle_session_timeout": str(settings.network_timeout * 2000),
             "idle_in_transaction_session_timeout": str(settings.network_timeout * 2000),
             "tcp_keepalives_idle": keepalives["keepalives_idle"],
             "tcp_keepalives_interval": keepalives["keepalives_interval"],

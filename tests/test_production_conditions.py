@@ -318,13 +318,61 @@ def test_sigterm_ends_a_run_on_a_stalled_network_within_10_s(
     assert "the server rolls back" in result.stderr
     assert "when it drops the session" in result.stderr
     # The server ends the session itself, and the lock with it: here the proxy still answers
-    # for the vanished client, so once the statement in flight ends the session idles in its
-    # transaction until idle_in_transaction_session_timeout (twice the network timeout).
+    # for the vanished client, so once the statement in flight ends the session idles, in its
+    # transaction or between two, until its idle timeout (twice the network timeout).
     deadline = time.monotonic() + 40
     while database.advisory_locks() and time.monotonic() < deadline:
         time.sleep(1)
     assert database.advisory_locks() == 0
     assert "slow_done" not in database.tables()
+
+
+def test_a_measurement_longer_than_the_idle_timeout_keeps_the_lock_session(
+    database: Database,
+) -> None:
+    # The safety measurement runs a2's 8 s sleep on a scratch database while the lock's
+    # session waits: longer than its idle_session_timeout (twice the network timeout).
+    env = {
+        **database.env,
+        **AUDITED,
+        "MIGRATOR_SAFETY": "warn",
+        "SAMPLE_SLEEP": "8",
+        "MIGRATOR_NETWORK_TIMEOUT": "3",
+    }
+    result = run_migrator("upgrade", "head", env=env)
+
+    assert result.status == 0, result.output
+    assert "safety: 3 revision(s) measured" in result.stderr
+    assert applied_counts(database) == ALL_ONCE
+
+
+def test_a_vanished_clients_lock_session_is_ended_between_transactions(
+    database: Database, stall_proxy: Callable[..., Proxy]
+) -> None:
+    # While the safety measurement runs the lock's session is idle outside a transaction;
+    # the proxy still answers for the client after it is gone, so only the session's own
+    # idle_session_timeout (twice the network timeout) can end it and release the lock.
+    proxy = stall_proxy(database)
+    env = {
+        **proxy.env,
+        **AUDITED,
+        "MIGRATOR_SAFETY": "warn",
+        "SAMPLE_SLEEP": "8",
+        "MIGRATOR_NETWORK_TIMEOUT": "3",
+    }
+    started = time.monotonic()
+    run = start_migrator("upgrade", "head", env=env)
+    read_until(run, "scratch database")
+    proxy.stall()
+    run.send_signal(signal.SIGTERM)
+    result = finish(run, started, timeout=30)
+    assert result.status == 143, result.output
+
+    deadline = time.monotonic() + 20
+    while database.advisory_locks() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert database.advisory_locks() == 0
+    assert "applied" not in database.tables()
 
 
 def test_a_stall_during_a_revision_ends_the_run_within_the_network_timeout(
