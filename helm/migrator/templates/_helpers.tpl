@@ -30,6 +30,54 @@
 {{- end }}
 {{- end }}
 
+{{/* A tenant fleet's Job name; argument (list root mode), mode "canary" or "shard". Named
+     like the single Job: the release's name plus -canary or -fleet as a hook, and a hash of
+     the spec as a plain Job. */}}
+{{- define "migrator.fleetJobName" -}}
+{{- $root := index . 0 }}
+{{- $mode := index . 1 }}
+{{- $suffix := ternary "canary" "fleet" (eq $mode "canary") }}
+{{- if $root.Values.job.hook }}
+{{- printf "%s-%s" (include "migrator.fullname" $root | trunc 56 | trimSuffix "-") $suffix }}
+{{- else }}
+{{- printf "%s-%s-%s" (include "migrator.fullname" $root | trunc 47 | trimSuffix "-") $suffix (include "migrator.fleetJobSpec" . | sha256sum | trunc 8) }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret holding the fleet's targets file: an existing one, or the chart's own. */}}
+{{- define "migrator.fleetTargetsSecretName" -}}
+{{- if .Values.fleet.targets.existingSecret.name }}
+{{- tpl .Values.fleet.targets.existingSecret.name . }}
+{{- else }}
+{{- printf "%s-fleet-targets" (include "migrator.fullname" . | trunc 49 | trimSuffix "-") }}
+{{- end }}
+{{- end }}
+
+{{/* The checks every Job's values must pass; renders nothing. */}}
+{{- define "migrator.checkValues" -}}
+{{- $usesUrl := include "migrator.usesUrl" . }}
+{{- if and (not $usesUrl) (not (and .Values.database.host .Values.database.name .Values.database.user)) }}
+{{- fail "database: without a URL, host, name and user are required" }}
+{{- end }}
+{{- if and .Values.job.hook .Values.job.argocd }}
+{{- fail "job.argocd needs job.hook=false: Argo CD ignores Helm hooks once its own are present" }}
+{{- end }}
+{{- if .Values.fleet.enabled }}
+{{- if ne .Values.migrator.command "upgrade" }}
+{{- fail "fleet.enabled runs `migrator fleet upgrade migrator.target`: migrator.command must be upgrade" }}
+{{- end }}
+{{- if and (not .Values.fleet.targets.existingSecret.name) (not .Values.fleet.targets.list) }}
+{{- fail "fleet: set targets.list, or targets.existingSecret.name (a Secret with the targets file)" }}
+{{- end }}
+{{- if and (not (kindIs "invalid" .Values.fleet.maxFailedIndexes)) (gt (int .Values.fleet.maxFailedIndexes) (int .Values.fleet.pods)) }}
+{{- fail "fleet.maxFailedIndexes must not exceed fleet.pods" }}
+{{- end }}
+{{- if and .Values.fleet.canary (not (or .Values.job.hook .Values.job.argocd)) }}
+{{- fail "fleet.canary needs job.hook (or job.argocd): a plain Job cannot wait for the canary, so the fleet would not either" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{/* The image: by digest when one is given, else by tag (default: the chart's appVersion). */}}
 {{- define "migrator.image" -}}
 {{- if .Values.image.digest }}

@@ -1,17 +1,24 @@
 {{/* The Job's spec, indented for `spec:`. A plain Job (job.hook=false) is named after a
      hash of it (migrator.jobName), so it is rendered once for the name, once for the Job. */}}
 {{- define "migrator.jobSpec" }}
-{{- $usesUrl := include "migrator.usesUrl" . }}
   backoffLimit: {{ .Values.job.backoffLimit }}
   activeDeadlineSeconds: {{ .Values.job.activeDeadlineSeconds }}
   {{- if not (kindIs "invalid" .Values.job.ttlSecondsAfterFinished) }}
   ttlSecondsAfterFinished: {{ .Values.job.ttlSecondsAfterFinished }}
   {{- end }}
+{{- include "migrator.podFailurePolicy" "FailJob" }}
+{{- include "migrator.podTemplate" (dict "root" . "mode" "") }}
+{{- end }}
+
+{{/* The podFailurePolicy, indented for `spec:`; its argument is the action for the exit
+     statuses a retry cannot fix: FailJob, or FailIndex in an Indexed Job (that index alone
+     fails; the others go on, within fleet.maxFailedIndexes). */}}
+{{- define "migrator.podFailurePolicy" }}
   # A retry cannot fix bad configuration (2), a difference found by check/verify (5) or
   # refused credentials (6): fail at once. An evicted pod does not count as a failure.
   podFailurePolicy:
     rules:
-      - action: FailJob
+      - action: {{ . }}
         onExitCodes:
           containerName: migrator
           operator: In
@@ -20,6 +27,16 @@
         onPodConditions:
           - type: DisruptionTarget
             status: "True"
+{{- end }}
+
+{{/* The pod template, indented for `spec:`, shared by every Job the chart renders. Its
+     argument is a dict: root (the chart's context) and mode: "" for the single Job (the
+     environment says what runs), "canary" or "shard" for the tenant fleet's Jobs (arguments
+     `fleet upgrade TARGET`, the targets file, the fleet's settings). */}}
+{{- define "migrator.podTemplate" }}
+{{- $mode := .mode }}
+{{- with .root }}
+{{- $usesUrl := include "migrator.usesUrl" . }}
   template:
     metadata:
       labels:
@@ -32,6 +49,10 @@
       annotations:
         sidecar.istio.io/inject: "false"
         linkerd.io/inject: disabled
+        {{- if and $mode (not .Values.fleet.targets.existingSecret.name) }}
+        # A new list of targets changes the pod template: a plain Job's name follows it.
+        checksum/fleet-targets: {{ join "\n" .Values.fleet.targets.list | sha256sum }}
+        {{- end }}
         {{- with .Values.podAnnotations }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -58,14 +79,21 @@
         - name: migrator
           image: {{ include "migrator.image" . | quote }}
           imagePullPolicy: {{ .Values.image.pullPolicy }}
+          {{- if $mode }}
+          command: ["migrator"]
+          args: ["fleet", "upgrade", {{ .Values.migrator.target | quote }}{{ if eq $mode "canary" }}, "--canary-only"{{ end }}]
+          {{- else }}
           # The entrypoint alone, no arguments: the environment below decides what runs
           # (the image's CMD would otherwise count as arguments).
           command: ["migrator"]
+          {{- end }}
           env:
+            {{- if not $mode }}
             - name: MIGRATOR_COMMAND
               value: {{ .Values.migrator.command | quote }}
             - name: MIGRATOR_TARGET
               value: {{ .Values.migrator.target | quote }}
+            {{- end }}
             - name: MIGRATOR_ALLOW_DOWNGRADE
               value: {{ .Values.migrator.allowDowngrade | quote }}
             - name: MIGRATOR_ALLOW_UNKNOWN_REVISION
@@ -93,6 +121,25 @@
             {{- with .Values.migrator.config }}
             - name: MIGRATOR_CONFIG
               value: {{ . | quote }}
+            {{- end }}
+            {{- if $mode }}
+            # Each line of the file: a database name on the server below, a full URL, or
+            # schema=NAME (a schema in the database below).
+            - name: MIGRATOR_FLEET_FILE
+              value: /etc/migrator/fleet/targets
+            {{- if eq $mode "shard" }}
+            # Kubernetes sets JOB_COMPLETION_INDEX: this pod takes every target whose
+            # 0-based position in the file modulo the shard count equals its index.
+            - name: MIGRATOR_FLEET_SHARDS
+              value: {{ .Values.fleet.pods | quote }}
+            {{- else }}
+            - name: MIGRATOR_FLEET_CANARY
+              value: {{ .Values.fleet.canary | quote }}
+            {{- end }}
+            - name: MIGRATOR_FLEET_PARALLELISM
+              value: {{ .Values.fleet.parallelism | quote }}
+            - name: MIGRATOR_FLEET_MAX_FAILURES
+              value: {{ .Values.fleet.maxFailures | quote }}
             {{- end }}
             {{- if $usesUrl }}
             - name: DATABASE_URL_FILE
@@ -127,6 +174,11 @@
               readOnly: true
             - name: tmp
               mountPath: /tmp
+            {{- if $mode }}
+            - name: fleet-targets
+              mountPath: /etc/migrator/fleet
+              readOnly: true
+            {{- end }}
             {{- with .Values.extraVolumeMounts }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
@@ -146,6 +198,15 @@
           emptyDir:
             medium: Memory
             sizeLimit: 16Mi
+        {{- if $mode }}
+        - name: fleet-targets
+          secret:
+            secretName: {{ include "migrator.fleetTargetsSecretName" . }}
+            defaultMode: 0440
+            items:
+              - key: {{ ternary .Values.fleet.targets.existingSecret.key "targets" (not (empty .Values.fleet.targets.existingSecret.name)) }}
+                path: targets
+        {{- end }}
         {{- with .Values.extraVolumes }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -161,4 +222,33 @@
       affinity:
         {{- toYaml . | nindent 8 }}
       {{- end }}
+{{- end }}
+{{- end }}
+
+{{/* A tenant fleet's Job spec, indented for `spec:`; its argument is (list root mode).
+     "canary": a plain Job that upgrades the first fleet.canary targets, run before the rest.
+     "shard": an Indexed Job of fleet.pods pods, each upgrading its share of the targets;
+     a failed index is retried on its own (backoffLimitPerIndex), and one that a retry
+     cannot fix fails at once (FailIndex) without failing the others. */}}
+{{- define "migrator.fleetJobSpec" }}
+{{- $mode := index . 1 }}
+{{- with index . 0 }}
+  {{- if eq $mode "shard" }}
+  completionMode: Indexed
+  completions: {{ .Values.fleet.pods }}
+  parallelism: {{ .Values.fleet.podParallelism | default .Values.fleet.pods }}
+  backoffLimitPerIndex: {{ .Values.fleet.backoffLimitPerIndex }}
+  {{- if not (kindIs "invalid" .Values.fleet.maxFailedIndexes) }}
+  maxFailedIndexes: {{ .Values.fleet.maxFailedIndexes }}
+  {{- end }}
+  {{- else }}
+  backoffLimit: {{ .Values.job.backoffLimit }}
+  {{- end }}
+  activeDeadlineSeconds: {{ .Values.job.activeDeadlineSeconds }}
+  {{- if not (kindIs "invalid" .Values.job.ttlSecondsAfterFinished) }}
+  ttlSecondsAfterFinished: {{ .Values.job.ttlSecondsAfterFinished }}
+  {{- end }}
+{{- include "migrator.podFailurePolicy" (ternary "FailIndex" "FailJob" (eq $mode "shard")) }}
+{{- include "migrator.podTemplate" (dict "root" . "mode" $mode) }}
+{{- end }}
 {{- end }}
