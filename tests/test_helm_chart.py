@@ -370,28 +370,44 @@ def test_values_are_all_documented() -> None:
 OPENSHIFT_ID = 1000680000  # what OpenShift assigns when the chart leaves the ids unset
 
 
-def run_rendered_job(
+def docker_memory(quantity: str) -> str:
+    """A Kubernetes memory quantity (256Mi, 1Gi) as `docker run --memory` takes it."""
+    for suffix, unit in (("Ki", "k"), ("Mi", "m"), ("Gi", "g")):
+        if quantity.endswith(suffix):
+            return quantity.removesuffix(suffix) + unit
+    return quantity
+
+
+def pod_command(
     image: str,
-    manifests: dict[str, Any],
-    secret_data: dict[str, str],
+    job: dict[str, Any],
+    secrets: dict[str, dict[str, str]],
     directory: Path,
     options: tuple[str, ...] = (),
-) -> subprocess.CompletedProcess[str]:
-    """Run the rendered pod spec under Docker as the kubelet would: same image, command,
-    env, Secret files, user, read-only root, dropped capabilities, tmpfs /tmp."""
-    pod = manifests["Job"]["spec"]["template"]["spec"]
-    migrator = container(manifests["Job"])
+    extra_env: dict[str, str] | None = None,
+) -> tuple[list[str], dict[str, str]]:
+    """`docker run` for the Job's pod as the kubelet would run it, and the environment the
+    command's `-e NAME` flags read: same image, command, args, env, Secret volumes (each
+    one's data, by key, in `secrets` under the Secret's name), user, read-only root, dropped
+    capabilities, tmpfs /tmp, memory limit. `extra_env` is what Kubernetes adds itself."""
+    pod = job["spec"]["template"]["spec"]
+    migrator = container(job)
     security = {"runAsUser": OPENSHIFT_ID, "fsGroup": OPENSHIFT_ID, **pod["securityContext"]}
-    secret_dir = directory / "secret"
-    secret_dir.mkdir(parents=True)
-    volume = next(v for v in pod["volumes"] if v["name"] == "database-secret")
-    for item in volume["secret"]["items"]:
-        path = secret_dir / item["path"]
-        path.write_text(secret_data[item["key"]])
-        os.chown(path, 0, security["fsGroup"])
-        path.chmod(volume["secret"]["defaultMode"])
-    mount = next(m for m in migrator["volumeMounts"] if m["name"] == "database-secret")
-    env = {item["name"]: item["value"] for item in migrator["env"]}
+    mounts = []
+    for volume in pod["volumes"]:
+        if "secret" not in volume:
+            continue
+        folder = directory / volume["name"]
+        folder.mkdir(parents=True)
+        data = secrets[volume["secret"]["secretName"]]
+        for item in volume["secret"]["items"]:
+            path = folder / item["path"]
+            path.write_text(data[item["key"]])
+            os.chown(path, 0, security["fsGroup"])
+            path.chmod(volume["secret"]["defaultMode"])
+        mount = next(m for m in migrator["volumeMounts"] if m["name"] == volume["name"])
+        mounts += ["-v", f"{folder}:{mount['mountPath']}:ro"]
+    env = {item["name"]: item["value"] for item in migrator["env"]} | (extra_env or {})
     command = [
         "docker",
         "run",
@@ -407,15 +423,35 @@ def run_rendered_job(
         "no-new-privileges",
         "--tmpfs",
         "/tmp",
-        "-v",
-        f"{secret_dir}:{mount['mountPath']}:ro",
+        "--memory",
+        docker_memory(migrator["resources"]["limits"]["memory"]),
+        *mounts,
         *options,
         *[item for key in env for item in ("-e", key)],
         "--entrypoint",
         migrator["command"][0],
         image,
         *migrator["command"][1:],
+        *migrator.get("args", []),
     ]
+    return command, env
+
+
+def run_rendered_job(
+    image: str,
+    manifests: dict[str, Any],
+    secret_data: dict[str, str],
+    directory: Path,
+    options: tuple[str, ...] = (),
+) -> subprocess.CompletedProcess[str]:
+    """Run the rendered Job's pod under Docker (pod_command) with its database Secret."""
+    job = manifests["Job"]
+    secret_name = next(
+        v["secret"]["secretName"]
+        for v in job["spec"]["template"]["spec"]["volumes"]
+        if v["name"] == "database-secret"
+    )
+    command, env = pod_command(image, job, {secret_name: secret_data}, directory, options)
     result = subprocess.run(
         command, env={**os.environ, **env}, capture_output=True, text=True, timeout=300
     )

@@ -1,0 +1,311 @@
+"""The chart's tenant fleet (fleet.enabled): an Indexed Job whose pods share the targets by
+JOB_COMPLETION_INDEX, an optional canary Job before it, the targets Secret; rendered by
+Helm's own engine, checked against the Kubernetes schemas of every supported minor release,
+and its pods run for real under Docker, one container per index, against PostgreSQL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import helm_python
+import kubernetes_validate
+import pytest
+import yaml
+from conftest import assert_no_password
+from test_helm_chart import (
+    CHART,
+    KUBERNETES,
+    PARTS,
+    URL,
+    container,
+    render,
+)
+
+TENANTS = ["tenant_acme", "tenant_globex", "tenant_initech", "tenant_umbrella", "schema=trial"]
+FLEET = {**PARTS, "fleet": {"enabled": True, "pods": 3, "targets": {"list": TENANTS}}}
+HEAD = "c3f9b7d21a58"  # the example application's head
+
+
+def with_fleet(values: dict[str, Any], **fleet: Any) -> dict[str, Any]:
+    return {**values, "fleet": {**values["fleet"], **fleet}}
+
+
+def render_all(values: dict[str, Any]) -> dict[str, Any]:
+    """Every manifest, by name, as Helm renders them for release `shop` in namespace `prod`."""
+    chart = helm_python.Chart.load(str(CHART))
+    rendered = chart.render(values, name="shop", namespace="prod", is_install=True)
+    manifests = {}
+    for path, text in rendered.items():
+        if path.endswith(".yaml"):
+            for document in yaml.safe_load_all(text):
+                if document:
+                    manifests[document["metadata"]["name"]] = document
+    return manifests
+
+
+def env_of(job: dict[str, Any]) -> dict[str, str]:
+    return {item["name"]: item["value"] for item in container(job)["env"]}
+
+
+def hook_weight(manifest: dict[str, Any]) -> int:
+    return int(manifest["metadata"]["annotations"]["helm.sh/hook-weight"])
+
+
+def test_a_fleet_renders_an_indexed_job_in_place_of_the_single_job() -> None:
+    manifests = render_all(FLEET)
+    fleet = manifests["shop-migrator-fleet"]
+    spec = fleet["spec"]
+    single = render(PARTS)["Job"]
+    env = env_of(fleet)
+    migrator = container(fleet)
+    mount = next(m for m in migrator["volumeMounts"] if m["name"] == "fleet-targets")
+    volume = next(v for v in spec["template"]["spec"]["volumes"] if v["name"] == "fleet-targets")
+
+    assert sorted(manifests) == [
+        "shop-migrator",
+        "shop-migrator-fleet",
+        "shop-migrator-fleet-targets",
+    ]
+    assert manifests["shop-migrator"]["kind"] == "Secret"  # the database's; no single Job
+    assert spec["completionMode"] == "Indexed"
+    assert spec["completions"] == spec["parallelism"] == 3
+    assert spec["backoffLimitPerIndex"] == 1 and spec["maxFailedIndexes"] == 0
+    assert "backoffLimit" not in spec  # per index instead
+    # The single Job's rules, a retry-proof exit failing its index rather than the Job.
+    single_rules = single["spec"]["podFailurePolicy"]["rules"]
+    assert spec["podFailurePolicy"]["rules"] == [
+        {**single_rules[0], "action": "FailIndex"},
+        single_rules[1],
+    ]
+    assert single_rules[1]["onPodConditions"][0]["type"] == "DisruptionTarget"
+    assert migrator["command"] == ["migrator"]
+    assert migrator["args"] == ["fleet", "upgrade", "head"]
+    assert env["MIGRATOR_FLEET_FILE"] == f"{mount['mountPath']}/targets"
+    assert env["MIGRATOR_FLEET_FILE"] == "/etc/migrator/fleet/targets"
+    assert volume["secret"]["secretName"] == "shop-migrator-fleet-targets"
+    assert volume["secret"]["items"] == [{"key": "targets", "path": "targets"}]
+    assert env["MIGRATOR_FLEET_SHARDS"] == "3"
+    assert env["MIGRATOR_FLEET_PARALLELISM"] == "4" and env["MIGRATOR_FLEET_MAX_FAILURES"] == "1"
+    # No canary, and nothing that would disagree with the arguments.
+    assert not {"MIGRATOR_FLEET_CANARY", "MIGRATOR_COMMAND", "MIGRATOR_TARGET"} & set(env)
+    # The rest of the pod is the single Job's: its connection, hardening and resources.
+    single_env = env_of(single)
+    assert {k: v for k, v in env.items() if not k.startswith("MIGRATOR_FLEET_")} == {
+        k: v for k, v in single_env.items() if k not in ("MIGRATOR_COMMAND", "MIGRATOR_TARGET")
+    }
+    for key in ("securityContext", "resources", "terminationMessagePolicy", "image"):
+        assert migrator[key] == container(single)[key]
+    pod, single_pod = spec["template"]["spec"], single["spec"]["template"]["spec"]
+    assert pod["securityContext"] == single_pod["securityContext"]
+    assert pod["restartPolicy"] == "Never" and pod["automountServiceAccountToken"] is False
+    assert (
+        spec["template"]["metadata"]["labels"] == single["spec"]["template"]["metadata"]["labels"]
+    )
+    assert fleet["metadata"]["labels"] == single["metadata"]["labels"]
+    assert hook_weight(manifests["shop-migrator-fleet-targets"]) < hook_weight(fleet)
+    assert manifests["shop-migrator-fleet-targets"]["stringData"] == {
+        "targets": "\n".join(TENANTS) + "\n"
+    }
+
+
+def test_pods_at_once_and_the_failure_budget_are_values() -> None:
+    values = with_fleet(
+        FLEET, pods=6, podParallelism=2, backoffLimitPerIndex=0, maxFailedIndexes=None
+    )
+    spec = render_all(values)["shop-migrator-fleet"]["spec"]
+
+    assert spec["completions"] == 6 and spec["parallelism"] == 2
+    assert spec["backoffLimitPerIndex"] == 0
+    assert "maxFailedIndexes" not in spec  # every index runs to its end
+
+
+def test_a_canary_job_runs_first_on_the_first_targets_alone() -> None:
+    manifests = render_all(with_fleet(FLEET, canary=2))
+    canary, fleet = manifests["shop-migrator-canary"], manifests["shop-migrator-fleet"]
+    canary_env, fleet_env = env_of(canary), env_of(fleet)
+
+    # A plain Job, failing at once on what a retry cannot fix.
+    assert "completionMode" not in canary["spec"] and "completions" not in canary["spec"]
+    assert canary["spec"]["backoffLimit"] == 2
+    assert canary["spec"]["podFailurePolicy"] == render(PARTS)["Job"]["spec"]["podFailurePolicy"]
+    assert container(canary)["args"] == ["fleet", "upgrade", "head", "--canary-only"]
+    assert canary_env["MIGRATOR_FLEET_CANARY"] == "2"
+    assert "MIGRATOR_FLEET_SHARDS" not in canary_env  # every target of the file, unsharded
+    assert canary_env["MIGRATOR_FLEET_FILE"] == fleet_env["MIGRATOR_FLEET_FILE"]
+    # The Indexed Job runs every target (the canaries then cost a query each).
+    assert "MIGRATOR_FLEET_CANARY" not in fleet_env
+    assert container(fleet)["args"] == ["fleet", "upgrade", "head"]
+    # Secrets, then the canary, then the fleet: the same hook events, lower weights first.
+    for manifest in (canary, fleet, manifests["shop-migrator-fleet-targets"]):
+        assert manifest["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert canary["metadata"]["annotations"]["helm.sh/hook-delete-policy"] == (
+        "before-hook-creation"
+    )
+    assert (
+        hook_weight(manifests["shop-migrator"])
+        == hook_weight(manifests["shop-migrator-fleet-targets"])
+        < hook_weight(canary)
+        < hook_weight(fleet)
+        == 0
+    )
+    moved = render_all(with_fleet({**FLEET, "job": {"hookWeight": 10}}, canary=1))
+    assert hook_weight(moved["shop-migrator-canary"]) == 9
+    assert hook_weight(moved["shop-migrator-fleet"]) == 10
+
+
+def test_under_argo_cd_the_canary_is_an_earlier_sync_wave() -> None:
+    values = with_fleet({**FLEET, "job": {"hook": False, "argocd": True}}, canary=1)
+    manifests = render_all(values)
+
+    def wave(manifest: dict[str, Any]) -> int:
+        return int(manifest["metadata"]["annotations"]["argocd.argoproj.io/sync-wave"])
+
+    secrets = [m for m in manifests.values() if m["kind"] == "Secret"]
+    canary = next(m for n, m in manifests.items() if n.startswith("shop-migrator-canary-"))
+    fleet = next(
+        m
+        for n, m in manifests.items()
+        if n.startswith("shop-migrator-fleet-") and m["kind"] == "Job"
+    )
+
+    assert canary["metadata"]["annotations"]["argocd.argoproj.io/hook"] == "PreSync"
+    assert fleet["metadata"]["annotations"]["argocd.argoproj.io/hook"] == "PreSync"
+    assert not any(key.startswith("helm.sh/") for key in fleet["metadata"]["annotations"])
+    assert [wave(secret) for secret in secrets] == [-5, -5]
+    assert wave(canary) == -1 and wave(fleet) == 0
+
+
+def test_a_plain_fleet_job_is_named_after_what_it_runs() -> None:
+    """With job.hook=false the name is a hash of the spec, which carries a checksum of the
+    targets list: a new list (or shard count) brings a new Job, the same one leaves it."""
+    plain = {**FLEET, "job": {"hook": False}}
+
+    def name(values: dict[str, Any]) -> str:
+        (found,) = [
+            n
+            for n in render_all(values)
+            if n.startswith("shop-migrator-fleet-") and n != "shop-migrator-fleet-targets"
+        ]
+        return found
+
+    first = name(plain)
+    assert first == name(plain)
+    assert len(first) == len("shop-migrator-fleet-") + 8
+    assert name(with_fleet(plain, targets={"list": [*TENANTS, "tenant_hooli"]})) != first
+    assert name(with_fleet(plain, pods=4)) != first
+    long_release = helm_python.Chart.load(str(CHART)).render(
+        {**FLEET, "fullnameOverride": "x" * 80}, name="shop", namespace="prod"
+    )
+    for document in yaml.safe_load_all(long_release["migrator/templates/fleet-job.yaml"]):
+        assert len(document["metadata"]["name"]) <= 63
+
+
+def test_an_existing_targets_secret_is_mounted_and_none_is_created() -> None:
+    values = with_fleet(
+        FLEET, targets={"existingSecret": {"name": "{{ .Release.Name }}-tenants", "key": "list"}}
+    )
+    manifests = render_all(values)
+    pod = manifests["shop-migrator-fleet"]["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "fleet-targets")
+
+    assert "shop-migrator-fleet-targets" not in manifests
+    assert volume["secret"]["secretName"] == "shop-tenants"
+    assert volume["secret"]["items"] == [{"key": "list", "path": "targets"}]
+    annotations = manifests["shop-migrator-fleet"]["spec"]["template"]["metadata"]["annotations"]
+    assert "checksum/fleet-targets" not in annotations
+
+
+FLEET_VALUE_SETS: dict[str, dict[str, Any]] = {
+    "defaults, database parts": FLEET,
+    "database url, canary": with_fleet({**URL, "fleet": FLEET["fleet"]}, canary=1),
+    "existing secrets": {
+        "database": {"existingSecret": {"name": "shop-db", "urlKey": "database-url"}},
+        "fleet": {"enabled": True, "pods": 20, "targets": {"existingSecret": {"name": "t"}}},
+    },
+    "plain job": {**FLEET, "job": {"hook": False, "ttlSecondsAfterFinished": 600}},
+    "Argo CD, canary": with_fleet({**FLEET, "job": {"hook": False, "argocd": True}}, canary=2),
+    "all the fleet's values": with_fleet(
+        {**FLEET, "migrator": {"target": HEAD}},
+        pods=10,
+        podParallelism=2,
+        parallelism=8,
+        maxFailures=3,
+        backoffLimitPerIndex=0,
+        maxFailedIndexes=None,
+        canary=3,
+    ),
+    "OpenShift ids, extension points": {
+        **FLEET,
+        "podSecurityContext": {"runAsUser": None, "fsGroup": None},
+        "extraEnv": [{"name": "MIGRATOR_SAFETY", "value": "off"}],
+        "serviceAccount": {"create": True},
+    },
+}
+
+
+@pytest.mark.parametrize("values", FLEET_VALUE_SETS.values(), ids=list(FLEET_VALUE_SETS))
+def test_every_fleet_rendering_is_valid_kubernetes_from_1_29_to_1_37(
+    values: dict[str, Any],
+) -> None:
+    manifests = render_all(values)
+    jobs = [m for m in manifests.values() if m["kind"] == "Job"]
+
+    for version in KUBERNETES:
+        for manifest in manifests.values():
+            kubernetes_validate.validate(manifest, version, strict=True)
+    assert [j["spec"].get("completionMode") for j in jobs][-1] == "Indexed"
+    assert len(jobs) == (2 if values["fleet"].get("canary") else 1)
+    for job in jobs:
+        assert_no_password(yaml.safe_dump(job))
+        assert container(job)["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_lint_is_clean_with_a_fleet() -> None:
+    report = helm_python.lint(str(CHART), with_fleet(FLEET, canary=1), strict=True)
+
+    assert report["errors"] == []
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+BAD_SCHEMA = {
+    "no pods": with_fleet(FLEET, pods=0),
+    "pods as text": with_fleet(FLEET, pods="3"),
+    "negative canary": with_fleet(FLEET, canary=-1),
+    "a target with a line break": with_fleet(FLEET, targets={"list": ["a\nb"]}),
+    "unknown fleet key": with_fleet(FLEET, shards=3),
+    "no parallelism": with_fleet(FLEET, parallelism=0),
+}
+
+
+@pytest.mark.parametrize("values", BAD_SCHEMA.values(), ids=list(BAD_SCHEMA))
+def test_the_schema_rejects_bad_fleet_values(values: dict[str, Any]) -> None:
+    chart = helm_python.Chart.load(str(CHART))
+    with pytest.raises(helm_python.HelmValuesError):
+        chart.validate_schema(chart.merge_values(values))
+
+
+BAD_COMBINATIONS = {
+    "no targets": ({**PARTS, "fleet": {"enabled": True}}, "targets.list"),
+    "a downgrade": (
+        {**FLEET, "migrator": {"command": "downgrade", "allowDowngrade": True}},
+        "migrator.command must be upgrade",
+    ),
+    "more failed indexes than pods": (
+        with_fleet(FLEET, maxFailedIndexes=4),
+        "fleet.maxFailedIndexes must not exceed fleet.pods",
+    ),
+    "a canary nothing waits for": (
+        with_fleet({**FLEET, "job": {"hook": False}}, canary=1),
+        "fleet.canary needs job.hook",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_COMBINATIONS.values(), ids=list(BAD_COMBINATIONS))
+def test_values_that_cannot_work_fail_the_render_saying_why(
+    case: tuple[dict[str, Any], str],
+) -> None:
+    values, message = case
+    chart = helm_python.Chart.load(str(CHART))
+    with pytest.raises(helm_python.HelmError, match=message):
+        chart.render(values, name="shop", namespace="prod")
