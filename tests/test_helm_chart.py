@@ -371,7 +371,7 @@ OPENSHIFT_ID = 1000680000  # what OpenShift assigns when the chart leaves the id
 
 
 def docker_memory(quantity: str) -> str:
-    """A Kubernetes memory quantity (256Mi, 1Gi) as `docker run --memory` takes it."""
+    """A Kubernetes quantity of bytes (256Mi, 1Gi) as Docker takes it (256m, 1g)."""
     for suffix, unit in (("Ki", "k"), ("Mi", "m"), ("Gi", "g")):
         if quantity.endswith(suffix):
             return quantity.removesuffix(suffix) + unit
@@ -389,12 +389,17 @@ def pod_command(
     """`docker run` for the Job's pod as the kubelet would run it, and the environment the
     command's `-e NAME` flags read: same image, command, args, env, Secret volumes (each
     one's data, by key, in `secrets` under the Secret's name), user, read-only root, dropped
-    capabilities, tmpfs /tmp, memory limit. `extra_env` is what Kubernetes adds itself."""
+    capabilities, emptyDir volumes as tmpfs of their size limit, memory limit. `extra_env` is
+    what Kubernetes adds itself."""
     pod = job["spec"]["template"]["spec"]
     migrator = container(job)
     security = {"runAsUser": OPENSHIFT_ID, "fsGroup": OPENSHIFT_ID, **pod["securityContext"]}
     mounts = []
     for volume in pod["volumes"]:
+        mount = next(m for m in migrator["volumeMounts"] if m["name"] == volume["name"])
+        if "emptyDir" in volume:
+            size = docker_memory(volume["emptyDir"]["sizeLimit"])
+            mounts += ["--tmpfs", f"{mount['mountPath']}:size={size}"]
         if "secret" not in volume:
             continue
         folder = directory / volume["name"]
@@ -405,7 +410,6 @@ def pod_command(
             path.write_text(data[item["key"]])
             os.chown(path, 0, security["fsGroup"])
             path.chmod(volume["secret"]["defaultMode"])
-        mount = next(m for m in migrator["volumeMounts"] if m["name"] == volume["name"])
         mounts += ["-v", f"{folder}:{mount['mountPath']}:ro"]
     env = {item["name"]: item["value"] for item in migrator["env"]} | (extra_env or {})
     command = [
@@ -421,8 +425,6 @@ def pod_command(
         "ALL",
         "--security-opt",
         "no-new-privileges",
-        "--tmpfs",
-        "/tmp",
         "--memory",
         docker_memory(migrator["resources"]["limits"]["memory"]),
         *mounts,
