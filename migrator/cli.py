@@ -119,6 +119,39 @@ def build_parser() -> argparse.ArgumentParser:
     add_json(
         add(commands.check, "check", "exit 5 unless the database is at head and the models match")
     )
+    fleet = subcommands.add_parser(
+        "fleet",
+        help="run a command on every target of MIGRATOR_FLEET_FILE (tenant databases or "
+        "schemas), a few at a time",
+    )
+    fleet_commands = fleet.add_subparsers(
+        dest="fleet_command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
+
+    def add_fleet(
+        command: Callable[..., None], name: str, help_text: str
+    ) -> argparse.ArgumentParser:
+        subparser = fleet_commands.add_parser(
+            name, parents=[common], help=help_text, description=help_text
+        )
+        subparser.set_defaults(func=command)
+        add_json(subparser)
+        return subparser
+
+    fleet_upgrade = add_fleet(commands.fleet_upgrade, "upgrade", "upgrade each target to TARGET")
+    fleet_upgrade.add_argument("target", nargs="?", metavar="TARGET")
+    fleet_upgrade.add_argument(
+        "--canary-only",
+        action="store_true",
+        help="only the first MIGRATOR_FLEET_CANARY targets (a canary Job before the fleet)",
+    )
+    add_fleet(
+        commands.fleet_downgrade, "downgrade", "downgrade each target to TARGET"
+    ).add_argument("target", metavar="TARGET")
+    add_fleet(commands.fleet_current, "current", "each target's revision")
+    fleet_plan = add_fleet(commands.fleet_plan, "plan", "the revisions each target would run")
+    fleet_plan.add_argument("direction", choices=("upgrade", "downgrade"))
+    fleet_plan.add_argument("target", metavar="TARGET")
     add(commands.wait, "wait", "only wait until the database accepts connections")
     add(
         commands.manifest,
@@ -139,11 +172,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         args = build_parser().parse_args(arguments or command_from_environment(environ))
         settings = load_settings(environ, _flags(args))
         mask = Mask(settings.passwords)
-        setup_logging(settings.log_format, settings.log_level, mask)
+        setup_logging(settings.log_format, settings.log_level, mask, settings.tenant)
         sys.stdout = MaskedStream(sys.stdout, mask)
         options = _options(args)
+        command = args.fleet_command if args.command == "fleet" else args.command
         target = resolve_target(
-            args.command, options.get("target"), environ, from_environment=from_environment
+            command, options.get("target"), environ, from_environment=from_environment
         )
         if "target" in options:
             options["target"] = target
@@ -178,7 +212,16 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
     """The command's own arguments, by the name its function takes them."""
-    general = {"command", "func", "config", "wait_timeout", "lock_timeout", "log_format", "debug"}
+    general = {
+        "command",
+        "fleet_command",
+        "func",
+        "config",
+        "wait_timeout",
+        "lock_timeout",
+        "log_format",
+        "debug",
+    }
     return {name: value for name, value in vars(args).items() if name not in general}
 
 

@@ -14,11 +14,17 @@ from typing import Any
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
+from migrator import fleet, run, signals
 from migrator import manifest as project_manifest
-from migrator import run, signals
 from migrator import safety as safety_report
-from migrator.config import Settings
-from migrator.errors import DifferenceFound, MigratorError, SafetyRefused, UsageError
+from migrator.config import Settings, load_fleet_settings
+from migrator.errors import (
+    DifferenceFound,
+    FleetFailed,
+    MigratorError,
+    SafetyRefused,
+    UsageError,
+)
 from migrator.lock import migration_lock
 from migrator.logs import Summary, log
 from migrator.run import Direction, State
@@ -223,6 +229,98 @@ def wait(settings: Settings, summary: Summary) -> None:
     """Only wait until the database accepts connections (an init container's job)."""
     with _database(settings):
         pass
+
+
+def fleet_upgrade(
+    settings: Settings,
+    summary: Summary,
+    target: str,
+    as_json: bool = False,
+    canary_only: bool = False,
+) -> None:
+    """Upgrade every target of MIGRATOR_FLEET_FILE to `target`, a few at a time, each as its
+    own run; with `canary_only`, only the first MIGRATOR_FLEET_CANARY (a Job before the
+    fleet's)."""
+    _fleet(settings, summary, ["upgrade", target], target, as_json, canary_only)
+
+
+def fleet_downgrade(
+    settings: Settings, summary: Summary, target: str, as_json: bool = False
+) -> None:
+    """Downgrade every target of MIGRATOR_FLEET_FILE to `target`."""
+    _fleet(settings, summary, ["downgrade", target], target, as_json)
+
+
+def fleet_current(settings: Settings, summary: Summary, as_json: bool = False) -> None:
+    """Each target's revision, and whether it is head."""
+    _fleet(settings, summary, ["current"], None, as_json)
+
+
+def fleet_plan(
+    settings: Settings, summary: Summary, direction: Direction, target: str, as_json: bool = False
+) -> None:
+    """The revisions an upgrade or downgrade would run on each target; changes nothing."""
+    _fleet(settings, summary, ["plan", direction, target], None, as_json)
+
+
+def _fleet(
+    settings: Settings,
+    summary: Summary,
+    arguments: list[str],
+    target: str | None,
+    as_json: bool,
+    canary_only: bool = False,
+) -> None:
+    summary.command = f"fleet-{arguments[0]}"
+    fleet_settings = load_fleet_settings(os.environ)
+    if canary_only and fleet_settings.canary == 0:
+        raise UsageError("--canary-only: set MIGRATOR_FLEET_CANARY to the number of canaries")
+    targets = fleet.read_targets(fleet_settings, settings)
+    if canary_only:
+        targets = targets[: fleet_settings.canary]
+    else:
+        targets = fleet.share(targets, fleet_settings)
+    config, script = run.alembic_project(settings)
+    wanted = None
+    if target is not None:
+        run.refuse_unresolvable_target(script, target)
+        wanted = run.revisions_at(script, target)
+    log.info(
+        "fleet %s: %d target(s), %d at a time%s",
+        " ".join(arguments),
+        len(targets),
+        fleet_settings.parallelism,
+        f" (share {fleet_settings.shard} of {fleet_settings.shards})"
+        if fleet_settings.shards > 1
+        else "",
+    )
+    table = run.version_table(config, script) if wanted is not None else None
+    outcomes = fleet.run(settings, fleet_settings, targets, arguments, wanted, table)
+    summary.fleet = fleet.counts(outcomes)
+    if as_json:
+        print(json.dumps({"targets": [_fleet_entry(outcome) for outcome in outcomes]}))
+    else:
+        for outcome in outcomes:
+            print(
+                f"{outcome.target.name}: {outcome.status} "
+                f"({outcome.from_revision or '-'} -> {outcome.to_revision or '-'}, "
+                f"{outcome.applied} applied, {outcome.seconds:.2f} s)"
+            )
+            print("".join(f"  {line}\n" for line in outcome.output.splitlines()), end="")
+    status = fleet.exit_status(outcomes)
+    if status:
+        raise FleetFailed(
+            f"fleet: {summary.fleet['failed']} target(s) failed, "
+            f"{summary.fleet['skipped']} skipped; exit status of the first failed: {status}",
+            status,
+        )
+
+
+def _fleet_entry(outcome: fleet.Outcome) -> dict[str, Any]:
+    entry = outcome.fields()
+    if outcome.revisions:
+        entry["revisions"] = outcome.revisions
+    return entry
 
 
 def _migrate(

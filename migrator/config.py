@@ -6,6 +6,7 @@ Every bad value is a UsageError (exit 2) naming the variable; no value of a secr
 from __future__ import annotations
 
 import math
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ KEEPALIVES = (
 )
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off")
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _TARGET_CHARACTERS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_@+-:.")
 
 
@@ -63,6 +65,10 @@ class Settings:
     # A finding on a table with this many live rows is a warning, an error (migrator.safety).
     safety_warn_rows: int = 10_000
     safety_error_rows: int = 100_000
+    # A schema target of a fleet: search_path set to it, a migration lock of its own.
+    schema: str | None = None
+    # The tenant every log line names (`fleet` sets it for each target it runs).
+    tenant: str | None = None
 
     def masked_url(self) -> str:
         if self.database_url is None:
@@ -87,6 +93,8 @@ class Settings:
             options.append(f"-c statement_timeout={milliseconds(self.statement_timeout)}")
         if self.ddl_lock_timeout is not None:
             options.append(f"-c lock_timeout={milliseconds(self.ddl_lock_timeout)}")
+        if self.schema is not None:
+            options.append(f"-c search_path={self.schema}")
         if options:
             query["options"] = " ".join(options)
         return url.update_query_dict(query)
@@ -151,7 +159,58 @@ def load_settings(
         safety=_choice(values, "MIGRATOR_SAFETY", SAFETY_MODES, "warn"),
         safety_warn_rows=_count(values, "MIGRATOR_SAFETY_WARN_ROWS", 10_000),
         safety_error_rows=_count(values, "MIGRATOR_SAFETY_ERROR_ROWS", 100_000),
+        schema=_optional_schema(values),
+        tenant=values.raw("MIGRATOR_TENANT"),
     )
+
+
+@dataclass(frozen=True)
+class FleetSettings:
+    """`migrator fleet`: where the targets are, and how many to run at once."""
+
+    targets_file: Path
+    parallelism: int
+    canary: int
+    max_failures: int
+    shards: int
+    shard: int  # this pod's share: the targets whose position modulo `shards` is `shard`
+
+
+def load_fleet_settings(environ: Mapping[str, str]) -> FleetSettings:
+    values = _Values(environ, {})
+    raw_file = values.raw("MIGRATOR_FLEET_FILE")
+    if raw_file is None:
+        raise UsageError("MIGRATOR_FLEET_FILE: required for `fleet` (one target per line)")
+    shards = _at_least_one(values, "MIGRATOR_FLEET_SHARDS", 1)
+    shard = _count(values, "JOB_COMPLETION_INDEX", 0)
+    if shard >= shards:
+        raise UsageError(
+            f"JOB_COMPLETION_INDEX: {shard} is not below MIGRATOR_FLEET_SHARDS ({shards}); "
+            "set MIGRATOR_FLEET_SHARDS to the Job's completions"
+        )
+    return FleetSettings(
+        targets_file=Path(raw_file).absolute(),
+        parallelism=_at_least_one(values, "MIGRATOR_FLEET_PARALLELISM", 4),
+        canary=_count(values, "MIGRATOR_FLEET_CANARY", 0),
+        max_failures=_at_least_one(values, "MIGRATOR_FLEET_MAX_FAILURES", 1),
+        shards=shards,
+        shard=shard,
+    )
+
+
+def _optional_schema(values: _Values) -> str | None:
+    name = values.raw("MIGRATOR_SCHEMA")
+    return None if name is None else schema_name(name, values.label("MIGRATOR_SCHEMA"))
+
+
+def schema_name(name: str, label: str) -> str:
+    """A schema name plain enough to stand unquoted in search_path and in every log line."""
+    if not _SCHEMA_NAME.fullmatch(name):
+        raise UsageError(
+            f"{label}: {name!r} is not a plain schema name (a lowercase letter or _, then "
+            "lowercase letters, digits or _; at most 63)"
+        )
+    return name
 
 
 def command_from_environment(environ: Mapping[str, str]) -> list[str]:
@@ -264,6 +323,13 @@ def _whole_seconds(values: _Values, name: str, default: int) -> int:
     return int(raw)
 
 
+def _at_least_one(values: _Values, name: str, default: int) -> int:
+    count = _count(values, name, default)
+    if count < 1:
+        raise UsageError(f"{values.label(name)}: must be 1 or more")
+    return count
+
+
 def _count(values: _Values, name: str, default: int) -> int:
     raw = values.raw(name)
     if raw is None:
@@ -333,7 +399,7 @@ def _secret(values: _Values, name: str) -> str | None:
 def _database_url(values: _Values) -> URL | None:
     url_text = _secret(values, "DATABASE_URL")
     if url_text is not None:
-        return _parse_url(url_text.strip())
+        return parse_url(url_text.strip())
     if any(values.raw(name) for name in ("DB_HOST", "DB_NAME", "DB_USER", "DB_PORT")):
         return _url_from_parts(values)
     return None
@@ -341,10 +407,10 @@ def _database_url(values: _Values) -> URL | None:
 
 def _verify_url(values: _Values) -> URL | None:
     text = values.raw("MIGRATOR_VERIFY_URL")
-    return None if text is None else _parse_url(text, "MIGRATOR_VERIFY_URL")
+    return None if text is None else parse_url(text, "MIGRATOR_VERIFY_URL")
 
 
-def _parse_url(text: str, label: str = "DATABASE_URL") -> URL:
+def parse_url(text: str, label: str = "DATABASE_URL") -> URL:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 

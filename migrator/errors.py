@@ -66,6 +66,14 @@ class SafetyRefused(MigratorError):
     status = "refused by safety"
 
 
+class FleetFailed(MigratorError):
+    """Some targets of a fleet failed: the first failed target's exit status (file order)."""
+
+    def __init__(self, message: str, exit_status: int) -> None:
+        super().__init__(message)
+        self.exit_status = exit_status
+
+
 class Interrupted(MigratorError):
     """SIGTERM or SIGINT stopped the run; the revision in flight was rolled back."""
 

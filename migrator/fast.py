@@ -56,7 +56,7 @@ def _answer(arguments: Sequence[str], environ: Mapping[str, str], summary: Summa
     settings = config.load_settings(environ, {}, urls=False)  # raises on any bad value
     parameters, masked, passwords = _connection(environ, settings)
     mask = Mask(passwords)
-    setup_logging(settings.log_format, settings.log_level, mask)
+    setup_logging(settings.log_format, settings.log_level, mask, settings.tenant)
     try:
         known = manifest.read(settings.alembic_ini)
     except (OSError, ValueError, KeyError) as error:
@@ -91,7 +91,7 @@ def _check_request(arguments: Sequence[str], environ: Mapping[str, str]) -> None
     for name, value in wanted.items():
         if environ.get(name, "").strip() not in ("", value):
             raise Doubt(f"{name} asks for something else")
-    for name in ("MIGRATOR_STATEMENT_TIMEOUT", "MIGRATOR_DDL_LOCK_TIMEOUT"):
+    for name in ("MIGRATOR_STATEMENT_TIMEOUT", "MIGRATOR_DDL_LOCK_TIMEOUT", "MIGRATOR_SCHEMA"):
         if environ.get(name, "").strip():
             raise Doubt(f"{name} is checked on the session")
 

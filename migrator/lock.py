@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
@@ -29,7 +30,8 @@ from migrator.errors import LockLost, LockTimeout, connection_lost, reason
 from migrator.logs import log
 from migrator.session import TOKEN_SETTING, Session, transaction_pooling
 
-# One key for every release of every project, so that any two runs on a database serialise.
+# One key for every release of every project, so that any two runs on a database serialise
+# (a schema target of a fleet: any two runs on that schema).
 LOCK_KEY = int.from_bytes(b"migrator", "big")
 HEARTBEAT_SECONDS = 2.0
 # How far past the lock timeout a lock query may stall before the run gives up on it.
@@ -37,7 +39,19 @@ STALL_GRACE_SECONDS = 2.0
 # While waiting for the lock, how often to look whether another run has done the work.
 LOOK_AGAIN_SECONDS = 0.25
 
-_KEY = {"high": LOCK_KEY >> 32, "low": LOCK_KEY & 0xFFFFFFFF}
+
+def lock_key(schema: str | None) -> int:
+    """The database's key; a schema's own (the tenants of one database run side by side)."""
+    if schema is None:
+        return LOCK_KEY
+    return (LOCK_KEY >> 32 << 32) | zlib.crc32(schema.encode())
+
+
+def _key_parts(key: int) -> dict[str, int]:
+    """The key as pg_locks shows it."""
+    return {"high": key >> 32, "low": key & 0xFFFFFFFF}
+
+
 _HELD_BY = """
     EXISTS (
         SELECT 1 FROM pg_locks
@@ -107,6 +121,7 @@ class MigrationLock:
 
     def __init__(self, session: Session) -> None:
         self.session = session
+        self.key = lock_key(session.settings.schema)
         self._released = threading.Event()
         self._heartbeat: threading.Thread | None = None
 
@@ -158,7 +173,7 @@ class MigrationLock:
         )
         try:
             with signals.deadline(give_up_at - time.monotonic() + STALL_GRACE_SECONDS, stalled):
-                row = self.session.query(_TRY_LOCK, token=self.session.token, key=LOCK_KEY)
+                row = self.session.query(_TRY_LOCK, token=self.session.token, key=self.key)
         except DBAPIError as error:
             if not connection_lost(error) or signals.stop_requested.is_set():
                 raise
@@ -175,7 +190,8 @@ class MigrationLock:
         """Inside a revision's transaction, before it commits: is the lock still ours?"""
         if signals.stop_requested.is_set():
             raise signals.interrupted()
-        row = migration_connection.execute(_FENCE, {"pid": self.session.pid, **_KEY}).one()
+        parameters = {"pid": self.session.pid, **_key_parts(self.key)}
+        row = migration_connection.execute(_FENCE, parameters).one()
         shares_session = migration_connection is self.session.connection
         if shares_session and (row.pid != self.session.pid or row.token != self.session.token):
             raise transaction_pooling()
@@ -185,7 +201,7 @@ class MigrationLock:
     def confirm(self) -> None:
         """Ask the lock's own session whether it still holds the lock; stop the run if not."""
         try:
-            row = self.session.query(_CONFIRM, token=self.session.token, **_KEY)
+            row = self.session.query(_CONFIRM, token=self.session.token, **_key_parts(self.key))
             held = row is not None and row[0]
             problem = "it is no longer held" if not held else ""
         except Exception as error:  # whatever went wrong, the lock is not known to be held
@@ -216,7 +232,7 @@ class MigrationLock:
         with suppress(Exception), self.session.mutex:
             self.session.connection.execute(
                 _UNLOCK.execution_options(migrator_cleanup=True),
-                {"token": self.session.token, "key": LOCK_KEY},
+                {"token": self.session.token, "key": self.key},
             )
             self.session.connection.commit()
 
@@ -238,7 +254,7 @@ def migration_lock(
 
 def lock_holder(session: Session) -> str:
     try:
-        row = session.query(_LOCK_HOLDER, **_KEY)
+        row = session.query(_LOCK_HOLDER, **_key_parts(lock_key(session.settings.schema)))
     except DBAPIError as error:
         return f"an unknown session ({reason(error)})"
     return "nobody (it was just released)" if row is None else describe_session(row)

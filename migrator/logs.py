@@ -27,8 +27,17 @@ class Summary:
     started: float = field(default_factory=time.monotonic)
     # Each revision that ran: revision, direction, seconds; or, for `plan`, that would run.
     revisions: list[dict[str, Any]] = field(default_factory=list)
+    # `fleet`: how many targets, and how many of them ok, failed and skipped.
+    fleet: dict[str, int] | None = None
 
     def fields(self) -> dict[str, Any]:
+        if self.fleet is not None:
+            return {
+                "command": self.command,
+                **self.fleet,
+                "seconds": round(time.monotonic() - self.started, 3),
+                "status": self.status,
+            }
         return {
             "command": self.command,
             "from": self.from_revision,
@@ -54,10 +63,12 @@ def shorten(text: str) -> str:
 
 
 class TextFormatter(logging.Formatter):
-    def __init__(self, mask: Mask) -> None:
-        super().__init__("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%dT%H:%M:%S")
+    def __init__(self, mask: Mask, tenant: str | None = None) -> None:
+        named = "" if tenant is None else f"[{tenant.replace('%', '%%')}] "
+        super().__init__(f"%(asctime)s %(levelname)-7s {named}%(message)s", "%Y-%m-%dT%H:%M:%S")
         self.converter = time.gmtime
         self.mask = mask
+        self.tenant = tenant
 
     def format(self, record: logging.LogRecord) -> str:
         return shorten(self.mask(super().format(record)))
@@ -75,6 +86,8 @@ class JsonFormatter(TextFormatter):
             "level": record.levelname.lower(),
             "message": record.getMessage(),
         }
+        if self.tenant is not None:
+            entry["tenant"] = self.tenant
         entry.update(getattr(record, "fields", {}))
         if record.name != log.name:
             entry["logger"] = record.name
@@ -87,10 +100,13 @@ class JsonFormatter(TextFormatter):
         return json.dumps(masked, default=str)
 
 
-def setup_logging(log_format: str, level: str, mask: Mask | None = None) -> None:
+def setup_logging(
+    log_format: str, level: str, mask: Mask | None = None, tenant: str | None = None
+) -> None:
+    """Log lines on stderr; each names `tenant` when given (a fleet's target)."""
     mask = mask or Mask()
     handler = logging.StreamHandler(sys.stderr)
-    formatter = JsonFormatter(mask) if log_format == "json" else TextFormatter(mask)
+    formatter = (JsonFormatter if log_format == "json" else TextFormatter)(mask, tenant)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]

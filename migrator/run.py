@@ -105,6 +105,14 @@ def refuse_unresolvable_target(script: ScriptDirectory, target: str) -> None:
         raise UsageError(describe_resolution_error(script, target, error)) from None
 
 
+def revisions_at(script: ScriptDirectory, target: str) -> tuple[str, ...] | None:
+    """The version table's rows once a database has reached `target`; None when that depends
+    on where the database is (a relative or ranged target)."""
+    if RELATIVE_TARGET.search(target) or ":" in target:
+        return None
+    return tuple(sorted(revision.revision for revision in script.get_revisions(target) if revision))
+
+
 def inspect(config: Config, script: ScriptDirectory, direction: Direction, target: str) -> State:
     """Read the database's revisions through env.py and plan the way to `target`."""
     found: list[State] = []

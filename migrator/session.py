@@ -47,7 +47,8 @@ _CHECK = text(
            current_setting('statement_timeout') AS statement_timeout,
            current_setting('lock_timeout') AS lock_timeout,
            (SELECT setting FROM pg_settings WHERE name = 'statement_timeout') AS statement_ms,
-           (SELECT setting FROM pg_settings WHERE name = 'lock_timeout') AS lock_ms
+           (SELECT setting FROM pg_settings WHERE name = 'lock_timeout') AS lock_ms,
+           current_schema() IS NOT NULL AS schema_exists
     """
 )
 _INVALID_INDEXES = text(
@@ -167,6 +168,11 @@ class Session:
         if row.token != self.token:
             raise transaction_pooling()
         self._check_timeouts(row)
+        if self.settings.schema is not None and not row.schema_exists:
+            raise UsageError(
+                f"MIGRATOR_SCHEMA: schema {self.settings.schema} does not exist in this "
+                "database (create it when the tenant is created)"
+            )
         if self.writable and (row.in_recovery or row.read_only):
             why = (
                 "in recovery (a standby; a failover in progress?)"
@@ -193,6 +199,8 @@ class Session:
             "tcp_user_timeout": keepalives["tcp_user_timeout"],
             "client_connection_check_interval": str(settings.network_timeout * 1000 // 3),
         }
+        if settings.schema is not None:  # a fleet's schema target: env.py works in it
+            values["search_path"] = settings.schema
         # Set here as well as in the startup options: a pooler may ignore those.
         if settings.statement_timeout is not None:
             values["statement_timeout"] = str(milliseconds(settings.statement_timeout))

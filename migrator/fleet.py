@@ -1,0 +1,376 @@
+"""Fleets: one command over many tenant databases or schemas (`migrator fleet`).
+
+Each target is a run of its own (its wait, lock, revisions and judgement), in a process of
+its own, because Alembic's `context` is process-global. The processes are forked from a
+server that imported the migrator once, so a target costs its work, not an interpreter's
+start. A target already at the wanted revision is answered here, with one connection and
+one query, and no process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Column, MetaData, String, Table, create_engine, select
+from sqlalchemy.engine import URL
+from sqlalchemy.pool import NullPool
+
+from migrator import signals
+from migrator.config import FleetSettings, Settings, parse_url, schema_name
+from migrator.errors import UsageError
+from migrator.logs import log
+from migrator.masking import Mask
+
+# What a target's process may not inherit: the fleet's own connection, command and outputs.
+_NOT_INHERITED = (
+    "DATABASE_URL",
+    "DATABASE_URL_FILE",
+    "DB_HOST",
+    "DB_PORT",
+    "DB_NAME",
+    "DB_USER",
+    "DB_PASSWORD",
+    "DB_PASSWORD_FILE",
+    "MIGRATOR_COMMAND",
+    "MIGRATOR_TARGET",
+    "MIGRATOR_SUMMARY_FILE",
+    "MIGRATOR_TERMINATION_LOG",
+)
+# Imported once by the process server; every target's process starts with them loaded.
+_PRELOAD = ["migrator.cli", "migrator.commands", "sqlalchemy.dialects.postgresql.psycopg2"]
+# After a stop, how long running targets get to roll back before they are killed: within
+# the fleet's own stop grace, so that the fleet can still report each of them.
+_STOP_WAIT_SECONDS = signals.STOP_GRACE_SECONDS - 1.5
+
+
+@dataclass(frozen=True)
+class Target:
+    """One line of the targets file."""
+
+    line: int
+    name: str  # as every output shows it: a database, `schema=NAME`, or a URL, masked
+    url: URL
+    schema: str | None = None
+
+
+@dataclass
+class Outcome:
+    """What became of a target; `status` is ok, failed, interrupted or skipped."""
+
+    target: Target
+    status: str = "skipped"
+    exit_status: int | None = None
+    from_revision: str | None = None
+    to_revision: str | None = None
+    applied: int = 0
+    seconds: float = 0.0
+    revisions: list[dict[str, Any]] = field(default_factory=list)
+    output: str = ""  # what its command printed
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "name": self.target.name,
+            "from": self.from_revision,
+            "to": self.to_revision,
+            "applied": self.applied,
+            "status": self.status,
+            "exit_status": self.exit_status,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def read_targets(fleet: FleetSettings, settings: Settings) -> list[Target]:
+    """Every target of the file, checked before anything runs: a database name on the
+    configured server, a URL, or `schema=NAME` in the configured database."""
+    path = fleet.targets_file
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        why = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
+        raise UsageError(f"MIGRATOR_FLEET_FILE: cannot read {path}: {why}") from None
+    targets: list[Target] = []
+    seen: dict[tuple[str, str | None], int] = {}
+    for number, raw in enumerate(lines, start=1):
+        text = raw.strip()
+        if not text or text.startswith("#"):
+            continue
+        target = _target(text, number, settings)
+        key = (target.url.render_as_string(hide_password=True), target.schema)
+        if key in seen:
+            raise UsageError(
+                f"MIGRATOR_FLEET_FILE line {number}: {target.name} is line {seen[key]} again"
+            )
+        seen[key] = number
+        targets.append(target)
+    if not targets:
+        raise UsageError(f"MIGRATOR_FLEET_FILE: {path} names no target")
+    return targets
+
+
+def _target(text: str, number: int, settings: Settings) -> Target:
+    label = f"MIGRATOR_FLEET_FILE line {number}"
+    if "://" in text:
+        url = parse_url(text, label)
+        if not url.database:
+            raise UsageError(f"{label}: the URL names no database")
+        return Target(number, Mask()(text), url)  # as written, its password hidden
+    base = settings.database_url
+    if base is None:
+        raise UsageError(
+            f"{label}: a database or schema name needs a configured server: set "
+            "DATABASE_URL (or DB_HOST, DB_USER and DB_PASSWORD), or give full URLs"
+        )
+    if text.startswith("schema="):
+        schema = schema_name(text.removeprefix("schema="), label)
+        return Target(number, f"schema={schema}", base, schema)
+    if any(character.isspace() or character in "/?@=" for character in text):
+        raise UsageError(
+            f"{label}: {text!r} is not a database name, a postgresql:// URL or schema=NAME"
+        )
+    return Target(number, text, base.set(database=text))
+
+
+def share(targets: Sequence[Target], fleet: FleetSettings) -> list[Target]:
+    """This pod's share: every target whose position modulo the shards is its index."""
+    return [
+        target for position, target in enumerate(targets) if position % fleet.shards == fleet.shard
+    ]
+
+
+def run(
+    settings: Settings,
+    fleet: FleetSettings,
+    targets: Sequence[Target],
+    arguments: Sequence[str],
+    wanted: Sequence[str] | None,
+    version_table: tuple[str, str | None] | None,
+) -> list[Outcome]:
+    """Run `migrator ARGUMENTS` on each target: the first `fleet.canary` first, the rest only
+    when all of those succeeded; no new target once `fleet.max_failures` have failed.
+
+    With `wanted` (the revisions the command ends at) and the version table, a target
+    already there is answered without a process.
+    """
+    outcomes = {target: Outcome(target) for target in targets}
+    pending = list(targets)
+    if wanted is not None and version_table is not None:
+        there = _already_there(settings, fleet, pending, wanted, version_table)
+        for target, seconds in there.items():
+            outcome = outcomes[target]
+            outcome.status, outcome.exit_status, outcome.seconds = "ok", 0, seconds
+            outcome.from_revision = outcome.to_revision = ",".join(wanted) or "base"
+            log.info("[%s] nothing to do: at %s", target.name, outcome.to_revision)
+        pending = [target for target in pending if target not in there]
+    canary = [target for target in pending if target in set(targets[: fleet.canary])]
+    rest = [target for target in pending if target not in set(canary)]
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(_PRELOAD)
+    with tempfile.TemporaryDirectory(prefix="migrator-fleet-") as scratch:
+        runner = _Runner(context, settings, arguments, Path(scratch), outcomes)
+        if canary:
+            log.info("fleet: canary stage, %d target(s) first", len(canary))
+            runner.run(canary, fleet.parallelism, max_failures=1)
+            if runner.failures:
+                log.error("fleet: a canary target failed; the other targets are skipped")
+                rest = []
+        failures_left = fleet.max_failures - runner.failures
+        if rest and failures_left > 0 and not signals.stop_requested.is_set():
+            runner.run(rest, fleet.parallelism, failures_left)
+    return [outcomes[target] for target in targets]
+
+
+def _already_there(
+    settings: Settings,
+    fleet: FleetSettings,
+    targets: Sequence[Target],
+    wanted: Sequence[str],
+    version_table: tuple[str, str | None],
+) -> dict[Target, float]:
+    """The targets whose version table holds exactly `wanted`: one connection and one query
+    each, several at a time. Any doubt (no table, no connection) leaves a target to its run."""
+    name, schema = version_table
+    table = Table(name, MetaData(), Column("version_num", String), schema=schema)
+    query = select(table.c.version_num)
+
+    def at_wanted(target: Target) -> float | None:
+        if signals.stop_requested.is_set():
+            return None
+        started = time.monotonic()
+        engine = create_engine(
+            target_settings(settings, target).connection_url(), poolclass=NullPool
+        )
+        try:
+            with engine.connect() as connection:
+                heads = sorted(connection.execute(query).scalars())
+        except Exception as doubt:  # the target's own run says what is wrong, if anything
+            log.debug("[%s] not known to be at the target (%s)", target.name, type(doubt).__name__)
+            return None
+        finally:
+            engine.dispose()
+        return time.monotonic() - started if heads == sorted(wanted) else None
+
+    with ThreadPoolExecutor(max_workers=max(fleet.parallelism, 4)) as pool:
+        answers = list(pool.map(at_wanted, targets))
+    return {
+        target: seconds
+        for target, seconds in zip(targets, answers, strict=True)
+        if seconds is not None
+    }
+
+
+def target_settings(settings: Settings, target: Target) -> Settings:
+    return replace(settings, database_url=target.url, schema=target.schema, tenant=target.name)
+
+
+class _Runner:
+    """Runs targets in processes, a few at a time, and records their outcomes."""
+
+    def __init__(
+        self,
+        context: Any,
+        settings: Settings,
+        arguments: Sequence[str],
+        scratch: Path,
+        outcomes: dict[Target, Outcome],
+    ) -> None:
+        self.context = context
+        self.settings = settings
+        self.arguments = list(arguments)
+        self.scratch = scratch
+        self.outcomes = outcomes
+        self.failures = 0
+
+    def run(self, targets: Iterable[Target], parallelism: int, max_failures: int) -> None:
+        waiting = deque(targets)
+        running: dict[Any, tuple[Any, Target, float]] = {}
+        stop_sent_at: float | None = None
+        while waiting or running:
+            while (
+                waiting
+                and len(running) < parallelism
+                and self.failures < max_failures
+                and not signals.stop_requested.is_set()
+            ):
+                target = waiting.popleft()
+                process = self._start(target)
+                running[process.sentinel] = (process, target, time.monotonic())
+            if not running:
+                break
+            for sentinel in multiprocessing.connection.wait(list(running), timeout=0.2):
+                process, target, started = running.pop(sentinel)
+                process.join()
+                self._record(target, process.exitcode, time.monotonic() - started)
+            if signals.stop_requested.is_set():
+                if stop_sent_at is None:
+                    stop_sent_at = time.monotonic()
+                    for process, _, _ in running.values():
+                        process.terminate()  # SIGTERM: each rolls back and releases its lock
+                elif time.monotonic() - stop_sent_at > _STOP_WAIT_SECONDS:
+                    for process, _, _ in running.values():
+                        process.kill()  # its server drops the session and rolls back
+        for target in waiting:
+            log.info("[%s] skipped", target.name)
+
+    def _start(self, target: Target) -> Any:
+        environ = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
+        url = target.url.render_as_string(hide_password=False)
+        environ.update(
+            DATABASE_URL=url,
+            MIGRATOR_TENANT=target.name,
+            MIGRATOR_SUMMARY_FILE=str(self._summary_path(target)),
+            # The fleet writes the one termination message; the measurement would repeat
+            # the same revisions once per tenant (run `plan --safety` on one instead).
+            MIGRATOR_TERMINATION_LOG=str(self.scratch / "no-termination-log"),
+            MIGRATOR_SAFETY="off",
+        )
+        environ.pop("MIGRATOR_SCHEMA", None)
+        if target.schema is not None:
+            environ["MIGRATOR_SCHEMA"] = target.schema
+        output = self.scratch / f"{target.line}.out"
+        process = self.context.Process(
+            target=_run_target,
+            args=(self.arguments, environ, str(output)),
+            name=f"migrator-{target.line}",
+            daemon=False,
+        )
+        process.start()
+        return process
+
+    def _summary_path(self, target: Target) -> Path:
+        return self.scratch / f"{target.line}.json"
+
+    def _record(self, target: Target, exit_code: int | None, seconds: float) -> None:
+        outcome = self.outcomes[target]
+        exit_status = 128 + -exit_code if exit_code is not None and exit_code < 0 else exit_code
+        outcome.exit_status, outcome.seconds = exit_status, seconds
+        try:
+            summary = json.loads(self._summary_path(target).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            summary = {}
+        outcome.from_revision = summary.get("from")
+        outcome.to_revision = summary.get("to")
+        outcome.applied = int(summary.get("applied") or 0)
+        outcome.revisions = list(summary.get("revisions") or [])
+        with suppress(OSError):
+            outcome.output = (self.scratch / f"{target.line}.out").read_text(encoding="utf-8")
+        if exit_status == 0:
+            outcome.status = "ok"
+        elif exit_status in (128 + signal.SIGTERM, 128 + signal.SIGINT, 128 + signal.SIGKILL):
+            outcome.status = "interrupted"
+            self.failures += 1
+        else:
+            outcome.status = "failed"
+            self.failures += 1
+        log.log(
+            logging.INFO if outcome.status == "ok" else logging.ERROR,
+            "[%s] %s (exit %s) in %.2f s",
+            target.name,
+            outcome.status,
+            exit_status,
+            seconds,
+        )
+
+
+def _run_target(arguments: list[str], environ: Mapping[str, str], output: str) -> None:
+    """A target's process: the migrator's own main, its stdout kept for the fleet."""
+    from migrator.cli import main
+
+    os.environ.clear()
+    os.environ.update(environ)
+    descriptor = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.dup2(descriptor, 1)
+    os.close(descriptor)
+    sys.exit(main(arguments, environ))
+
+
+def counts(outcomes: Sequence[Outcome]) -> dict[str, int]:
+    statuses = [outcome.status for outcome in outcomes]
+    return {
+        "targets": len(outcomes),
+        "ok": statuses.count("ok"),
+        "failed": statuses.count("failed") + statuses.count("interrupted"),
+        "skipped": statuses.count("skipped"),
+    }
+
+
+def exit_status(outcomes: Sequence[Outcome]) -> int:
+    """0 when every target is there; else the first failed target's (in the file's order)."""
+    for outcome in outcomes:
+        if outcome.status in ("failed", "interrupted"):
+            return outcome.exit_status or 1
+    return 0 if all(outcome.status == "ok" for outcome in outcomes) else 1

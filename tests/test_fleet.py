@@ -1,0 +1,314 @@
+"""`migrator fleet`: tenant databases and tenant schemas on one real PostgreSQL, each target
+through the same wait, lock and run as a single run."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from conftest import (
+    PASSWORD,
+    PROJECTS,
+    ROLE,
+    Database,
+    Server,
+    finish,
+    run_migrator,
+    start_migrator,
+)
+from conftest import wait_for_line as read_until
+
+HEAD = "c3f9b7d21a58"  # the example project's head
+AUDITED = {"MIGRATOR_CONFIG": str(PROJECTS / "audited" / "alembic.ini")}
+AUDITED_ONCE = {"a1a1a1a1a1a1": 1, "a2a2a2a2a2a2": 1, "a3a3a3a3a3a3": 1}
+
+
+@dataclass
+class Fleet:
+    """Tenant databases on the test server, and tenant schemas in one database of it."""
+
+    server: Server
+    databases: list[Database]
+    schemas: list[str]
+    home: Database  # the configured database: the schemas live here
+    targets_file: Path
+
+    def write(self, lines: list[str]) -> None:
+        self.targets_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {**self.home.env, "MIGRATOR_FLEET_FILE": str(self.targets_file), **extra}
+
+    def schema_revision(self, schema: str) -> str | None:
+        rows = self.home.query(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = :schema "
+            "AND tablename = 'alembic_version'",
+            schema=schema,
+        )
+        if not rows[0][0]:
+            return None
+        rows = self.home.query(f"SELECT version_num FROM {schema}.alembic_version")
+        return ",".join(sorted(row[0] for row in rows)) or None
+
+    def applied(self, where: Database | str) -> dict[str, int]:
+        """The audited project's record of each revision's runs, in a database or schema."""
+        if isinstance(where, Database):
+            database, table = where, "applied"
+        else:
+            database, table = self.home, f"{where}.applied"
+        rows = database.query(f"SELECT revision, count(*) FROM {table} GROUP BY revision")
+        return {row[0]: int(row[1]) for row in rows}
+
+
+@pytest.fixture
+def make_fleet(server: Server, tmp_path: Path) -> Iterator[Callable[[int, int], Fleet]]:
+    created: list[str] = []
+
+    def make(databases: int, schemas: int) -> Fleet:
+        prefix = f"tenant_{uuid.uuid4().hex[:6]}"
+        names = [f"{prefix}_{number:03d}" for number in range(databases + 1)]
+        with server.admin.connect() as connection:
+            for name in names:
+                connection.execute(sa.text(f"CREATE DATABASE {name} OWNER {ROLE}"))
+                created.append(name)
+        home = Database(server, names[0])
+        schema_names = [f"{prefix}_s{number:03d}" for number in range(schemas)]
+        for schema in schema_names:
+            home.query(f"CREATE SCHEMA {schema}")
+        tenants = [Database(server, name) for name in names[1:]]
+        fleet = Fleet(server, tenants, schema_names, home, tmp_path / "targets")
+        fleet.write(
+            [database.name for database in tenants] + [f"schema={name}" for name in schema_names]
+        )
+        return fleet
+
+    yield make
+    with server.admin.connect() as connection:
+        for name in created:
+            connection.execute(sa.text(f"DROP DATABASE {name} WITH (FORCE)"))
+
+
+def summary_line(stderr: str) -> str:
+    (line,) = [line for line in stderr.splitlines() if "summary command=fleet" in line]
+    return line
+
+
+def targets_of(stdout: str) -> dict[str, dict[str, object]]:
+    return {entry["name"]: entry for entry in json.loads(stdout)["targets"]}
+
+
+def test_fifty_databases_and_fifty_schemas_reach_head_then_a_second_run_is_a_no_op(
+    make_fleet: Callable[[int, int], Fleet],
+) -> None:
+    fleet = make_fleet(50, 50)
+    result = run_migrator("fleet", "upgrade", "head", "--json", env=fleet.env(), timeout=600)
+
+    assert result.status == 0, result.stderr[-3000:]
+    assert "targets=100 ok=100 failed=0 skipped=0" in summary_line(result.stderr)
+    entries = targets_of(result.stdout)
+    assert {entry["status"] for entry in entries.values()} == {"ok"}
+    assert {entry["applied"] for entry in entries.values()} == {4}
+    assert [database.revision() for database in fleet.databases] == [HEAD] * 50
+    assert [fleet.schema_revision(schema) for schema in fleet.schemas] == [HEAD] * 50
+    # A schema tenant's tables are its own: nothing was created in the configured schema.
+    assert "cars" not in fleet.home.tables()
+    # Every line of a target's run names it.
+    assert re.search(rf"\[{fleet.schemas[7]}\] .*migration lock taken", result.stderr) is None
+    assert f"[schema={fleet.schemas[7]}]" in result.stderr
+    assert f"[{fleet.databases[7].name}]" in result.stderr
+
+    again = run_migrator("fleet", "upgrade", "head", "--json", env=fleet.env(), timeout=120)
+
+    assert again.status == 0, again.stderr[-3000:]
+    assert "targets=100 ok=100 failed=0 skipped=0" in summary_line(again.stderr)
+    assert {entry["applied"] for entry in targets_of(again.stdout).values()} == {0}
+    # Answered by the fleet itself: one query per target, no run of its own, no lock taken.
+    assert again.stderr.count("nothing to do: at") == 100
+    assert "migration lock" not in again.stderr
+
+
+def test_a_broken_tenant_fails_while_the_others_reach_head(
+    make_fleet: Callable[[int, int], Fleet],
+) -> None:
+    fleet = make_fleet(6, 2)
+    broken = fleet.databases[2]
+    broken.query("CREATE TABLE cars (id int)")  # the first revision creates it: a conflict
+    env = fleet.env(MIGRATOR_FLEET_MAX_FAILURES="3")
+    result = run_migrator("fleet", "upgrade", "--json", env=env, timeout=300)
+
+    assert result.status == 1, result.stderr[-3000:]
+    entries = targets_of(result.stdout)
+    assert entries[broken.name]["status"] == "failed"
+    assert entries[broken.name]["exit_status"] == 1
+    assert [e["status"] for name, e in entries.items() if name != broken.name] == ["ok"] * 7
+    assert "targets=8 ok=7 failed=1 skipped=0" in summary_line(result.stderr)
+    assert re.search(rf"\[{broken.name}\] .*ERROR", result.stderr) or re.search(
+        rf"ERROR +\[{broken.name}\]", result.stderr
+    )
+    assert broken.revision() is None
+    assert all(database.revision() == HEAD for database in fleet.databases if database != broken)
+
+
+def test_the_first_failure_stops_new_targets_by_default(
+    make_fleet: Callable[[int, int], Fleet],
+) -> None:
+    fleet = make_fleet(5, 0)
+    broken = fleet.databases[1]
+    broken.query("CREATE TABLE cars (id int)")
+    env = fleet.env(MIGRATOR_FLEET_PARALLELISM="1")
+    result = run_migrator("fleet", "upgrade", "head", "--json", env=env, timeout=300)
+
+    assert result.status == 1
+    statuses = [targets_of(result.stdout)[d.name]["status"] for d in fleet.databases]
+    assert statuses == ["ok", "failed", "skipped", "skipped", "skipped"]
+    assert "targets=5 ok=1 failed=1 skipped=3" in summary_line(result.stderr)
+    assert [database.revision() for database in fleet.databases[2:]] == [None] * 3
+
+
+def test_a_failed_canary_stops_the_fleet(make_fleet: Callable[[int, int], Fleet]) -> None:
+    fleet = make_fleet(6, 0)
+    canary = fleet.databases[1]
+    canary.query("CREATE TABLE cars (id int)")
+    env = fleet.env(MIGRATOR_FLEET_CANARY="2", MIGRATOR_FLEET_MAX_FAILURES="10")
+    result = run_migrator("fleet", "upgrade", "head", "--json", env=env, timeout=300)
+
+    assert result.status == 1
+    statuses = [targets_of(result.stdout)[d.name]["status"] for d in fleet.databases]
+    assert statuses == ["ok", "failed"] + ["skipped"] * 4
+    assert "a canary target failed" in result.stderr
+    assert [database.revision() for database in fleet.databases[2:]] == [None] * 4
+
+
+def test_canary_only_migrates_the_canaries(make_fleet: Callable[[int, int], Fleet]) -> None:
+    fleet = make_fleet(4, 0)
+    env = fleet.env(MIGRATOR_FLEET_CANARY="1")
+    result = run_migrator("fleet", "upgrade", "head", "--canary-only", env=env, timeout=300)
+
+    assert result.status == 0, result.stderr[-3000:]
+    assert "targets=1 ok=1" in summary_line(result.stderr)
+    assert [database.revision() for database in fleet.databases] == [HEAD, None, None, None]
+
+
+def test_concurrent_fleet_runs_never_migrate_a_tenant_twice(
+    make_fleet: Callable[[int, int], Fleet],
+) -> None:
+    fleet = make_fleet(3, 3)
+    env = fleet.env(**AUDITED, SAMPLE_SLEEP="1", MIGRATOR_FLEET_PARALLELISM="3")
+    started = time.monotonic()
+    runs = [start_migrator("fleet", "upgrade", "head", env=env) for _ in range(3)]
+    results = [finish(run, started, timeout=300) for run in runs]
+
+    assert [result.status for result in results] == [0, 0, 0], [r.stderr[-2000:] for r in results]
+    for database in fleet.databases:
+        assert fleet.applied(database) == AUDITED_ONCE
+    for schema in fleet.schemas:
+        assert fleet.applied(schema) == AUDITED_ONCE
+
+
+def test_sigterm_stops_the_fleet_rolls_back_and_says_which_finished(
+    make_fleet: Callable[[int, int], Fleet],
+) -> None:
+    fleet = make_fleet(4, 0)
+    env = fleet.env(**AUDITED, SAMPLE_SLEEP="60", MIGRATOR_FLEET_PARALLELISM="2")
+    started = time.monotonic()
+    run = start_migrator("fleet", "upgrade", "head", "--json", env=env)
+    read_until(run, "applied in")  # a1 committed somewhere; a2 sleeps
+    time.sleep(1)
+    run.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    result = finish(run, started, timeout=60)
+
+    assert result.status == 143, result.stderr[-3000:]
+    assert time.monotonic() - signalled < 12
+    statuses = [targets_of(result.stdout)[d.name]["status"] for d in fleet.databases]
+    assert statuses == ["interrupted", "interrupted", "skipped", "skipped"]
+    assert "targets=4 ok=0 failed=2 skipped=2" in summary_line(result.stderr)
+    for database in fleet.databases[:2]:
+        assert fleet.applied(database) == {"a1a1a1a1a1a1": 1}  # a2 was rolled back
+        assert database.advisory_locks() == 0
+    assert [database.revision() for database in fleet.databases[2:]] == [None, None]
+
+
+def test_a_pod_takes_its_share_of_the_targets(make_fleet: Callable[[int, int], Fleet]) -> None:
+    fleet = make_fleet(7, 0)
+    env = fleet.env(MIGRATOR_FLEET_SHARDS="3", JOB_COMPLETION_INDEX="1")
+    result = run_migrator("fleet", "upgrade", "head", env=env, timeout=300)
+
+    assert result.status == 0, result.stderr[-3000:]
+    revisions = [database.revision() for database in fleet.databases]
+    assert revisions == [None, HEAD, None, None, HEAD, None, None]
+    assert "share 1 of 3" in result.stderr
+
+
+def test_fleet_current_and_plan_report_each_target(
+    make_fleet: Callable[[int, int], Fleet],
+) -> None:
+    fleet = make_fleet(2, 1)
+    fleet.write([fleet.databases[0].name])
+    assert run_migrator("fleet", "upgrade", env=fleet.env(), timeout=300).status == 0
+    fleet.write([fleet.databases[0].name, fleet.databases[1].name, f"schema={fleet.schemas[0]}"])
+
+    current = run_migrator("fleet", "current", "--json", env=fleet.env(), timeout=300)
+    plan = run_migrator("fleet", "plan", "upgrade", "head", "--json", env=fleet.env(), timeout=300)
+
+    assert current.status == 0, current.stderr[-3000:]
+    entries = targets_of(current.stdout)
+    assert entries[fleet.databases[0].name]["from"] == HEAD
+    assert entries[fleet.databases[1].name]["from"] == "base"
+    assert plan.status == 0, plan.stderr[-3000:]
+    planned = targets_of(plan.stdout)
+    assert "revisions" not in planned[fleet.databases[0].name]
+    assert len(planned[f"schema={fleet.schemas[0]}"]["revisions"]) == 4  # type: ignore[arg-type]
+
+
+def test_urls_as_targets_never_show_their_password(
+    make_fleet: Callable[[int, int], Fleet],
+) -> None:
+    fleet = make_fleet(2, 0)
+    fleet.write([database.url for database in fleet.databases])
+    env = {"MIGRATOR_FLEET_FILE": str(fleet.targets_file), "MIGRATOR_LOG_FORMAT": "json"}
+    result = run_migrator("fleet", "upgrade", "head", "--json", env=env, timeout=300)
+
+    assert result.status == 0, result.stderr[-3000:]  # run_migrator checks every spelling
+    assert PASSWORD not in result.output
+    names = list(targets_of(result.stdout))
+    # Named as written, with the password hidden.
+    assert names == [
+        f"postgresql://{ROLE}:***@{database.url.split('@')[1]}" for database in fleet.databases
+    ]
+    tenants = {json.loads(line).get("tenant") for line in result.stderr.splitlines()}
+    assert set(names) <= tenants
+    assert [database.revision() for database in fleet.databases] == [HEAD, HEAD]
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        (["tenant_a", "tenant_b", "tenant_a"], "line 3: tenant_a is line 1 again"),
+        (["tenant_a", "tenant a"], "line 2: 'tenant a' is not a database name"),
+        (["schema=Bad-Name"], "line 1: 'Bad-Name' is not a plain schema name"),
+        (["postgresql://u:Sup3r@Secret@db/x"], "line 1: more than one @ before the host"),
+        (["# nothing but a comment", ""], "names no target"),
+    ],
+)
+def test_a_bad_targets_file_is_refused_before_anything_runs(
+    database: Database, tmp_path: Path, lines: list[str], message: str
+) -> None:
+    targets = tmp_path / "targets"
+    targets.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    env = {**database.env, "MIGRATOR_FLEET_FILE": str(targets)}
+    result = run_migrator("fleet", "upgrade", "head", env=env)
+
+    assert result.status == 2, result.output
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Sup3r" not in result.output and "Secret@db" not in result.output
+    assert database.tables() == set()
