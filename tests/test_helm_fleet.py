@@ -5,19 +5,28 @@ and its pods run for real under Docker, one container per index, against Postgre
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import helm_python
 import kubernetes_validate
 import pytest
+import sqlalchemy as sa
 import yaml
-from conftest import assert_no_password
+from conftest import ROLE, Database, Server, assert_no_password
 from test_helm_chart import (
     CHART,
     KUBERNETES,
     PARTS,
     URL,
     container,
+    database_values,
+    pod_command,
     render,
 )
 
@@ -309,3 +318,99 @@ def test_values_that_cannot_work_fail_the_render_saying_why(
     chart = helm_python.Chart.load(str(CHART))
     with pytest.raises(helm_python.HelmError, match=message):
         chart.render(values, name="shop", namespace="prod")
+
+
+@pytest.fixture
+def tenants(server: Server) -> Iterator[list[str]]:
+    """Nine empty tenant databases owned by ROLE."""
+    prefix = f"fleet_{uuid.uuid4().hex[:8]}"
+    names = [f"{prefix}_{letter}" for letter in "abcdefghi"]
+    with server.admin.connect() as connection:
+        for name in names:
+            connection.execute(sa.text(f"CREATE DATABASE {name} OWNER {ROLE}"))
+    yield names
+    with server.admin.connect() as connection:
+        for name in names:
+            connection.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+def named(output: str, names: list[str]) -> set[str]:
+    return {name for name in names if name in output}
+
+
+# The fleet's line for each target on stdout: `NAME: ok (FROM -> TO, N applied, S s)`.
+OUTCOME = re.compile(r"^(\S+): ok \((\S+) -> (\S+), (\d+) applied", re.MULTILINE)
+
+
+def applied(stdout: str) -> dict[str, int]:
+    """Revisions applied by this pod, by target, for each target it reports at its target."""
+    return {match[1]: int(match[4]) for match in OUTCOME.finditer(stdout)}
+
+
+def test_the_rendered_fleet_runs_one_pod_per_index(
+    example_image: str, database: Database, tenants: list[str], tmp_path: Path
+) -> None:
+    """The canary Job's pod, then the Indexed Job's three pods at once, each as the kubelet
+    runs it (its env, args, JOB_COMPLETION_INDEX and the hostname Kubernetes gives an
+    indexed pod, the targets file where the rendered volume mounts it, the memory limit):
+    the canary migrates the first two tenants alone; then every tenant is at head, each pod
+    names its share (every third tenant from its index) and no other, and each tenant was
+    migrated by exactly one pod (the canaries by the canary, and found at head after)."""
+    values = {
+        **database_values(database),
+        "fleet": {"enabled": True, "pods": 3, "canary": 2, "targets": {"list": tenants}},
+    }
+    manifests = render_all(values)
+    secrets = {name: m["stringData"] for name, m in manifests.items() if m["kind"] == "Secret"}
+    canary_job, fleet_job = manifests["shop-migrator-canary"], manifests["shop-migrator-fleet"]
+    server = database.server
+
+    def revision(name: str) -> str | None:
+        return Database(server, name).revision()
+
+    command, env = pod_command(example_image, canary_job, secrets, tmp_path / "canary")
+    canary = subprocess.run(
+        command, env={**os.environ, **env}, capture_output=True, text=True, timeout=300
+    )
+    after_canary = {name: revision(name) for name in tenants}
+    pods = []
+    for index in range(fleet_job["spec"]["completions"]):
+        command, env = pod_command(
+            example_image,
+            fleet_job,
+            secrets,
+            tmp_path / f"index-{index}",
+            options=("--hostname", f"{fleet_job['metadata']['name']}-{index}"),
+            extra_env={"JOB_COMPLETION_INDEX": str(index)},  # what Kubernetes sets
+        )
+        pods.append(
+            subprocess.Popen(
+                command,
+                env={**os.environ, **env},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    outputs = [pod.communicate(timeout=300) for pod in pods]
+
+    assert canary.returncode == 0, canary.stdout + canary.stderr
+    assert named(canary.stdout + canary.stderr, tenants) == set(tenants[:2])
+    assert after_canary == {name: (HEAD if name in tenants[:2] else None) for name in tenants}
+    migrated_by: dict[str, list[str]] = {name: [] for name in tenants}
+    for name, count in applied(canary.stdout).items():
+        migrated_by[name] += ["canary"] if count else []
+    for index, (pod, (stdout, stderr)) in enumerate(zip(pods, outputs, strict=True)):
+        share = tenants[index::3]
+        assert pod.returncode == 0, stdout + stderr
+        assert named(stdout + stderr, tenants) == set(share), stdout + stderr
+        assert sorted(applied(stdout)) == sorted(share), stdout
+        for name, count in applied(stdout).items():
+            migrated_by[name] += [f"index {index}"] if count else []
+        assert_no_password(stdout + stderr)
+    assert migrated_by == {
+        name: ["canary" if name in tenants[:2] else f"index {position % 3}"]
+        for position, name in enumerate(tenants)
+    }
+    assert {name: revision(name) for name in tenants} == dict.fromkeys(tenants, HEAD)
+    assert_no_password(canary.stdout + canary.stderr)
