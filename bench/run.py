@@ -35,6 +35,7 @@ import alembic
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import chain
+import fleet as fleets
 import production
 from server import Server
 from traffic import Load
@@ -53,6 +54,7 @@ PARTS = (
     "traffic",
     "conditions",
     "verify",
+    "fleet",
 )
 # The tools run as a user runs them: none of this shell's database settings, and Python
 # free to cache bytecode (an installed package or image has it compiled already).
@@ -655,6 +657,12 @@ def verify(bench: Bench) -> None:
     verify_s = median([f.seconds for f in results["migrator verify"]])
     bench.say(f"verify / plain steps: **{verify_s / plain_s:.2f}x** (target <= 3x)")
     bench.say()
+
+
+def fleet(bench: Bench) -> None:
+    """`migrator fleet` over tenant databases and schemas, beside a shell loop of single runs
+    (bench/fleet.py)."""
+    fleets.part(bench, BIN / "migrator", TOOL_ENV, spread)
 
 
 def connected_at(json_log: str) -> datetime:
