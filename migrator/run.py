@@ -157,7 +157,7 @@ def _state(
 ) -> tuple[State, list[Any]]:
     """Where the database is, and Alembic's own steps to `target` from there."""
     unknown = tuple(head for head in heads if not _knows(script, head))
-    planned = [] if unknown else _plan(script, direction, target, heads)
+    planned = [] if unknown else plan_steps(script, direction, target, heads)
     return State(heads, unknown, tuple(step.revision for step in planned)), planned
 
 
@@ -320,7 +320,7 @@ def step(
     """Upgrade or downgrade to `target` at once: no lock, no retries, nothing logged."""
 
     def steps(heads: tuple[str, ...], context: MigrationContext) -> Iterable[Any]:
-        planned = _plan(script, direction, target, heads)
+        planned = plan_steps(script, direction, target, heads)
         return planned if recorder is None else recorder.track(planned, context)
 
     run_env(
@@ -356,7 +356,7 @@ def write_sql(config: Config, script: ScriptDirectory, direction: Direction, tar
     run_env(
         config,
         script,
-        lambda heads, context: _plan(script, direction, destination, heads),
+        lambda heads, context: plan_steps(script, direction, destination, heads),
         as_sql=True,
         starting_rev=starting_rev or None,
         destination_rev=destination,
@@ -434,7 +434,18 @@ def run_env(
             raise UsageError(f"{script.env_py_location}: {type(error).__name__}: {error}") from None
 
 
-def _plan(
+def heads_now(context: MigrationContext) -> tuple[str, ...]:
+    """The version table's rows, read on env.py's connection between two steps of a run (in
+    the transaction the next step then continues)."""
+    assert context.connection is not None
+    table = sa_table(
+        context.version_table, sa_column("version_num"), schema=context.version_table_schema
+    )
+    rows = context.connection.execute(select(table.c.version_num)).all()
+    return tuple(sorted(row[0] for row in rows))
+
+
+def plan_steps(
     script: ScriptDirectory, direction: Direction, target: str, heads: tuple[str, ...]
 ) -> list[Any]:
     # The same calls Alembic's command.upgrade and command.downgrade make: the only way

@@ -188,7 +188,9 @@ class Recorder:
             yield step
 
     def applied(self, *, ctx: MigrationContext, **_: Any) -> None:
-        assert ctx.connection is not None and self._before is not None and self._current
+        if self._current is None:
+            return  # a step it was not asked to measure (verify's downgrades)
+        assert ctx.connection is not None and self._before is not None
         effects, before = self._current, self._before
         after = _Catalog.read(ctx.connection)
         version_table = f"{ctx.version_table_schema or 'public'}.{ctx.version_table}"

@@ -1,7 +1,9 @@
 """Verifying: every downgrade undoes its upgrade (the stairway), and the models match the schema.
 
 A schema snapshot is a map from an object's name in plain words (`index ix_cars_id on cars`)
-to its definition, read with SQLAlchemy's inspector; two snapshots compare key by key.
+to its definition, read with SQLAlchemy's inspector; two snapshots compare key by key. Only
+the tables whose catalog rows changed since the previous snapshot are read again, so a
+stair costs what its revision touched, not the whole schema.
 """
 
 from __future__ import annotations
@@ -92,26 +94,102 @@ def stairway(settings: Settings, target: str | None) -> Report:
         engine = create_engine(scratch.connection_url(), poolclass=NullPool)
         with engine.connect() as connection:
             config.attributes["connection"] = connection
-            for position, revision in enumerate(revisions, start=1):
-                stair = _climb(config, script, connection, revision)
-                report.stairs.append(stair)
-                log.info(
-                    "[%d/%d] %s %s %.2f s",
-                    position,
-                    len(revisions),
-                    stair.revision,
-                    stair.marks(),
-                    stair.seconds,
-                    extra={"fields": {"event": "verify", **asdict(stair)}},
-                )
-                problem = stair.problem()
-                if problem is not None:
-                    report.problems.append(problem)
-                    return report
-            report.models = model_differences(config, script)
-            report.problems += [f"models: {difference}" for difference in report.models or []]
+            climb = _Climb(script, revisions, report)
+            try:
+                # One env.py run for the whole stairway: its steps come from a generator
+                # that Alembic pulls one at a time, each committed before the next.
+                run.run_env(config, script, climb.steps, on_version_apply=[climb.recorder.applied])
+            except MigratorError:
+                raise
+            except Exception as error:
+                if signals.stop_requested.is_set():
+                    raise
+                climb.failed(error)
+            if not report.problems:
+                report.models = model_differences(config, script)
+                report.problems += [f"models: {difference}" for difference in report.models or []]
         engine.dispose()
     return report
+
+
+class _Climb:
+    """Each revision up, down (is the schema as before?), up again, as the steps of one
+    env.py run; a snapshot before each upgrade and after each downgrade."""
+
+    def __init__(self, script: ScriptDirectory, revisions: list[Script], report: Report) -> None:
+        self.script = script
+        self.revisions = revisions
+        self.report = report
+        self.recorder = Recorder()
+        self.stair: Stair | None = None
+        self.phase = "upgrade"
+        self.started = time.monotonic()
+
+    def steps(self, heads: tuple[str, ...], context: MigrationContext) -> Iterator[Any]:
+        connection = context.connection
+        assert connection is not None
+        latest = Snapshots()
+        for revision in self.revisions:
+            stair = self.stair = Stair(revision.revision, revision.doc)
+            self.started = time.monotonic()
+            before = latest = snapshot(connection, latest)
+            measured = len(self.recorder.effects)
+            self.phase = "upgrade"
+            yield from self.recorder.track(
+                self._plan("upgrade", revision.revision, context), context
+            )
+            stair.effects = (
+                self.recorder.effects[measured] if len(self.recorder.effects) > measured else None
+            )
+            stair.upgrade = True
+            self.phase = "downgrade"
+            yield from self._plan("downgrade", _below(revision), context)
+            latest = snapshot(connection, before)
+            stair.differences = differences(before.flat(), latest.flat())
+            stair.downgrade = not stair.differences
+            if not stair.downgrade:
+                self._done()
+                return
+            self.phase = "upgrade after the downgrade"
+            yield from self._plan("upgrade", revision.revision, context)
+            self._done()
+        self.stair = None
+
+    def failed(self, error: Exception) -> None:
+        """A step raised: the stair in flight says which of its three steps."""
+        if self.stair is None:  # before its first step (env.py itself)
+            if len(self.report.stairs) >= len(self.revisions):
+                raise error
+            revision = self.revisions[len(self.report.stairs)]
+            self.stair = Stair(revision.revision, revision.doc)
+        stair = self.stair
+        if self.phase == "upgrade":
+            stair.upgrade = False
+        elif self.phase == "downgrade":
+            stair.downgrade = False
+        stair.error = f"{self.phase} raised {reason(error)}"
+        self._done()
+
+    def _plan(self, direction: run.Direction, target: str, context: MigrationContext) -> list[Any]:
+        return run.plan_steps(self.script, direction, target, run.heads_now(context))
+
+    def _done(self) -> None:
+        stair = self.stair
+        assert stair is not None
+        stair.seconds = round(time.monotonic() - self.started, 3)
+        self.report.stairs.append(stair)
+        log.info(
+            "[%d/%d] %s %s %.2f s",
+            len(self.report.stairs),
+            len(self.revisions),
+            stair.revision,
+            stair.marks(),
+            stair.seconds,
+            extra={"fields": {"event": "verify", **asdict(stair)}},
+        )
+        problem = stair.problem()
+        if problem is not None:
+            self.report.problems.append(problem)
 
 
 def model_differences(config: Config, script: ScriptDirectory) -> list[str] | None:
@@ -132,57 +210,128 @@ def model_differences(config: Config, script: ScriptDirectory) -> list[str] | No
     return found[0]
 
 
-def snapshot(connection: Connection) -> Snapshot:
-    """Tables, columns, keys, indexes, constraints, enums, sequences and views."""
+# Per table, a hash of every catalog row the snapshot reads (columns with their types,
+# defaults and nullability; indexes; constraints): a table whose hash is unchanged since the
+# last snapshot is not read again. Enums, sequences and views are read every time.
+_TABLE_FINGERPRINTS = text(
+    r"""
+    SELECT n.nspname AS schema, c.relname AS name, md5(concat_ws('|', c.oid, c.relkind,
+        (SELECT string_agg(concat_ws(',', a.attnum, a.attname,
+                    format_type(a.atttypid, a.atttypmod), a.attnotnull, a.attisdropped,
+                    a.attidentity, a.attgenerated, a.attcollation,
+                    pg_get_expr(d.adbin, d.adrelid),
+                    (SELECT string_agg(e.enumlabel, ',' ORDER BY e.enumsortorder)
+                     FROM pg_enum e WHERE e.enumtypid = a.atttypid)),
+                  ';' ORDER BY a.attnum)
+         FROM pg_attribute a
+         LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+         WHERE a.attrelid = c.oid AND a.attnum > 0),
+        (SELECT string_agg(pg_get_indexdef(i.indexrelid), ';' ORDER BY i.indexrelid)
+         FROM pg_index i WHERE i.indrelid = c.oid),
+        (SELECT string_agg(concat_ws(',', o.conname, pg_get_constraintdef(o.oid)), ';'
+                           ORDER BY o.conname)
+         FROM pg_constraint o WHERE o.conrelid = c.oid))) AS fingerprint
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'p', 'f') AND c.relname <> :version_table
+      AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\_%'
+    """
+)
+TableKey = tuple[str, str]  # (schema, table)
+
+
+@dataclass
+class Snapshots:
+    """A snapshot kept by table, with each table's catalog fingerprint, so the next one can
+    reuse what did not change."""
+
+    fingerprints: dict[TableKey, str] = field(default_factory=dict)
+    tables: dict[TableKey, Snapshot] = field(default_factory=dict)
+    rest: Snapshot = field(default_factory=dict)  # enums, sequences, views
+
+    def flat(self) -> Snapshot:
+        objects = dict(self.rest)
+        for section in self.tables.values():
+            objects.update(section)
+        return objects
+
+
+def snapshot(connection: Connection, previous: Snapshots | None = None) -> Snapshots:
+    """Tables, columns, keys, indexes, constraints, enums, sequences and views; a table whose
+    catalog rows are as in `previous` is taken from it instead of being read again."""
+    previous = previous or Snapshots()
+    current = Snapshots()
+    for row in connection.execute(_TABLE_FINGERPRINTS, {"version_table": VERSION_TABLE}):
+        current.fingerprints[(row.schema, row.name)] = row.fingerprint
+    unchanged = {
+        key
+        for key, fingerprint in current.fingerprints.items()
+        if previous.fingerprints.get(key) == fingerprint and key in previous.tables
+    }
+    current.tables = {key: previous.tables[key] for key in unchanged}
     inspector = inspect(connection)
-    objects: Snapshot = {}
     for schema in inspector.get_schema_names():
         if schema in SYSTEM_SCHEMAS or schema.startswith("pg_"):
             continue
         prefix = "" if schema == inspector.default_schema_name else f"{schema}."
-        columns = inspector.get_multi_columns(schema=schema)
-        tables = {key: f"{prefix}{key[1]}" for key in columns if key[1] != VERSION_TABLE}
-        primary_keys = inspector.get_multi_pk_constraint(schema=schema)
-        indexes = inspector.get_multi_indexes(schema=schema)
-        uniques = inspector.get_multi_unique_constraints(schema=schema)
-        checks = inspector.get_multi_check_constraints(schema=schema)
-        foreign_keys = inspector.get_multi_foreign_keys(schema=schema)
-        for key, table in tables.items():
-            objects[f"table {table}"] = "exists"
-            for column in columns.get(key, []):
-                nullable = "NULL" if column["nullable"] else "NOT NULL"
-                objects[f"column {table}.{column['name']}"] = (
-                    f"{column['type']} {nullable} DEFAULT {column['default']}"
-                )
-            primary_key = primary_keys.get(key)
-            if primary_key and primary_key["constrained_columns"]:
-                objects[f"primary key {primary_key['name']} on {table}"] = str(
-                    primary_key["constrained_columns"]
-                )
-            for index in indexes.get(key, []):
-                unique = "unique " if index["unique"] else ""
-                what = index.get("expressions") or index["column_names"]
-                objects[f"index {index['name']} on {table}"] = f"{unique}{what}"
-            for constraint in uniques.get(key, []):
-                objects[f"unique constraint {constraint['name']} on {table}"] = str(
-                    constraint["column_names"]
-                )
-            for check in checks.get(key, []):
-                objects[f"check constraint {check['name']} on {table}"] = check["sqltext"]
-            for fk in foreign_keys.get(key, []):
-                objects[f"foreign key {fk['name']} on {table}"] = (
-                    f"{fk['constrained_columns']} -> {fk['referred_table']}"
-                    f"{fk['referred_columns']} {fk.get('options') or ''}"
-                )
+        to_read = sorted(
+            name for (where, name) in current.fingerprints.keys() - unchanged if where == schema
+        )
+        if to_read:
+            for name, section in _tables(inspector, schema, prefix, to_read).items():
+                current.tables[(schema, name)] = section
         for enum in inspector.get_enums(schema=schema):  # type: ignore[attr-defined]
-            objects[f"enum type {prefix}{enum['name']}"] = str(enum["labels"])
+            current.rest[f"enum type {prefix}{enum['name']}"] = str(enum["labels"])
         for sequence in inspector.get_sequence_names(schema=schema):
-            objects[f"sequence {prefix}{sequence}"] = "exists"
+            current.rest[f"sequence {prefix}{sequence}"] = "exists"
         for view in inspector.get_view_names(schema=schema):
             definition = inspector.get_view_definition(view, schema=schema)
-            objects[f"view {prefix}{view}"] = " ".join(str(definition).split())
-    connection.rollback()  # hold no snapshot open while migrations run
-    return objects
+            current.rest[f"view {prefix}{view}"] = " ".join(str(definition).split())
+    return current
+
+
+def _tables(inspector: Any, schema: str, prefix: str, names: list[str]) -> dict[str, Snapshot]:
+    """Each named table's objects, read with the inspector, by table name."""
+    only = {"schema": schema, "filter_names": names}
+    columns = inspector.get_multi_columns(**only)
+    primary_keys = inspector.get_multi_pk_constraint(**only)
+    indexes = inspector.get_multi_indexes(**only)
+    uniques = inspector.get_multi_unique_constraints(**only)
+    checks = inspector.get_multi_check_constraints(**only)
+    foreign_keys = inspector.get_multi_foreign_keys(**only)
+    sections: dict[str, Snapshot] = {}
+    for key in columns:
+        name = key[1]
+        if name == VERSION_TABLE:
+            continue
+        table = f"{prefix}{name}"
+        objects: Snapshot = {f"table {table}": "exists"}
+        for column in columns.get(key, []):
+            nullable = "NULL" if column["nullable"] else "NOT NULL"
+            objects[f"column {table}.{column['name']}"] = (
+                f"{column['type']} {nullable} DEFAULT {column['default']}"
+            )
+        primary_key = primary_keys.get(key)
+        if primary_key and primary_key["constrained_columns"]:
+            objects[f"primary key {primary_key['name']} on {table}"] = str(
+                primary_key["constrained_columns"]
+            )
+        for index in indexes.get(key, []):
+            unique = "unique " if index["unique"] else ""
+            what = index.get("expressions") or index["column_names"]
+            objects[f"index {index['name']} on {table}"] = f"{unique}{what}"
+        for constraint in uniques.get(key, []):
+            objects[f"unique constraint {constraint['name']} on {table}"] = str(
+                constraint["column_names"]
+            )
+        for check in checks.get(key, []):
+            objects[f"check constraint {check['name']} on {table}"] = check["sqltext"]
+        for fk in foreign_keys.get(key, []):
+            objects[f"foreign key {fk['name']} on {table}"] = (
+                f"{fk['constrained_columns']} -> {fk['referred_table']}"
+                f"{fk['referred_columns']} {fk.get('options') or ''}"
+            )
+        sections[name] = objects
+    return sections
 
 
 def differences(before: Snapshot, after: Snapshot) -> list[str]:
@@ -292,38 +441,6 @@ def _scratch_url(settings: Settings) -> URL:
         settings.connection_url()  # raises: no database configured
     assert settings.database_url is not None
     return settings.database_url.set(database=f"migrator_verify_{uuid.uuid4().hex[:12]}")
-
-
-def _climb(
-    config: Config, script: ScriptDirectory, connection: Connection, revision: Script
-) -> Stair:
-    stair = Stair(revision.revision, revision.doc)
-    started = time.monotonic()
-    before = snapshot(connection)
-    recorder = Recorder()
-    try:
-        run.step(config, script, "upgrade", revision.revision, recorder)
-        stair.effects = recorder.effects[0] if recorder.effects else None
-        stair.upgrade = True
-        run.step(config, script, "downgrade", _below(revision))
-        stair.differences = differences(before, snapshot(connection))
-        stair.downgrade = not stair.differences
-        if stair.downgrade:
-            run.step(config, script, "upgrade", revision.revision)
-    except MigratorError:
-        raise
-    except Exception as error:
-        if signals.stop_requested.is_set():
-            raise
-        if stair.upgrade is None:
-            stair.upgrade, phase = False, "upgrade"
-        elif stair.downgrade is None:
-            stair.downgrade, phase = False, "downgrade"
-        else:
-            phase = "upgrade after the downgrade"
-        stair.error = f"{phase} raised {reason(error)}"
-    stair.seconds = round(time.monotonic() - started, 3)
-    return stair
 
 
 def _in_order(script: ScriptDirectory, target: str) -> list[Script]:
