@@ -35,7 +35,7 @@ from migrator.session import TOKEN_SETTING, Session, transaction_pooling
 LOCK_KEY = int.from_bytes(b"migrator", "big")
 HEARTBEAT_SECONDS = 2.0
 # How far past the lock timeout a lock query may stall before the run gives up on it.
-STALL_GRACE_SECONDS = 2.0
+STALL_GRACE_SECONDS = 1.0
 # While waiting for the lock, how often to look whether another run has done the work.
 LOOK_AGAIN_SECONDS = 0.25
 

@@ -373,6 +373,15 @@ def test_a_vanished_clients_lock_session_is_ended_between_transactions(
         time.sleep(0.5)
     assert database.advisory_locks() == 0
     assert "applied" not in database.tables()
+    # The scratch database could not be dropped over the stalled network: later tests on
+    # this server count scratch databases.
+    proxy.resume()
+    with database.server.admin.connect() as connection:
+        names = connection.execute(
+            sa.text("SELECT datname FROM pg_database WHERE datname LIKE 'migrator_verify_%'")
+        ).scalars()
+        for name in list(names):
+            connection.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
 
 
 def test_a_stall_during_a_revision_ends_the_run_within_the_network_timeout(
@@ -406,11 +415,13 @@ def test_the_lock_timeout_holds_when_the_lock_wait_stalls(
         started = time.monotonic()
         run = start_migrator("upgrade", "head", env=env)
         read_until(run, "waiting for the migration lock")
+        waiting_since = time.monotonic()
         proxy.stall()
         result = finish(run, started, timeout=60)
+        waited = time.monotonic() - waiting_since
 
     assert result.status == 4, result.output
-    assert result.seconds < 3 + 2 + 10
+    assert waited < 3 + 10  # the lock timeout, plus at most 10 s (README)
 
 
 # -- connection slots, restarts, read-only servers ------------------------------------------
