@@ -174,7 +174,9 @@ def run(
             outcome = outcomes[target]
             outcome.status, outcome.exit_status, outcome.seconds = "ok", 0, seconds
             outcome.from_revision = outcome.to_revision = ",".join(wanted) or "base"
-            log.info("[%s] nothing to do: at %s", target.name, outcome.to_revision)
+            log.info(
+                "[%s] nothing to do: at %s", target.name, outcome.to_revision, extra=_about(target)
+            )
         pending = [target for target in pending if target not in there]
     canary = [target for target in pending if target in set(targets[: fleet.canary])]
     rest = [target for target in pending if target not in set(canary)]
@@ -218,7 +220,12 @@ def _already_there(
             with engine.connect() as connection:
                 heads = sorted(connection.execute(query).scalars())
         except Exception as doubt:  # the target's own run says what is wrong, if anything
-            log.debug("[%s] not known to be at the target (%s)", target.name, type(doubt).__name__)
+            log.debug(
+                "[%s] not known to be at the target (%s)",
+                target.name,
+                type(doubt).__name__,
+                extra=_about(target),
+            )
             return None
         finally:
             engine.dispose()
@@ -284,9 +291,10 @@ class _Runner:
                     for process, _, _ in running.values():
                         process.kill()  # its server drops the session and rolls back
         for target in waiting:
-            log.info("[%s] skipped", target.name)
+            log.info("[%s] skipped", target.name, extra=_about(target))
 
     def _start(self, target: Target) -> Any:
+        settings = self.settings
         environ = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
         url = target.url.render_as_string(hide_password=False)
         environ.update(
@@ -297,6 +305,12 @@ class _Runner:
             # the same revisions once per tenant (run `plan --safety` on one instead).
             MIGRATOR_TERMINATION_LOG=str(self.scratch / "no-termination-log"),
             MIGRATOR_SAFETY="off",
+            # What the fleet's own flags set (--config, --log-format, ...), for its runs too.
+            MIGRATOR_CONFIG=str(settings.alembic_ini),
+            MIGRATOR_WAIT_TIMEOUT=str(settings.wait_timeout),
+            MIGRATOR_LOCK_TIMEOUT=str(settings.lock_timeout),
+            MIGRATOR_LOG_FORMAT=settings.log_format,
+            MIGRATOR_LOG_LEVEL=settings.log_level,
         )
         environ.pop("MIGRATOR_SCHEMA", None)
         if target.schema is not None:
@@ -343,7 +357,13 @@ class _Runner:
             outcome.status,
             exit_status,
             seconds,
+            extra=_about(target),
         )
+
+
+def _about(target: Target) -> dict[str, Any]:
+    """A fleet's line about a target carries its name as a JSON field too."""
+    return {"fields": {"tenant": target.name}}
 
 
 def _run_target(arguments: list[str], environ: Mapping[str, str], output: str) -> None:
