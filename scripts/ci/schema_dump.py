@@ -17,6 +17,6 @@ ROOT = Path(__file__).resolve().parents[2]
 settings = load_settings(os.environ, {"MIGRATOR_CONFIG": str(ROOT / "alembic.ini")})
 engine = create_engine(settings.connection_url(), poolclass=NullPool)
 with engine.connect() as connection:
-    for name, definition in sorted(snapshot(connection).items()):
+    for name, definition in sorted(snapshot(connection).flat().items()):
         print(f"{name}: {definition}")
 engine.dispose()
