@@ -172,6 +172,9 @@ class Recorder:
         self.effects: list[Effects] = []
         self._before: _Catalog | None = None
         self._current: Effects | None = None
+        # The catalog as the last measured step left it: the next step starts from it,
+        # unless a step it did not measure ran in between.
+        self._after: _Catalog | None = None
 
     def track(self, planned: Iterable[Any], context: MigrationContext) -> Iterator[Any]:
         connection = context.connection
@@ -181,7 +184,8 @@ class Recorder:
         for step in planned:
             revision: Script = step.revision
             # Read in the transaction the step then runs in (Alembic continues the one open).
-            self._before = _Catalog.read(connection)
+            self._before = self._after or _Catalog.read(connection)
+            self._after = None
             self._current = Effects(
                 revision.revision, revision.doc, "upgrade" if step.is_upgrade else "downgrade"
             )
@@ -189,7 +193,8 @@ class Recorder:
 
     def applied(self, *, ctx: MigrationContext, **_: Any) -> None:
         if self._current is None:
-            return  # a step it was not asked to measure (verify's downgrades)
+            self._after = None  # a step it was not asked to measure (verify's downgrades)
+            return
         assert ctx.connection is not None and self._before is not None
         effects, before = self._current, self._before
         after = _Catalog.read(ctx.connection)
@@ -235,6 +240,7 @@ class Recorder:
         )
         self.effects.append(effects)
         self._current = None
+        self._after = after
 
     def in_flight(self) -> str:
         return "a revision" if self._current is None else self._current.revision
