@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Column, MetaData, String, Table, create_engine, select
+from sqlalchemy import create_engine, select
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
@@ -35,6 +35,7 @@ from migrator.config import FleetSettings, Settings, parse_url, schema_name
 from migrator.errors import UsageError
 from migrator.logs import log
 from migrator.masking import Mask
+from migrator.run import version_table_of
 
 # What a target's process may not inherit: the fleet's own connection, command and outputs.
 _NOT_INHERITED = (
@@ -50,6 +51,7 @@ _NOT_INHERITED = (
     "MIGRATOR_TARGET",
     "MIGRATOR_SUMMARY_FILE",
     "MIGRATOR_TERMINATION_LOG",
+    "MIGRATOR_SCHEMA",
 )
 # Imported once by the process server; every target's process starts with them loaded.
 _PRELOAD = ["migrator.cli", "migrator.commands", "sqlalchemy.dialects.postgresql.psycopg2"]
@@ -178,8 +180,9 @@ def run(
                 "[%s] nothing to do: at %s", target.name, outcome.to_revision, extra=_about(target)
             )
         pending = [target for target in pending if target not in there]
-    canary = [target for target in pending if target in set(targets[: fleet.canary])]
-    rest = [target for target in pending if target not in set(canary)]
+    canaries = set(targets[: fleet.canary])
+    canary = [target for target in pending if target in canaries]
+    rest = [target for target in pending if target not in canaries]
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(_PRELOAD)
     with tempfile.TemporaryDirectory(prefix="migrator-fleet-") as scratch:
@@ -205,9 +208,7 @@ def _already_there(
 ) -> dict[Target, float]:
     """The targets whose version table holds exactly `wanted`: one connection and one query
     each, several at a time. Any doubt (no table, no connection) leaves a target to its run."""
-    name, schema = version_table
-    table = Table(name, MetaData(), Column("version_num", String), schema=schema)
-    query = select(table.c.version_num)
+    query = select(version_table_of(*version_table).c.version_num)
 
     def at_wanted(target: Target) -> float | None:
         if signals.stop_requested.is_set():
@@ -312,7 +313,6 @@ class _Runner:
             MIGRATOR_LOG_FORMAT=settings.log_format,
             MIGRATOR_LOG_LEVEL=settings.log_level,
         )
-        environ.pop("MIGRATOR_SCHEMA", None)
         if target.schema is not None:
             environ["MIGRATOR_SCHEMA"] = target.schema
         output = self.scratch / f"{target.line}.out"

@@ -119,11 +119,7 @@ def inspect(config: Config, script: ScriptDirectory, direction: Direction, targe
 
     def record(heads: tuple[str, ...], context: MigrationContext) -> list[Any]:
         state = _state(script, direction, target, heads)[0]
-        table = sa_table(
-            context.version_table,
-            sa_column("version_num"),
-            schema=context.version_table_schema,
-        )
+        table = version_table_of(context.version_table, context.version_table_schema)
         found.append(replace(state, version_table=table))
         return []
 
@@ -438,11 +434,14 @@ def heads_now(context: MigrationContext) -> tuple[str, ...]:
     """The version table's rows, read on env.py's connection between two steps of a run (in
     the transaction the next step then continues)."""
     assert context.connection is not None
-    table = sa_table(
-        context.version_table, sa_column("version_num"), schema=context.version_table_schema
-    )
+    table = version_table_of(context.version_table, context.version_table_schema)
     rows = context.connection.execute(select(table.c.version_num)).all()
     return tuple(sorted(row[0] for row in rows))
+
+
+def version_table_of(name: str, schema: str | None) -> TableClause:
+    """The version table env.py names, as much of it as reading the revisions needs."""
+    return sa_table(name, sa_column("version_num"), schema=schema)
 
 
 def plan_steps(

@@ -299,10 +299,8 @@ def _tables(inspector: Any, schema: str, prefix: str, names: list[str]) -> dict[
     checks = inspector.get_multi_check_constraints(**only)
     foreign_keys = inspector.get_multi_foreign_keys(**only)
     sections: dict[str, Snapshot] = {}
-    for key in columns:
+    for key in columns:  # never the version table: no fingerprint names it
         name = key[1]
-        if name == VERSION_TABLE:
-            continue
         table = f"{prefix}{name}"
         objects: Snapshot = {f"table {table}": "exists"}
         for column in columns.get(key, []):
