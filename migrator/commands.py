@@ -8,7 +8,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 from alembic.config import Config
@@ -391,7 +391,7 @@ def _safety_report(
         return safety_report.Report([], [], [])
     started = time.monotonic()
     with session.kept_busy():  # the measurement may take longer than idle_session_timeout
-        effects = measure(settings, state.heads, direction, target)
+        effects = measure(settings, state.heads, direction, target, session.identity)
     sizes = safety_report.live_sizes(
         session.connection, safety_report.touched_tables(effects), settings.safety_error_rows
     )
@@ -492,6 +492,8 @@ def _database(
     session = Session(settings, writable=writable)
     if config is not None:
         config.attributes["connection"] = session.connection
+        # What env.py's own connection, if it makes one, must reach as well.
+        config.attributes[run.IDENTITY] = replace(session.identity, schema=settings.schema)
     try:
         yield session
     finally:

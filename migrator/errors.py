@@ -28,6 +28,13 @@ class UsageError(MigratorError):
     status = "usage error"
 
 
+class ProjectExited(MigratorError):
+    """env.py (or a revision) called sys.exit: the run cannot say it finished."""
+
+    exit_status = 2
+    status = "usage error"
+
+
 class DatabaseUnreachable(MigratorError):
     exit_status = 3
     status = "unreachable"

@@ -39,6 +39,7 @@ from migrator.errors import (
     LockLost,
     MigrationFailed,
     MigratorError,
+    ProjectExited,
     UsageError,
     connection_lost,
     lock_not_available,
@@ -46,11 +47,15 @@ from migrator.errors import (
 )
 from migrator.lock import MigrationLock, table_lock_holders, table_locks
 from migrator.logs import Summary, log
+from migrator.scratch import Identity, session_identity
 
 Direction = Literal["upgrade", "downgrade"]
 # How often a revision that timed out on a table lock looks whether the holders are gone.
 RELEASE_POLL_SECONDS = 0.1
 RELATIVE_TARGET = re.compile(r"[+-][0-9]+$")
+# The key under which a command puts, in the Alembic config's attributes, the identity of the
+# database its session reached (migrator.scratch.Identity).
+IDENTITY = "migrator.identity"
 
 
 @dataclass(frozen=True)
@@ -389,6 +394,7 @@ def _environment(
     configure_as_asked = environment.configure
 
     def configure(**asked: Any) -> None:
+        _refuse_another_database(config, asked.get("connection"))
         # Each revision commits on its own (env.py may still say otherwise), so a
         # failure leaves the last good revision in place and a rerun resumes.
         asked.setdefault("transaction_per_migration", True)
@@ -400,6 +406,23 @@ def _environment(
     # methods up on the instance: overriding `configure` here is seen by any env.py.
     environment.configure = configure  # type: ignore[method-assign,assignment]
     return environment
+
+
+def _refuse_another_database(config: Config, connection: Connection | None) -> None:
+    """Before Alembic uses a connection env.py made itself (it may create the version table
+    at once): it must reach the database the run's session is on (config.attributes
+    [IDENTITY], set by the command), or nothing runs."""
+    expected: Identity | None = config.attributes.get(IDENTITY)
+    if expected is None or connection is None or connection is config.attributes.get("connection"):
+        return
+    found = session_identity(connection)
+    if not found.same_database(expected):
+        raise UsageError(
+            f"env.py connected to {found.describe()}, but the migration lock is held on "
+            f"{expected.describe()}; nothing ran. Let env.py take its URL from "
+            "config.get_main_option('sqlalchemy.url') (the migrator sets it), or use the "
+            "connection in config.attributes['connection']"
+        )
 
 
 def run_env(
@@ -428,6 +451,12 @@ def run_env(
                 raise  # from a revision: that revision failed
             # env.py itself is broken: a project file to fix, not a migration that failed.
             raise UsageError(f"{script.env_py_location}: {type(error).__name__}: {error}") from None
+        except SystemExit as error:
+            where = "a revision" if reached else script.env_py_location
+            raise ProjectExited(
+                f"{where} called sys.exit({error.code!r}) before the run was done; "
+                "env.py must return for the migrator to finish (and say what it did)"
+            ) from None
 
 
 def heads_now(context: MigrationContext) -> tuple[str, ...]:

@@ -26,6 +26,7 @@ from migrator import signals, wait
 from migrator.config import Settings, milliseconds
 from migrator.errors import UsageError
 from migrator.logs import log
+from migrator.scratch import session_identity
 
 TOKEN_SETTING = "migrator.session"
 KEEP_BUSY_SECONDS = 2.0
@@ -85,6 +86,8 @@ class Session:
         except (NoSuchModuleError, ImportError) as error:
             raise UsageError(f"DATABASE_URL: its driver is not installed ({error})") from None
         self.connection = wait.connect(self.engine, settings.wait_timeout, self._prepare)
+        # The database and server reached, by what the server says (migrator.scratch).
+        self.identity = session_identity(self.connection)
         # A pooler shows itself on a second connection: PostgreSQL starts a new session, a
         # session pool resets the one it hands out, a transaction pool hands back the one
         # just used (its idle sessions are reused last-in first-out) with our mark on it.

@@ -25,10 +25,12 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from migrator import run, signals, wait
+from migrator import scratch as scratch_process
 from migrator.config import Settings
 from migrator.errors import MigrationFailed, MigratorError, UsageError, reason, refusal
 from migrator.logs import log
 from migrator.safety import Effects, Recorder
+from migrator.scratch import Identity
 
 VERSION_TABLE = "alembic_version"  # its rows change with every step; it is not the schema
 SYSTEM_SCHEMAS = ("information_schema",)
@@ -81,34 +83,45 @@ class Report:
 def stairway(settings: Settings, target: str | None) -> Report:
     """On a scratch database: each revision up, down (schema as before?), up again; then models."""
     scratch = scratch_settings(settings)
+    _, script = run.alembic_project(scratch)
+    heads = script.get_heads()
+    if target is None and len(heads) > 1:
+        return Report(
+            heads=heads,
+            problems=[
+                f"the migrations have {len(heads)} heads ({', '.join(heads)}): "
+                "merge them (alembic merge), or name the heads to verify"
+            ],
+        )
+    _in_order(script, target or "heads")  # an unknown target is a usage error before any work
+    with scratch_database(settings, scratch) as migrated:
+        report: Report = scratch_process.run(scratch, climb, target, forbidden=migrated)
+    return report
+
+
+def climb(scratch: Settings, target: str | None) -> Report:
+    """The stairway, in the scratch process (migrator.scratch), on the scratch database."""
     config, script = run.alembic_project(scratch)
     report = Report(heads=script.get_heads())
-    if target is None and len(report.heads) > 1:
-        report.problems.append(
-            f"the migrations have {len(report.heads)} heads ({', '.join(report.heads)}): "
-            "merge them (alembic merge), or name the heads to verify"
-        )
-        return report
     revisions = _in_order(script, target or "heads")
-    with scratch_database(settings, scratch):
-        engine = create_engine(scratch.connection_url(), poolclass=NullPool)
-        with engine.connect() as connection:
-            config.attributes["connection"] = connection
-            climb = _Climb(script, revisions, report)
-            try:
-                # One env.py run for the whole stairway: its steps come from a generator
-                # that Alembic pulls one at a time, each committed before the next.
-                run.run_env(config, script, climb.steps, on_version_apply=[climb.recorder.applied])
-            except MigratorError:
+    engine = create_engine(scratch.connection_url(), poolclass=NullPool)
+    with engine.connect() as connection:
+        config.attributes["connection"] = connection
+        stairs = _Climb(script, revisions, report)
+        try:
+            # One env.py run for the whole stairway: its steps come from a generator
+            # that Alembic pulls one at a time, each committed before the next.
+            run.run_env(config, script, stairs.steps, on_version_apply=[stairs.recorder.applied])
+        except MigratorError:
+            raise
+        except Exception as error:
+            if signals.stop_requested.is_set():
                 raise
-            except Exception as error:
-                if signals.stop_requested.is_set():
-                    raise
-                climb.failed(error)
-            if not report.problems:
-                report.models = model_differences(config, script)
-                report.problems += [f"models: {difference}" for difference in report.models or []]
-        engine.dispose()
+            stairs.failed(error)
+        if not report.problems:
+            report.models = model_differences(config, script)
+            report.problems += [f"models: {difference}" for difference in report.models or []]
+    engine.dispose()
     return report
 
 
@@ -371,11 +384,13 @@ def describe_model_difference(difference: Any) -> str:
 
 
 @contextmanager
-def scratch_database(settings: Settings, scratch: Settings) -> Iterator[None]:
+def scratch_database(settings: Settings, scratch: Settings) -> Iterator[Identity | None]:
     """The scratch database: created for the run and always dropped after it, on the server
-    the configuration names; or MIGRATOR_VERIFY_URL's, which is neither created nor dropped."""
+    the configuration names; or MIGRATOR_VERIFY_URL's, which is neither created nor dropped.
+    Yields the identity of the database the configuration names, which the scratch must
+    never be (None with MIGRATOR_VERIFY_URL: then it is not connected to)."""
     if settings.verify_url is not None:
-        yield
+        yield None
         return
     assert scratch.database_url is not None
     name = scratch.database_url.database
@@ -383,6 +398,7 @@ def scratch_database(settings: Settings, scratch: Settings) -> Iterator[None]:
         settings.connection_url(), poolclass=NullPool, isolation_level="AUTOCOMMIT"
     )
     with wait.connect(engine, settings.wait_timeout) as connection:
+        migrated = scratch_process.session_identity(connection)
         try:
             connection.execute(text(f'CREATE DATABASE "{name}"'))
         except DBAPIError as error:
@@ -391,7 +407,7 @@ def scratch_database(settings: Settings, scratch: Settings) -> Iterator[None]:
             ) from None
     log.info("scratch database %s created", name)
     try:
-        yield
+        yield migrated
     finally:
         # Also after SIGTERM: this connection is exempt from the stop.
         with signals.cleanup_connection(engine) as connection:
@@ -406,31 +422,46 @@ def scratch_settings(settings: Settings) -> Settings:
 
 
 def measure(
-    settings: Settings, heads: tuple[str, ...], direction: run.Direction, target: str
+    settings: Settings,
+    heads: tuple[str, ...],
+    direction: run.Direction,
+    target: str,
+    migrated: Identity,
 ) -> list[Effects]:
     """On a scratch database brought to `heads` (where the real database is), run the
-    revisions to `target` and measure what each one does (migrator.safety)."""
+    revisions to `target` and measure what each one does (migrator.safety). `migrated` is
+    the database being migrated, which the scratch must never be."""
     scratch = scratch_settings(settings)
+    with scratch_database(settings, scratch):
+        effects: list[Effects] = scratch_process.run(
+            scratch, measure_here, heads, direction, target, forbidden=migrated
+        )
+    return effects
+
+
+def measure_here(
+    scratch: Settings, heads: tuple[str, ...], direction: run.Direction, target: str
+) -> list[Effects]:
+    """The measurement, in the scratch process (migrator.scratch), on the scratch database."""
     config, script = run.alembic_project(scratch)
     recorder = Recorder()
-    with scratch_database(settings, scratch):
-        engine = create_engine(scratch.connection_url(), poolclass=NullPool)
-        try:
-            with engine.connect() as connection:
-                config.attributes["connection"] = connection
-                for head in heads:
-                    run.step(config, script, "upgrade", head)
-                run.step(config, script, direction, target, recorder)
-        except MigratorError:
+    engine = create_engine(scratch.connection_url(), poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            config.attributes["connection"] = connection
+            for head in heads:
+                run.step(config, script, "upgrade", head)
+            run.step(config, script, direction, target, recorder)
+    except MigratorError:
+        raise
+    except Exception as error:
+        if signals.stop_requested.is_set():
             raise
-        except Exception as error:
-            if signals.stop_requested.is_set():
-                raise
-            raise MigrationFailed(
-                f"measuring on the scratch database: {recorder.in_flight()} failed: {reason(error)}"
-            ) from None
-        finally:
-            engine.dispose()
+        raise MigrationFailed(
+            f"measuring on the scratch database: {recorder.in_flight()} failed: {reason(error)}"
+        ) from None
+    finally:
+        engine.dispose()
     return recorder.effects
 
 
