@@ -355,12 +355,12 @@ def _migrate(
         with migration_lock(session, settings.lock_timeout, still_needed) as lock:
             if lock is None:
                 return
-            if direction == "upgrade" and settings.safety != "off":
+            # Where the database is under the lock: from here on, only this run moves it.
+            now = run.look_again(session.connection, script, state, direction, target)
+            if direction == "upgrade" and settings.safety != "off" and now.steps:
                 # Under the lock: runs queued behind another find nothing to do instead of
                 # each measuring on a scratch database of its own.
-                now = run.look_again(session.connection, script, state, direction, target)
-                if now.steps:
-                    _weigh_safety(settings, script, now, target, session)
+                _weigh_safety(settings, script, now, target, session)
             config.attributes["connection"] = session.connection  # a new one after a reconnect
             run.apply(
                 config,
@@ -371,7 +371,11 @@ def _migrate(
                 lock=lock,
                 summary=summary,
                 refuse=lambda state: _accept(state, direction, settings, summary),
+                heads=now.heads,
             )
+            # The summary says where the database is, read from it, not inferred.
+            done = run.look_again(session.connection, script, state, direction, target)
+            summary.to_revision = _name(done.heads)
     log.info("%s done: at %s", direction, summary.to_revision)
 
 

@@ -172,8 +172,12 @@ def apply(
     lock: MigrationLock,
     summary: Summary,
     refuse: Callable[[State], None],
+    heads: tuple[str, ...],
 ) -> None:
     """Run the revisions to `target`, each committed on its own and logged as it completes.
+
+    `heads` are the database's revisions as read under the lock: when env.py finds it
+    elsewhere, something other than this run moved it, and nothing more runs.
 
     The database's revisions are read in the same env.py run, under the migration lock,
     and handed to `refuse`, which may refuse them by raising. Each revision commits only
@@ -181,10 +185,17 @@ def apply(
     A revision that times out waiting for a table lock (55P03) was rolled back; after a
     backoff the run resumes from it, up to MIGRATOR_DDL_LOCK_RETRIES times.
     """
-    progress = _Progress(summary)
+    progress = _Progress(summary, heads)
     session = lock.session
 
     def steps(heads: tuple[str, ...], context: MigrationContext) -> Iterator[Any]:
+        if tuple(sorted(heads)) != progress.heads:
+            raise MigrationFailed(
+                f"the database is at {_name(heads)}, but this run, holding the migration lock, "
+                f"left it at {_name(progress.heads)}: something else applied or reverted "
+                "revisions (code env.py imports, running migrations on its own?); nothing more "
+                "ran; find what did before rerunning"
+            )
         connection = context.connection
         assert connection is not None
         if connection is not session.connection:
@@ -375,6 +386,10 @@ def describe_resolution_error(script: ScriptDirectory, target: str, error: Excep
     return f"target {target!r}: {error}"
 
 
+def _name(heads: Iterable[str]) -> str:
+    return ",".join(heads) or "base"
+
+
 def _knows(script: ScriptDirectory, revision: str) -> bool:
     try:
         script.get_revision(revision)
@@ -452,9 +467,9 @@ def run_env(
             # env.py itself is broken: a project file to fix, not a migration that failed.
             raise UsageError(f"{script.env_py_location}: {type(error).__name__}: {error}") from None
         except SystemExit as error:
-            where = "a revision" if reached else script.env_py_location
             raise ProjectExited(
-                f"{where} called sys.exit({error.code!r}) before the run was done; "
+                f"{script.env_py_location} (or a revision it ran) called "
+                f"sys.exit({error.code!r}) before the run was done; "
                 "env.py must return for the migrator to finish (and say what it did)"
             ) from None
 
@@ -490,7 +505,8 @@ def plan_steps(
 class _Progress:
     """Numbers and times each revision as Alembic pulls it, logs it as it completes."""
 
-    def __init__(self, summary: Summary) -> None:
+    def __init__(self, summary: Summary, heads: tuple[str, ...]) -> None:
+        self.heads = heads  # where the database is, as this run left it
         self.own_connection = False  # env.py runs the revisions on a connection of its own
         self.outside_transaction = False  # the revision in flight ran a statement in autocommit
         self.total = 0
@@ -513,7 +529,8 @@ class _Progress:
         seconds = time.monotonic() - self.started
         described = self.describe()
         self.summary.applied += 1
-        self.summary.to_revision = ",".join(sorted(heads)) or "base"
+        self.heads = tuple(sorted(heads))
+        self.summary.to_revision = _name(self.heads)
         self.summary.revisions.append(
             {
                 "revision": step.up_revision_id,

@@ -177,7 +177,9 @@ def run(
     assert scratch.database_url is not None
     reader, writer = os.pipe()
     child = subprocess.Popen(
-        [sys.executable, "-c", "from migrator.scratch import child; child()", str(writer)],
+        # -P: the project's directory is on sys.path only as alembic.ini puts it there,
+        # as in this process; a file of the project never shadows a library.
+        [sys.executable, "-P", "-c", "from migrator.scratch import child; child()", str(writer)],
         stdin=subprocess.PIPE,
         env=_environment(scratch.database_url),
         pass_fds=(writer,),
