@@ -24,6 +24,7 @@ import pytest
 import sqlalchemy as sa
 import tutorial
 from conftest import Result, Server, finish, migrator_env
+from fingerprint import fingerprint
 from test_safety import scratch_databases
 
 ROLE = "tutorial_owner"
@@ -118,8 +119,8 @@ def test_an_upgrade_applies_the_pending_revision_once_and_says_so(
     (index_relation,) = {line for line in added if line.startswith("relation ")}
     assert index_relation.startswith("relation public.ix_cars_year kind i file ")
     assert added - {index_relation} == {
-        "column cars.year integer not null false",
-        "column ix_cars_year.year integer not null false",
+        "column cars.year integer not null f",
+        "column ix_cars_year.year integer not null f",
         "index CREATE INDEX ix_cars_year ON public.cars USING btree (year)",
     }
     assert scratch_databases(server) == []
@@ -259,7 +260,7 @@ def _engine(server: Server, name: str) -> sa.Engine:
 def _fingerprint(server: Server, name: str) -> dict[str, object]:
     engine = _engine(server, name)
     try:
-        return tutorial.fingerprint(engine)
+        return fingerprint(engine)
     finally:
         engine.dispose()
 

@@ -2,8 +2,6 @@
 builds it: `alembic init alembic`, the tutorial's `persistence` package as it writes it, the
 lines it adds to alembic init's env.py, `alembic revision --autogenerate`. Plus the other
 ways real env.py files find their database, each as a variant of that project.
-
-And a fingerprint of a database (its catalog and its rows), to prove a run left it alone.
 """
 
 from __future__ import annotations
@@ -12,8 +10,6 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-
-import sqlalchemy as sa
 
 # The tutorial's persistence/db.py, as it writes it (its indentation restored).
 DB_PY = """\
@@ -195,50 +191,3 @@ def _alembic(cwd: Path, env: dict[str, str], *args: str) -> None:
         text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-
-
-_CATALOG = sa.text(
-    r"""
-    SELECT 'relation ' || n.nspname || '.' || c.relname || ' kind ' || c.relkind::text
-           || ' file ' || c.relfilenode
-    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\_%'
-    UNION ALL
-    SELECT 'column ' || a.attrelid::regclass || '.' || a.attname || ' '
-           || format_type(a.atttypid, a.atttypmod) || ' not null ' || a.attnotnull
-    FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
-    JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE a.attnum > 0 AND NOT a.attisdropped
-      AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\_%'
-    UNION ALL
-    SELECT 'constraint ' || o.conrelid::regclass || '.' || o.conname || ' '
-           || pg_get_constraintdef(o.oid)
-    FROM pg_constraint o JOIN pg_namespace n ON n.oid = o.connamespace
-    WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\_%'
-    UNION ALL
-    SELECT 'index ' || indexdef FROM pg_indexes
-    WHERE schemaname NOT IN ('pg_catalog', 'information_schema')
-    ORDER BY 1
-    """
-)
-_TABLES = sa.text(
-    "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables "
-    "WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1"
-)
-
-
-def fingerprint(engine: sa.Engine) -> dict[str, object]:
-    """Every relation (with its file), column, constraint and index, and an md5 of each
-    table's rows: equal fingerprints mean nothing changed."""
-    with engine.connect() as connection:
-        catalog = [row[0] for row in connection.execute(_CATALOG)]
-        rows = {}
-        for (table,) in connection.execute(_TABLES).all():
-            rows[table] = connection.execute(
-                sa.text(
-                    "SELECT count(*), "
-                    "md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) "
-                    f"FROM {table} t"
-                )
-            ).one()
-    return {"catalog": catalog, "rows": {name: tuple(value) for name, value in rows.items()}}
