@@ -4,8 +4,10 @@ means; the CLI maps the exceptions to exit codes.
 
 from __future__ import annotations
 
-import psycopg2
-from psycopg2 import errorcodes
+import functools
+import json
+import re
+from importlib import resources
 
 
 class MigratorError(Exception):
@@ -91,34 +93,16 @@ class Interrupted(MigratorError):
         self.exit_status = 128 + signal_number
 
 
-# What a database error means. A failed connection carries no SQLSTATE (libpq reports it as
-# text), so connection errors are read by libpq's message: every fragment must be present.
-_ACCESS_CODES = {
-    errorcodes.INSUFFICIENT_PRIVILEGE,
-    errorcodes.INVALID_PASSWORD,
-    errorcodes.INVALID_AUTHORIZATION_SPECIFICATION,
-}
-_REFUSALS: tuple[tuple[tuple[str, ...], type[MigratorError]], ...] = (
-    (("password authentication failed",), AccessDenied),
-    (("no pg_hba.conf entry",), AccessDenied),
-    (("permission denied",), AccessDenied),
-    (('role "', "does not exist"), AccessDenied),
-    (("is not permitted to log in",), AccessDenied),
-    # A typo in the database name waits for nothing: fail at once.
-    (('database "', "does not exist"), UsageError),
-    (("invalid connection option",), UsageError),
-    (("invalid sslmode value",), UsageError),
-    (("invalid integer value",), UsageError),
-    # A pooler that refuses libpq `options` (PgBouncer without ignore_startup_parameters).
-    (("unsupported startup parameter",), UsageError),
-)
+# What a database error means, by SQLSTATE wherever the driver has one (psycopg2's `pgcode`,
+# psycopg 3's `sqlstate`): the same in every language the server speaks.
+_ACCESS_CODES = {"42501", "28P01", "28000"}  # insufficient privilege, invalid password or role
 # The session is gone (terminated, idle timeout, server restart, network): nothing it held
 # (the migration lock, an open transaction) survives it.
 _LOST_CODES = {
-    errorcodes.ADMIN_SHUTDOWN,
-    errorcodes.CRASH_SHUTDOWN,
+    "57P01",  # admin_shutdown: pg_terminate_backend, a fast shutdown
+    "57P02",  # crash_shutdown
     "57P05",  # idle_session_timeout (PostgreSQL 14)
-    errorcodes.IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
+    "25P03",  # idle_in_transaction_session_timeout
 }
 _LOST_MESSAGES = (
     "server closed the connection unexpectedly",
@@ -130,7 +114,28 @@ _LOST_MESSAGES = (
     "ssl syscall error",
     "eof detected",
     "no connection to the server",
+    "the connection is closed",  # psycopg 3
+    "the connection is lost",  # psycopg 3
+    "consuming input failed",  # psycopg 3
 )
+# PgBouncer's own refusal of libpq `options` (it has no translations).
+_POOLER_REFUSALS = ("unsupported startup parameter",)
+
+
+@functools.cache
+def _connection_refusals() -> tuple[tuple[re.Pattern[str], type[MigratorError]], ...]:
+    """A failed connection carries no SQLSTATE (libpq keeps none, in either driver): what
+    failed for good is read from its message, in every language PostgreSQL's own catalogs
+    translate it to (server_messages.json, made by scripts/server-messages.py)."""
+    document = json.loads(
+        resources.files("migrator").joinpath("server_messages.json").read_text("utf-8")
+    )
+    meanings: dict[str, type[MigratorError]] = {"access": AccessDenied, "usage": UsageError}
+    return tuple(
+        (re.compile(".*".join(re.escape(part) for part in template.split("%s"))), meaning)
+        for name, meaning in meanings.items()
+        for template in document[name]
+    )
 
 
 def refusal(error: BaseException) -> MigratorError | None:
@@ -139,9 +144,11 @@ def refusal(error: BaseException) -> MigratorError | None:
     text = reason(error)
     if code in _ACCESS_CODES:
         return AccessDenied(f"the database refused access: {text}")
-    for fragments, error_type in _REFUSALS:
-        if all(fragment in text for fragment in fragments):
+    for pattern, error_type in _connection_refusals():
+        if pattern.search(text):
             return error_type(f"the database refused the connection: {text}")
+    if any(refused in text for refused in _POOLER_REFUSALS):
+        return UsageError(f"the database refused the connection: {text}")
     if not _is_operational(error):
         return UsageError(f"cannot connect: {text}")
     return None
@@ -159,11 +166,11 @@ def connection_lost(error: BaseException) -> bool:
 
 def lock_not_available(error: BaseException) -> bool:
     """A statement gave up waiting for a table lock (lock_timeout)."""
-    return bool(_sqlstate(error) == errorcodes.LOCK_NOT_AVAILABLE)
+    return _sqlstate(error) == "55P03"
 
 
 def missing_table(error: BaseException) -> bool:
-    return bool(_sqlstate(error) == errorcodes.UNDEFINED_TABLE)
+    return _sqlstate(error) == "42P01"
 
 
 def failure(error: BaseException, what: str) -> MigratorError:
@@ -194,10 +201,14 @@ def reason(error: BaseException | None) -> str:
 
 
 def _sqlstate(error: BaseException) -> str | None:
-    code = getattr(getattr(error, "orig", None), "pgcode", None)
+    original = getattr(error, "orig", None) or error
+    code = getattr(original, "pgcode", None) or getattr(original, "sqlstate", None)
     return code if isinstance(code, str) else None
 
 
 def _is_operational(error: BaseException) -> bool:
+    """The driver's OperationalError or InterfaceError (psycopg2's or psycopg 3's), read by
+    name so that neither driver need be installed."""
     original = getattr(error, "orig", None) or error
-    return isinstance(original, (psycopg2.OperationalError, psycopg2.InterfaceError))
+    names = {kind.__name__ for kind in type(original).__mro__}
+    return bool(names & {"OperationalError", "InterfaceError"})

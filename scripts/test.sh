@@ -17,12 +17,20 @@ command -v pgbouncer >/dev/null || missing+=(pgbouncer)
 command -v iptables >/dev/null || missing+=(iptables)
 # npm installs dbmate, the peer tests/test_bench.py measures beside the migrator.
 command -v npm >/dev/null || missing+=(npm)
+# Servers that speak German and Japanese (tests/test_languages.py) need those locales.
+command -v locale-gen >/dev/null || missing+=(locales)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "test: installing ${missing[*]}" >&2
   sudo=$([ "$(id -u)" = 0 ] || echo sudo)
   $sudo apt-get update -qq
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+for language in de_DE.UTF-8 ja_JP.UTF-8; do
+  if ! locale -a 2>/dev/null | grep -qix "${language/UTF-8/utf8}"; then
+    grep -qx "$language UTF-8" /etc/locale.gen 2>/dev/null || echo "$language UTF-8" >> /etc/locale.gen
+    locale-gen >/dev/null
+  fi
+done
 # A failure inside $(...) would be lost in `eval`: keep its status (the cause is on stderr).
 images=$(scripts/pick-base-images.sh) || { echo "test: no base images (the cause is above)" >&2; exit 1; }
 eval "$images"

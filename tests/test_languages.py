@@ -1,0 +1,111 @@
+"""A server that does not speak English: a failed connection is classified the same.
+
+A failed connection carries no SQLSTATE in either driver, and the server words its refusal
+in its own `lc_messages` language. Real servers here (PostgreSQL's own binaries, initdb'd
+with German and Japanese messages): a wrong password and an unknown role are exit 6, an
+unknown database exit 2, each at once (not after the wait timeout), with psycopg2 and
+psycopg 3 alike.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Result, free_port, run_migrator
+from test_server_states import as_server_user, server_binaries
+
+SECRET = "Sprachen-geheim-7"
+LANGUAGES = {
+    "de_DE.UTF-8": "Passwort-Authentifizierung für Benutzer",
+    "ja_JP.UTF-8": "パスワード認証に失敗しました",
+}
+DRIVERS = ["postgresql+psycopg2", "postgresql+psycopg"]
+
+
+@pytest.fixture(scope="module", params=sorted(LANGUAGES))
+def speaking(request: pytest.FixtureRequest) -> Iterator[tuple[int, str]]:
+    """A server whose messages are in the parameter's language; (port, language)."""
+    language = request.param
+    binaries = server_binaries()
+    directory = Path(tempfile.mkdtemp(prefix="migrator-lang-"))
+    shutil.chown(directory, "postgres")
+    data = directory / "data"
+    port = free_port()
+    password_file = directory / "password"
+    password_file.write_text(SECRET)
+    shutil.chown(password_file, "postgres")
+    subprocess.run(
+        as_server_user(
+            binaries / "initdb",
+            "-D",
+            data,
+            "-U",
+            "postgres",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            f"--pwfile={password_file}",
+            f"--locale={language}",
+        ),
+        check=True,
+        capture_output=True,
+    )
+    options = f"-p {port} -k {directory} -c listen_addresses=127.0.0.1 -c lc_messages={language}"
+    subprocess.run(
+        as_server_user(
+            binaries / "pg_ctl", "-D", data, "-o", options, "-l", directory / "log", "-w", "start"
+        ),
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield port, language
+    finally:
+        subprocess.run(
+            as_server_user(binaries / "pg_ctl", "-D", data, "-m", "immediate", "stop"),
+            capture_output=True,
+        )
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _run(driver: str, port: int, user: str, password: str, database: str) -> Result:
+    url = f"{driver}://{user}:{password}@127.0.0.1:{port}/{database}"
+    return run_migrator("current", env={"DATABASE_URL": url, "MIGRATOR_WAIT_TIMEOUT": "30"})
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_a_wrong_password_is_exit_6_at_once(speaking: tuple[int, str], driver: str) -> None:
+    port, language = speaking
+    result = _run(driver, port, "postgres", "not-the-password", "postgres")
+    assert result.status == 6, result.output
+    assert LANGUAGES[language] in result.output  # it spoke so
+    assert result.seconds < 10  # not the 30 s wait
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_an_unknown_role_is_exit_6_at_once(speaking: tuple[int, str], driver: str) -> None:
+    port, _ = speaking
+    result = _run(driver, port, "nobody_here", SECRET, "postgres")
+    assert result.status == 6, result.output
+    assert result.seconds < 10
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_an_unknown_database_is_exit_2_at_once(speaking: tuple[int, str], driver: str) -> None:
+    port, _ = speaking
+    result = _run(driver, port, "postgres", SECRET, "no_such_database")
+    assert result.status == 2, result.output
+    assert "no_such_database" in result.output
+    assert result.seconds < 10
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_the_right_credentials_connect(speaking: tuple[int, str], driver: str) -> None:
+    port, _ = speaking
+    result = _run(driver, port, "postgres", SECRET, "postgres")
+    assert result.status == 0, result.output
+    assert "base" in result.output
