@@ -18,10 +18,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
-import psycopg2
-import psycopg2.extensions
-from psycopg2 import sql
-
 from migrator import config, manifest
 from migrator.config import Settings
 from migrator.logs import Summary, log, report_summary, setup_logging
@@ -53,6 +49,7 @@ def nothing_to_do(arguments: Sequence[str], environ: Mapping[str, str]) -> int |
 
 def _answer(arguments: Sequence[str], environ: Mapping[str, str], summary: Summary) -> int:
     _check_request(arguments, environ)
+
     settings = config.load_settings(environ, {}, urls=False)  # raises on any bad value
     parameters, masked, passwords = _connection(environ, settings)
     mask = Mask(passwords)
@@ -120,7 +117,7 @@ def _connection(
         if scheme is None:
             raise Doubt("DATABASE_URL is not a plain postgresql:// URL")
         rest = text[len(scheme) :]
-        parameters = psycopg2.extensions.parse_dsn(f"postgresql://{rest}")
+        parameters = _psycopg2().extensions.parse_dsn(f"postgresql://{rest}")
         if "@" in str(parameters.get("host", "")):
             raise Doubt("DATABASE_URL's host has an @")
         masked = Mask()(f"postgresql+psycopg2://{rest}")
@@ -131,6 +128,9 @@ def _connection(
 def _database_heads(parameters: dict[str, Any], known: dict[str, Any]) -> tuple[list[str], str]:
     """The version table's rows, on a writable session that no pooler handed on: the first
     connection marks its session; the second must not find a mark (as in session.py)."""
+    psycopg2 = _psycopg2()
+    from psycopg2 import sql
+
     first = psycopg2.connect(**parameters)
     try:
         with first.cursor() as cursor:
@@ -163,6 +163,17 @@ def _database_heads(parameters: dict[str, Any], known: dict[str, Any]) -> tuple[
         return heads, f"{number // 10000}.{number % 10000}"
     finally:
         second.close()
+
+
+def _psycopg2() -> Any:
+    """The driver, imported only here: an install without it (the package's extras) takes
+    the full path, which says what to install."""
+    try:
+        import psycopg2
+        import psycopg2.extensions
+    except ImportError:
+        raise Doubt("psycopg2 is not installed") from None
+    return psycopg2
 
 
 def main() -> int:

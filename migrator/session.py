@@ -84,7 +84,11 @@ class Session:
         try:
             self.engine = create_engine(settings.connection_url(), poolclass=NullPool)
         except (NoSuchModuleError, ImportError) as error:
-            raise UsageError(f"DATABASE_URL: its driver is not installed ({error})") from None
+            raise UsageError(
+                f"DATABASE_URL: its driver is not installed ({error}): install the package "
+                "with an extra, pip install 'migrator-job[binary]' (psycopg2), or psycopg 3 "
+                "(pip install 'psycopg[binary]') for a postgresql+psycopg:// URL"
+            ) from None
         self.connection = wait.connect(self.engine, settings.wait_timeout, self._prepare)
         # The database and server reached, by what the server says (migrator.scratch).
         self.identity = session_identity(self.connection)

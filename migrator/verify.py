@@ -250,6 +250,26 @@ _TABLE_FINGERPRINTS = text(
     """
 )
 TableKey = tuple[str, str]  # (schema, table)
+# What the inspector does not read: schemas, extensions, functions and procedures (but an
+# extension's own), and triggers (but constraint triggers, which the constraints stand for).
+_OTHER_OBJECTS = text(
+    r"""
+    SELECT 'schema ' || nspname AS name, 'exists' AS definition FROM pg_namespace
+    WHERE nspname NOT IN ('public', 'information_schema') AND nspname NOT LIKE 'pg\_%'
+    UNION ALL
+    SELECT 'extension ' || extname, extversion FROM pg_extension WHERE extname <> 'plpgsql'
+    UNION ALL
+    SELECT 'function ' || p.oid::regprocedure, md5(pg_get_functiondef(p.oid))
+    FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+    WHERE n.nspname NOT IN ('information_schema') AND n.nspname NOT LIKE 'pg\_%'
+      AND p.prokind IN ('f', 'p')
+      AND NOT EXISTS (SELECT FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass
+                      AND d.objid = p.oid AND d.deptype = 'e')
+    UNION ALL
+    SELECT 'trigger ' || t.tgname || ' on ' || t.tgrelid::regclass, pg_get_triggerdef(t.oid)
+    FROM pg_trigger t WHERE NOT t.tgisinternal
+    """
+)
 
 
 @dataclass
@@ -299,6 +319,8 @@ def snapshot(connection: Connection, previous: Snapshots | None = None) -> Snaps
         for view in inspector.get_view_names(schema=schema):
             definition = inspector.get_view_definition(view, schema=schema)
             current.rest[f"view {prefix}{view}"] = " ".join(str(definition).split())
+    for row in connection.execute(_OTHER_OBJECTS):
+        current.rest[row.name] = row.definition
     return current
 
 

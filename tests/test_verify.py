@@ -53,6 +53,26 @@ TREES: dict[str, tuple[list[tuple[str, str, str]], str, str]] = {
         "",
         "unique constraint uq_t_code on t missing (it was there before the upgrade)",
     ),
+    "downgrade leaves a schema": (
+        [BASE, ("r2", "CREATE SCHEMA extra", "SELECT 1")],
+        "",
+        "r2 (r2): the downgrade does not undo the upgrade: schema extra left behind",
+    ),
+    "downgrade leaves a function and its trigger": (
+        [
+            BASE,
+            (
+                "r2",
+                "CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS "
+                "'BEGIN RETURN NEW; END'; "
+                "CREATE TRIGGER t_touch BEFORE UPDATE ON t FOR EACH ROW EXECUTE FUNCTION touch()",
+                "SELECT 1",
+            ),
+        ],
+        "",
+        "r2 (r2): the downgrade does not undo the upgrade: function touch() left behind; "
+        "trigger t_touch on t left behind",
+    ),
     "downgrade raises": (
         [BASE, ("r2", "ALTER TABLE t ADD COLUMN size int", "ALTER TABLE t DROP COLUMN sise")],
         "size = sa.Column(sa.Integer)",
