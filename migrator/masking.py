@@ -25,16 +25,23 @@ SHORT_PASSWORD = 8
 # scheme://user:PASSWORD@ (a password's own / and @ are %-encoded in a URL), and
 # password=VALUE in a query string or a libpq keyword string.
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)([^/@]*?)(@)")
-_PASSWORD_PARAMETER = re.compile(r"(\bpassword=)([^&\s'\"]*)", re.IGNORECASE)
+# libpq's secret connection parameters: those its option list (PQconndefaults) marks with
+# dispchar "*". Each is hidden by name wherever it is written NAME=VALUE.
+SECRET_PARAMETERS = ("password", "sslpassword", "oauth_client_secret")
+_PASSWORD_PARAMETER = re.compile(
+    r"(\b(?:" + "|".join(SECRET_PARAMETERS) + r")=)([^&\s'\"]*)", re.IGNORECASE
+)
 
 
 def passwords_in(url: URL | None) -> list[str]:
-    """The passwords a URL carries: in its userinfo and as a `password` query parameter."""
+    """The secrets a URL carries: its userinfo's password and every secret parameter of
+    its query string."""
     if url is None:
         return []
     found = [url.password] if url.password else []
-    parameter = url.query.get("password")
-    found += [parameter] if isinstance(parameter, str) else list(parameter or ())
+    for name in SECRET_PARAMETERS:
+        parameter = url.query.get(name)
+        found += [parameter] if isinstance(parameter, str) else list(parameter or ())
     return [str(password) for password in found if password]
 
 

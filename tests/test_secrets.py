@@ -192,3 +192,16 @@ def test_a_failing_huge_statement_is_cut_in_the_log(database: Database, tmp_path
     assert "no_such_table" in result.stderr
     assert "characters cut" in result.stderr
     assert len(result.output) < 100_000
+
+
+def test_every_secret_connection_parameter_is_hidden(database: Database) -> None:
+    """libpq's secret parameters (its option list marks password, sslpassword and
+    oauth_client_secret so) are hidden by name, wherever the URL is printed."""
+    secret = "Ssl-key-passphrase-31"
+    url = f"{database.url}?sslmode=prefer&sslpassword={secret}"
+    env = {"DATABASE_URL": url, "MIGRATOR_CONFIG": str(AUDITED)}
+    for args in (["--debug", "upgrade", "head"], ["--debug", "current", "--json"]):
+        result = run_migrator(*args, env=env)
+        assert result.status == 0, result.output
+        assert "sslpassword=***" in result.stderr
+        assert secret not in result.output
