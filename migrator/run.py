@@ -190,6 +190,7 @@ def apply(
 
     def steps(heads: tuple[str, ...], context: MigrationContext) -> Iterator[Any]:
         if tuple(sorted(heads)) != progress.heads:
+            summary.to_revision = _name(heads)  # where it is, read from it
             raise MigrationFailed(
                 f"the database is at {_name(heads)}, but this run, holding the migration lock, "
                 f"left it at {_name(progress.heads)}: something else applied or reverted "

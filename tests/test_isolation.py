@@ -273,3 +273,43 @@ def _query(server: Server, name: str, sql: str) -> list[tuple[object, ...]]:
             return [tuple(row) for row in result] if result.returns_rows else []
     finally:
         engine.dispose()
+
+
+# An env.py that, the second time it runs in one process (the run's upgrade, after the
+# look at the database), moves the database to head behind the run's back.
+MOVES_THE_DATABASE = """\
+import builtins
+import os
+import psycopg2
+builtins.env_py_runs = getattr(builtins, "env_py_runs", 0) + 1
+if builtins.env_py_runs == 2:
+    _behind = psycopg2.connect(os.environ["APP_DSN"])
+    _behind.cursor().execute("UPDATE alembic_version SET version_num = %s", (os.environ["HEAD"],))
+    _behind.commit()
+    _behind.close()
+"""
+
+
+def test_a_database_moved_behind_the_runs_back_is_a_failure_naming_it(
+    server: Server, projects: dict[str, Path], real: str, tmp_path: Path
+) -> None:
+    """The run reads where the database is under the lock; when env.py then finds it
+    elsewhere, it says so and runs nothing, instead of "nothing to do"."""
+    project = tmp_path / "moves"
+    shutil.copytree(projects["tutorial"].parent, project)
+    env_py = project / "alembic" / "env.py"
+    env_py.write_text(MOVES_THE_DATABASE + env_py.read_text())
+    first, second = tutorial.revisions(projects["tutorial"])
+    dsn = f"host={server.host} port={server.port} dbname={real} user={ROLE} password={SECRET}"
+    env = _env(server, real, "tutorial", MIGRATOR_SAFETY="off", APP_DSN=dsn, HEAD=second)
+    result = _migrator(project / "alembic.ini", env, "upgrade", "head")
+    assert result.status == 1, result.output
+    assert (
+        f"the database is at {second}, but this run, holding the migration lock, left it at {first}"
+        in result.stderr
+    )
+    assert "nothing to do" not in result.stderr
+    assert f"summary command=upgrade from={first} to={second} applied=0" in result.stderr
+    assert _query(
+        server, real, "SELECT count(*) FROM information_schema.columns WHERE column_name = 'year'"
+    ) == [(0,)]
