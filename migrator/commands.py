@@ -64,7 +64,8 @@ def plan(
             report = _safety_report(settings, script, state, direction, target, session)
     steps = [{"revision": step.revision, "message": step.doc} for step in state.steps]
     summary.revisions = steps
-    lines = [f"{direction} from {_name(state.heads)} to {target}: {len(steps)} revision(s)"] + [
+    source = run.heads_name(state.heads)
+    lines = [f"{direction} from {source} to {target}: {len(steps)} revision(s)"] + [
         f"  {position}. {step['revision']}  {step['message']}"
         for position, step in enumerate(steps, start=1)
     ]
@@ -78,7 +79,7 @@ def plan(
         payload["safety"] = asdict(report)
         lines += safety_report.text_lines(report)
     if as_markdown:
-        print(_plan_markdown(direction, _name(state.heads), target, steps, report))
+        print(_plan_markdown(direction, source, target, steps, report))
     else:
         _emit(as_json, payload, lines)
     refused = report.refused() if report is not None else []
@@ -93,7 +94,7 @@ def current(settings: Settings, summary: Summary, as_json: bool = False) -> None
         state = run.inspect(config, script, "upgrade", "heads")
     heads = script.get_heads()
     at_head = set(state.heads) == set(heads)
-    summary.from_revision = _name(state.heads)
+    summary.from_revision = run.heads_name(state.heads)
     if state.unknown:
         where = f"unknown to this project ({', '.join(state.unknown)}: a newer release?)"
     elif at_head:
@@ -109,7 +110,7 @@ def current(settings: Settings, summary: Summary, as_json: bool = False) -> None
             "unknown": list(state.unknown),
             "pending": len(state.steps),
         },
-        [f"{_name(state.heads)} ({where})"],
+        [f"{run.heads_name(state.heads)} ({where})"],
     )
 
 
@@ -182,13 +183,13 @@ def check(settings: Settings, summary: Summary, as_json: bool = False) -> None:
         at_head = not state.unknown and not state.steps
         # Like `alembic check`: models are compared only with a database at head.
         models = model_differences(config, script) if at_head else None
-    summary.from_revision = summary.to_revision = _name(state.heads)
+    summary.from_revision = summary.to_revision = run.heads_name(state.heads)
     problems = []
     if state.unknown:
         problems.append(f"the database is at {', '.join(state.unknown)}, unknown to this project")
     elif state.steps:
         problems.append(
-            f"the database is at {_name(state.heads)}, not head: "
+            f"the database is at {run.heads_name(state.heads)}, not head: "
             f"{len(state.steps)} revision(s) to apply"
         )
     problems += [f"models: {difference}" for difference in models or []]
@@ -202,7 +203,7 @@ def check(settings: Settings, summary: Summary, as_json: bool = False) -> None:
             "models": models,
             "problems": problems,
         },
-        problems or [f"{_name(state.heads)} (head); {compared}"],
+        problems or [f"{run.heads_name(state.heads)} (head); {compared}"],
     )
     if problems:
         raise DifferenceFound(f"check: {problems[0]}")
@@ -341,7 +342,7 @@ def _migrate(
             "%d revision(s) to %s from %s to %s",
             len(state.steps),
             direction,
-            _name(state.heads),
+            run.heads_name(state.heads),
             target,
         )
 
@@ -375,7 +376,7 @@ def _migrate(
             )
             # The summary says where the database is, read from it, not inferred.
             done = run.look_again(session.connection, script, state, direction, target)
-            summary.to_revision = _name(done.heads)
+            summary.to_revision = run.heads_name(done.heads)
     log.info("%s done: at %s", direction, summary.to_revision)
 
 
@@ -466,7 +467,7 @@ def _plan_markdown(
 def _accept(state: State, direction: Direction, settings: Settings, summary: Summary) -> None:
     """Note where the database is; refuse a revision this project does not know."""
     if summary.applied == 0:
-        summary.from_revision = _name(state.heads)
+        summary.from_revision = run.heads_name(state.heads)
     if state.unknown:
         message = (
             f"the database is at {', '.join(state.unknown)}, a revision this project does not "
@@ -481,8 +482,8 @@ def _accept(state: State, direction: Direction, settings: Settings, summary: Sum
             )
         log.warning("%s; MIGRATOR_ALLOW_UNKNOWN_REVISION is true: nothing to do", message)
     elif not state.steps and summary.applied == 0:
-        summary.to_revision = _name(state.heads)
-        log.info("nothing to do: the database is at %s", _name(state.heads))
+        summary.to_revision = run.heads_name(state.heads)
+        log.info("nothing to do: the database is at %s", run.heads_name(state.heads))
 
 
 @contextmanager
@@ -510,7 +511,3 @@ def _emit(as_json: bool, payload: Any, lines: list[str]) -> None:
         print(json.dumps(payload))
     elif lines:
         print("\n".join(lines))
-
-
-def _name(heads: tuple[str, ...]) -> str:
-    return ",".join(heads) if heads else "base"

@@ -118,8 +118,6 @@ _LOST_MESSAGES = (
     "the connection is lost",  # psycopg 3
     "consuming input failed",  # psycopg 3
 )
-# PgBouncer's own refusal of libpq `options` (it has no translations).
-_POOLER_REFUSALS = ("unsupported startup parameter",)
 
 
 @functools.cache
@@ -130,6 +128,8 @@ def _connection_refusals() -> tuple[tuple[re.Pattern[str], type[MigratorError]],
     document = json.loads(
         resources.files("migrator").joinpath("server_messages.json").read_text("utf-8")
     )
+    # PgBouncer's own refusal of libpq `options` (it has no translations) is one more.
+    document["usage"].append("unsupported startup parameter: %s")
     meanings: dict[str, type[MigratorError]] = {"access": AccessDenied, "usage": UsageError}
     return tuple(
         (re.compile(".*".join(re.escape(part) for part in template.split("%s"))), meaning)
@@ -147,8 +147,6 @@ def refusal(error: BaseException) -> MigratorError | None:
     for pattern, error_type in _connection_refusals():
         if pattern.search(text):
             return error_type(f"the database refused the connection: {text}")
-    if any(refused in text for refused in _POOLER_REFUSALS):
-        return UsageError(f"the database refused the connection: {text}")
     if not _is_operational(error):
         return UsageError(f"cannot connect: {text}")
     return None

@@ -49,7 +49,6 @@ def nothing_to_do(arguments: Sequence[str], environ: Mapping[str, str]) -> int |
 
 def _answer(arguments: Sequence[str], environ: Mapping[str, str], summary: Summary) -> int:
     _check_request(arguments, environ)
-
     settings = config.load_settings(environ, {}, urls=False)  # raises on any bad value
     parameters, masked, passwords = _connection(environ, settings)
     mask = Mask(passwords)

@@ -190,12 +190,12 @@ def apply(
 
     def steps(heads: tuple[str, ...], context: MigrationContext) -> Iterator[Any]:
         if tuple(sorted(heads)) != progress.heads:
-            summary.to_revision = _name(heads)  # where it is, read from it
+            summary.to_revision = heads_name(heads)  # where it is, read from it
             raise MigrationFailed(
-                f"the database is at {_name(heads)}, but this run, holding the migration lock, "
-                f"left it at {_name(progress.heads)}: something else applied or reverted "
-                "revisions (code env.py imports, running migrations on its own?); nothing more "
-                "ran; find what did before rerunning"
+                f"the database is at {heads_name(heads)}, but this run, holding the migration "
+                f"lock, left it at {heads_name(progress.heads)}: something else applied or "
+                "reverted revisions (code env.py imports, running migrations on its own?); "
+                "nothing more ran; find what did before rerunning"
             )
         connection = context.connection
         assert connection is not None
@@ -387,8 +387,9 @@ def describe_resolution_error(script: ScriptDirectory, target: str, error: Excep
     return f"target {target!r}: {error}"
 
 
-def _name(heads: Iterable[str]) -> str:
-    return ",".join(heads) or "base"
+def heads_name(heads: Iterable[str]) -> str:
+    """A database's revisions as the log and the summary name them: sorted, or `base`."""
+    return ",".join(sorted(heads)) or "base"
 
 
 def _knows(script: ScriptDirectory, revision: str) -> bool:
@@ -531,7 +532,7 @@ class _Progress:
         described = self.describe()
         self.summary.applied += 1
         self.heads = tuple(sorted(heads))
-        self.summary.to_revision = _name(self.heads)
+        self.summary.to_revision = heads_name(self.heads)
         self.summary.revisions.append(
             {
                 "revision": step.up_revision_id,
