@@ -410,9 +410,9 @@ def scratch_database(settings: Settings, scratch: Settings) -> Iterator[Identity
     """The scratch database: created for the run and always dropped after it, on the server
     the configuration names; or MIGRATOR_VERIFY_URL's, which is neither created nor dropped.
     Yields the identity of the database the configuration names, which the scratch must
-    never be (None with MIGRATOR_VERIFY_URL: then it is not connected to)."""
+    never be (None when only MIGRATOR_VERIFY_URL is configured)."""
     if settings.verify_url is not None:
-        yield None
+        yield _configured_identity(settings)
         return
     assert scratch.database_url is not None
     name = scratch.database_url.database
@@ -436,6 +436,18 @@ def scratch_database(settings: Settings, scratch: Settings) -> Iterator[Identity
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         engine.dispose()
         log.info("scratch database %s dropped", name)
+
+
+def _configured_identity(settings: Settings) -> Identity | None:
+    """What DATABASE_URL (or DB_*) names, when it is configured beside MIGRATOR_VERIFY_URL."""
+    if settings.database_url is None:
+        return None
+    engine = create_engine(settings.connection_url(), poolclass=NullPool)
+    try:
+        with wait.connect(engine, settings.wait_timeout, announce=False) as connection:
+            return scratch_process.session_identity(connection)
+    finally:
+        engine.dispose()
 
 
 def scratch_settings(settings: Settings) -> Settings:

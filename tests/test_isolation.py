@@ -313,3 +313,29 @@ def test_a_database_moved_behind_the_runs_back_is_a_failure_naming_it(
     assert _query(
         server, real, "SELECT count(*) FROM information_schema.columns WHERE column_name = 'year'"
     ) == [(0,)]
+
+
+def test_a_role_without_createdb_verifies_in_the_given_database_never_the_real_one(
+    server: Server, projects: dict[str, Path], real: str
+) -> None:
+    """Managed databases rarely grant CREATEDB: verify then says so (exit 6), runs in the
+    MIGRATOR_VERIFY_URL database it is given, and refuses one that is the real database."""
+    with server.admin.connect() as connection:
+        connection.execute(sa.text(f"ALTER ROLE {ROLE} NOCREATEDB"))
+    try:
+        with _new_database(server) as given:
+            before = _fingerprint(server, real)
+            refused = _migrator(projects["tutorial"], _env(server, real), "verify")
+            assert refused.status == 6, refused.output
+            assert "permission denied to create database" in refused.stderr
+            for verify_url, status in ((_url(server, given), 0), (_url(server, real), 2)):
+                env = _env(server, real, MIGRATOR_VERIFY_URL=verify_url)
+                result = _migrator(projects["tutorial"], env, "verify")
+                assert result.status == status, result.output
+                assert _fingerprint(server, real) == before
+            assert f"MIGRATOR_VERIFY_URL names {real}, the database being migrated" in result.stderr
+            second = tutorial.revisions(projects["tutorial"])[1]
+            assert _query(server, given, "SELECT version_num FROM alembic_version") == [(second,)]
+    finally:
+        with server.admin.connect() as connection:
+            connection.execute(sa.text(f"ALTER ROLE {ROLE} CREATEDB"))
