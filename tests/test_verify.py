@@ -191,7 +191,9 @@ def test_two_heads_fail_verify_unless_named(server: Server, database: Database) 
 
 
 def test_verify_in_a_database_given_by_url(server: Server, database: Database) -> None:
-    result = run_migrator("verify", env={**database.env, "MIGRATOR_VERIFY_URL": database.url})
+    # Only the verify database is configured: one that DATABASE_URL or DB_* also names is
+    # the database being migrated, and refused (tests/test_isolation.py).
+    result = run_migrator("verify", env={"MIGRATOR_VERIFY_URL": database.url})
 
     assert result.status == 0, result.output
     assert "scratch database" not in result.stderr
