@@ -36,6 +36,8 @@ KEEPALIVES = (
     "keepalives_count",
     "tcp_user_timeout",
 )
+# The drivers the migrator runs on (synchronous, libpq-based): psycopg 3 and psycopg2.
+DRIVERS = ("psycopg", "psycopg2")
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off")
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
@@ -433,7 +435,7 @@ def parse_url(text: str, label: str = "DATABASE_URL") -> URL:
         )
     if url.port is not None and not 1 <= url.port <= 65535:
         raise UsageError(f"{label}: port {url.port} is out of range (1-65535)")
-    return url.set(drivername=_psycopg2_driver(url))
+    return _with_driver(url, label)
 
 
 def database_url_text(environ: Mapping[str, str]) -> str | None:
@@ -463,14 +465,23 @@ def database_parts(environ: Mapping[str, str]) -> dict[str, Any]:
 def _url_from_parts(values: _Values) -> URL:
     from sqlalchemy.engine import URL
 
-    return URL.create("postgresql+psycopg2", **database_parts(values.environ))
+    return _with_driver(URL.create("postgresql", **database_parts(values.environ)), "DB_HOST")
 
 
-def _psycopg2_driver(url: URL) -> str:
-    """`postgresql://` and `postgres://` mean psycopg2, the driver we ship; `+driver` is kept."""
-    if "+" in url.drivername:
-        return url.drivername
-    return "postgresql+psycopg2"
+def _with_driver(url: URL, label: str) -> URL:
+    """The URL with its driver named, so that every line and env.py show the one in use: as
+    given, or SQLAlchemy's own default (psycopg 3 since SQLAlchemy 2.1, psycopg2 before).
+    `postgres://` (libpq's and Heroku's spelling) is read as `postgresql://`."""
+    url = url.set(drivername=url.drivername.replace("postgres+", "postgresql+"))
+    if url.drivername == "postgres":
+        url = url.set(drivername="postgresql")
+    driver = url.get_driver_name()
+    if driver not in DRIVERS:
+        raise UsageError(
+            f"{label}: driver {driver!r} is not one the migrator runs on "
+            f"(postgresql+psycopg:// or postgresql+psycopg2://)"
+        )
+    return url.set(drivername=f"postgresql+{driver}")
 
 
 def milliseconds(seconds: float) -> int:

@@ -1,5 +1,6 @@
-"""The no-op fast path: `upgrade head` on a database already at head, answered with psycopg2
-alone, without importing SQLAlchemy or Alembic (Argo CD runs a PreSync hook on every sync).
+"""The no-op fast path: `upgrade head` on a database already at head, answered with the
+URL's driver alone (psycopg 3 or psycopg2), without importing SQLAlchemy or Alembic (Argo CD
+runs a PreSync hook on every sync).
 
 It may only ever say "nothing to do" when the full path would say the same, so it answers
 only when everything is plain: the command is `upgrade head`, every setting is valid, the
@@ -11,10 +12,12 @@ that head. On any doubt it returns None and the full path runs from the start.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -23,7 +26,14 @@ from migrator.config import Settings
 from migrator.logs import Summary, log, report_summary, setup_logging
 from migrator.masking import Mask
 
-_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg2://")
+# The schemes the fast path reads, and the driver each names (None: SQLAlchemy's default).
+_SCHEMES = {
+    "postgresql": None,
+    "postgres": None,
+    "postgresql+psycopg": "psycopg",
+    "postgresql+psycopg2": "psycopg2",
+}
+_BARE_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _MARK = "SELECT current_setting('migrator.session', true)"
 
 
@@ -42,15 +52,19 @@ def nothing_to_do(arguments: Sequence[str], environ: Mapping[str, str]) -> int |
     )
     try:
         return _answer(arguments, environ, summary)
-    except Exception as doubt:  # any doubt at all, expected or not: the full path decides
+    except Doubt as doubt:
         log.debug("fast path: %s; taking the full path", doubt)
+        return None
+    except Exception as error:  # any doubt at all: the full path decides, and says why
+        # Only the kind: a driver's message may quote the URL, before any mask is set up.
+        log.debug("fast path: %s; taking the full path", type(error).__name__)
         return None
 
 
 def _answer(arguments: Sequence[str], environ: Mapping[str, str], summary: Summary) -> int:
     _check_request(arguments, environ)
     settings = config.load_settings(environ, {}, urls=False)  # raises on any bad value
-    parameters, masked, passwords = _connection(environ, settings)
+    driver, parameters, masked, passwords = _connection(environ, settings)
     mask = Mask(passwords)
     setup_logging(settings.log_format, settings.log_level, mask, settings.tenant)
     try:
@@ -61,7 +75,7 @@ def _answer(arguments: Sequence[str], environ: Mapping[str, str], summary: Summa
         raise Doubt("the project has several heads")
     (head,) = known["heads"]
     started = time.monotonic()
-    heads, version = _database_heads(parameters, known)
+    heads, version = _database_heads(driver, parameters, known)
     if heads != [head]:
         raise Doubt(f"the database is at {', '.join(heads) or 'base'}")
     log.info("connecting to %s", masked)
@@ -94,10 +108,12 @@ def _check_request(arguments: Sequence[str], environ: Mapping[str, str]) -> None
 
 def _connection(
     environ: Mapping[str, str], settings: Settings
-) -> tuple[dict[str, Any], str, list[str]]:
-    """libpq's parameters, the URL as the full path prints it (masked), and the passwords."""
+) -> tuple[Driver, dict[str, Any], str, list[str]]:
+    """The driver, libpq's parameters, the URL as the full path prints it (masked), and the
+    passwords."""
     text = config.database_url_text(environ)
     if text is None:
+        driver = _driver(_default_driver())
         parts = config.database_parts(environ)
         parameters: dict[str, Any] = {
             "host": parts["host"],
@@ -108,29 +124,41 @@ def _connection(
         }
         password = ":***" if parts["password"] else ""
         masked = (
-            f"postgresql+psycopg2://{quote(parts['username'], safe=' +')}{password}@"
+            f"postgresql+{driver.name}://{quote(parts['username'], safe=' +')}{password}@"
             f"{parts['host']}:{parts['port']}/{quote(parts['database'], safe=' +/')}"
         )
     else:
-        scheme = next((scheme for scheme in _SCHEMES if text.startswith(scheme)), None)
-        if scheme is None:
+        scheme, separator, rest = text.partition("://")
+        if not separator or scheme not in _SCHEMES:
             raise Doubt("DATABASE_URL is not a plain postgresql:// URL")
-        rest = text[len(scheme) :]
-        parameters = _psycopg2().extensions.parse_dsn(f"postgresql://{rest}")
+        _check_userinfo(rest)
+        driver = _driver(_SCHEMES[scheme] or _default_driver())
+        try:
+            parameters = driver.parse(f"postgresql://{rest}")
+        except Exception:  # libpq's message quotes what it could not read: the password
+            raise Doubt("libpq cannot read DATABASE_URL") from None
         if "@" in str(parameters.get("host", "")):
             raise Doubt("DATABASE_URL's host has an @")
-        masked = Mask()(f"postgresql+psycopg2://{rest}")
+        masked = Mask()(f"postgresql+{driver.name}://{rest}")
     parameters.update(settings.libpq_defaults(parameters))
-    return parameters, masked, [str(parameters["password"])] if parameters.get("password") else []
+    passwords = [str(parameters["password"])] if parameters.get("password") else []
+    return driver, parameters, masked, passwords
 
 
-def _database_heads(parameters: dict[str, Any], known: dict[str, Any]) -> tuple[list[str], str]:
+def _check_userinfo(rest: str) -> None:
+    """Only a user and password that libpq reads as SQLAlchemy does: libpq ends them at a
+    `/` and refuses a `%` that is not an escape, where SQLAlchemy reads on to the `@`."""
+    userinfo, at, _ = rest.rpartition("@")
+    if at and (any(c in userinfo for c in "/?#") or _BARE_PERCENT.search(userinfo)):
+        raise Doubt("DATABASE_URL's user or password has characters that are not URL-encoded")
+
+
+def _database_heads(
+    driver: Driver, parameters: dict[str, Any], known: dict[str, Any]
+) -> tuple[list[str], str]:
     """The version table's rows, on a writable session that no pooler handed on: the first
     connection marks its session; the second must not find a mark (as in session.py)."""
-    psycopg2 = _psycopg2()
-    from psycopg2 import sql
-
-    first = psycopg2.connect(**parameters)
+    first = driver.module.connect(**parameters)
     try:
         with first.cursor() as cursor:
             cursor.execute(_MARK)
@@ -140,7 +168,7 @@ def _database_heads(parameters: dict[str, Any], known: dict[str, Any]) -> tuple[
         first.commit()
     finally:
         first.close()
-    second = psycopg2.connect(**parameters)
+    second = driver.module.connect(**parameters)
     try:
         with second.cursor() as cursor:
             cursor.execute(
@@ -149,14 +177,11 @@ def _database_heads(parameters: dict[str, Any], known: dict[str, Any]) -> tuple[
             marked, in_recovery, read_only = cursor.fetchone() or (None, True, "on")
             if marked or in_recovery or read_only == "on":
                 raise Doubt("a pooler, or a read-only server")
-            table = (
-                sql.Identifier(known["version_table_schema"], known["version_table"])
-                if known["version_table_schema"]
-                else sql.Identifier(known["version_table"])
-            )
-            cursor.execute(sql.SQL("SELECT version_num FROM {}").format(table))
+            names = [known["version_table_schema"], known["version_table"]]
+            table = driver.sql.Identifier(*[name for name in names if name])
+            cursor.execute(driver.sql.SQL("SELECT version_num FROM {}").format(table))
             heads = sorted(row[0] for row in cursor.fetchall())
-        number = second.server_version
+        number = second.info.server_version
         if number < 100000:
             raise Doubt("PostgreSQL before 10")
         return heads, f"{number // 10000}.{number % 10000}"
@@ -164,15 +189,42 @@ def _database_heads(parameters: dict[str, Any], known: dict[str, Any]) -> tuple[
         second.close()
 
 
-def _psycopg2() -> Any:
+@dataclass
+class Driver:
+    """psycopg 3 or psycopg2: the same libpq, with the same parameters."""
+
+    name: str
+    module: Any
+    sql: Any  # the module's `sql`, to quote the version table's name
+    parse: Callable[[str], dict[str, Any]]  # libpq's own reading of a URL
+
+
+def _driver(name: str) -> Driver:
     """The driver, imported only here: an install without it (the package's extras) takes
     the full path, which says what to install."""
     try:
+        if name == "psycopg":
+            import psycopg
+            import psycopg.conninfo
+            import psycopg.sql
+
+            return Driver(name, psycopg, psycopg.sql, psycopg.conninfo.conninfo_to_dict)
         import psycopg2
         import psycopg2.extensions
+        import psycopg2.sql
+
+        return Driver(name, psycopg2, psycopg2.sql, psycopg2.extensions.parse_dsn)
     except ImportError:
-        raise Doubt("psycopg2 is not installed") from None
-    return psycopg2
+        raise Doubt(f"{name} is not installed") from None
+
+
+def _default_driver() -> str:
+    """What SQLAlchemy runs postgresql:// on (config.py names it the same way), read from its
+    version rather than imported: psycopg 3 since SQLAlchemy 2.1."""
+    from importlib.metadata import version
+
+    major, minor = (int(part) for part in version("sqlalchemy").split(".")[:2])
+    return "psycopg" if (major, minor) >= (2, 1) else "psycopg2"
 
 
 def main() -> int:

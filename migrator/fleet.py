@@ -54,7 +54,12 @@ _NOT_INHERITED = (
     "MIGRATOR_SCHEMA",
 )
 # Imported once by the process server; every target's process starts with them loaded.
-_PRELOAD = ["migrator.cli", "migrator.commands", "sqlalchemy.dialects.postgresql.psycopg2"]
+_PRELOAD = [
+    "migrator.cli",
+    "migrator.commands",
+    "sqlalchemy.dialects.postgresql.psycopg",
+    "sqlalchemy.dialects.postgresql.psycopg2",
+]
 # After a stop, how long running targets get to roll back before they are killed: within
 # the fleet's own stop grace, so that the fleet can still report each of them.
 _STOP_WAIT_SECONDS = signals.STOP_GRACE_SECONDS - 1.5

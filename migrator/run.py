@@ -83,7 +83,7 @@ def alembic_project(settings: Settings) -> tuple[Config, ScriptDirectory]:
     url = (
         settings.connection_url()
         if settings.database_url is not None
-        else URL.create("postgresql+psycopg2")  # offline SQL needs only the dialect
+        else URL.create("postgresql")  # offline SQL needs only the dialect
     )
     # The URL reaches env.py through the Config, never a file; configparser needs % doubled.
     rendered = url.render_as_string(hide_password=False)

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import Connection, Row
+from sqlalchemy.engine import URL, Connection, Row
 from sqlalchemy.exc import NoSuchModuleError
 from sqlalchemy.pool import NullPool
 
@@ -71,6 +71,19 @@ def transaction_pooling() -> UsageError:
     )
 
 
+def missing_driver(url: URL) -> UsageError:
+    if url.get_driver_name() == "psycopg":
+        return UsageError(
+            "the database driver psycopg (psycopg 3, what SQLAlchemy 2.1 runs postgresql:// "
+            "on) is not installed: pip install 'migrator-job[psycopg]', or write the URL as "
+            "postgresql+psycopg2:// to use psycopg2"
+        )
+    return UsageError(
+        "the database driver psycopg2 is not installed: pip install 'migrator-job[binary]' "
+        "(or [source] to build it), or write the URL as postgresql+psycopg:// to use psycopg 3"
+    )
+
+
 class Session:
     """The run's connection to the database, and the engine that makes it."""
 
@@ -83,12 +96,8 @@ class Session:
         self.mutex = threading.RLock()
         try:
             self.engine = create_engine(settings.connection_url(), poolclass=NullPool)
-        except (NoSuchModuleError, ImportError) as error:
-            raise UsageError(
-                f"DATABASE_URL: its driver is not installed ({error}): install the package "
-                "with an extra, pip install 'migrator-job[binary]' (psycopg2), or psycopg 3 "
-                "(pip install 'psycopg[binary]') for a postgresql+psycopg:// URL"
-            ) from None
+        except (NoSuchModuleError, ImportError):
+            raise missing_driver(settings.connection_url()) from None
         self.connection = wait.connect(self.engine, settings.wait_timeout, self._prepare)
         # The database and server reached, by what the server says (migrator.scratch).
         self.identity = session_identity(self.connection)
