@@ -115,16 +115,22 @@ class Database:
 
     server: Server
     name: str
+    # The driver a test of both drivers names in DATABASE_URL; None: DB_* alone, which run
+    # on SQLAlchemy's default (psycopg 3 on 2.1).
+    driver: str | None = None
 
     @property
     def env(self) -> dict[str, str]:
-        return {
+        env = {
             "DB_HOST": self.server.host,
             "DB_PORT": str(self.server.port),
             "DB_NAME": self.name,
             "DB_USER": ROLE,
             "DB_PASSWORD": PASSWORD,
         }
+        if self.driver is not None:  # DATABASE_URL wins over DB_*
+            env["DATABASE_URL"] = self.url.replace("postgresql://", f"postgresql+{self.driver}://")
+        return env
 
     @property
     def url(self) -> str:
@@ -167,12 +173,27 @@ class Database:
         return int(rows[0][0])
 
 
+DRIVERS = ("psycopg", "psycopg2")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A module marked `both_drivers` runs each of its database tests on psycopg 3 and on
+    psycopg2 (the driver named in DATABASE_URL)."""
+    if metafunc.definition.get_closest_marker("both_drivers") and "driver" in metafunc.fixturenames:
+        metafunc.parametrize("driver", DRIVERS)
+
+
 @pytest.fixture
-def database(server: Server) -> Iterator[Database]:
+def driver() -> str | None:
+    return None
+
+
+@pytest.fixture
+def database(server: Server, driver: str | None) -> Iterator[Database]:
     name = f"test_{uuid.uuid4().hex[:12]}"
     with server.admin.connect() as connection:
         connection.execute(sa.text(f"CREATE DATABASE {name} OWNER {ROLE}"))
-    yield Database(server, name)
+    yield Database(server, name, driver)
     with server.admin.connect() as connection:
         connection.execute(sa.text(f"DROP DATABASE {name} WITH (FORCE)"))
 

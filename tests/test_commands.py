@@ -6,7 +6,11 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 from conftest import ROOT, Database, run_alembic, run_migrator
+
+# The core: each test on psycopg 3 and on psycopg2.
+pytestmark = pytest.mark.both_drivers
 
 HEAD = "c3f9b7d21a58"
 EXAMPLE_REVISIONS = ["0d25ea6c8183", "4b1e7f3a9c20", "8d2c5a61e0f4", HEAD]

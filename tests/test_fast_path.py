@@ -16,6 +16,9 @@ import sqlalchemy as sa
 from conditions import Bouncer
 from conftest import PROJECTS, Database, Result, run_migrator
 
+# The core: each test on psycopg 3 and on psycopg2.
+pytestmark = pytest.mark.both_drivers
+
 ANSWERED = "answered by the manifest (SQLAlchemy imported: False)"
 DECLINED = "taking the full path"
 HEAD, MIDDLE = "a3a3a3a3a3a3", "a2a2a2a2a2a2"

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pytest
 import sqlalchemy as sa
 from conftest import (
     LOCK_KEY,
@@ -18,6 +19,9 @@ from conftest import (
     start_migrator,
     wait_for_line,
 )
+
+# The core: each test on psycopg 3 and on psycopg2.
+pytestmark = pytest.mark.both_drivers
 
 # Slow test revisions (SAMPLE_SLEEP) test running and locking: not measured first on a
 # scratch database as well (MIGRATOR_SAFETY, tests/test_safety.py).

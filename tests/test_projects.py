@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import sqlalchemy as sa
 from conftest import PASSWORD, PROJECTS, ROLE, Database, run_alembic, run_migrator
 
 WIDGETS_REVISION = """
@@ -62,16 +63,42 @@ def test_two_heads_name_them_or_take_both(database: Database) -> None:
     assert database.tables() >= {"t_aaa111", "t_bbb111", "t_bbb222"}
 
 
-def test_postgresql_and_postgres_urls_run_on_psycopg2(database: Database) -> None:
+def test_postgresql_and_postgres_urls_run_on_sqlalchemys_default_driver(
+    database: Database,
+) -> None:
+    """SQLAlchemy 2.1 runs postgresql:// on psycopg 3; the line says so. An explicit driver
+    is kept."""
     postgres_url = database.url.replace("postgresql://", "postgres://")
 
     first = run_migrator("upgrade", "4b1e7f3a9c20", env={"DATABASE_URL": database.url})
     second = run_migrator("upgrade", "head", env={"DATABASE_URL": postgres_url})
+    explicit = run_migrator("current", env={"DATABASE_URL": database.psycopg2_url})
 
+    assert sa.__version__.startswith("2.1"), "the venv's SQLAlchemy decides the default"
     assert first.status == 0, first.output
     assert second.status == 0, second.output
-    assert "postgresql+psycopg2://app_owner:***@" in first.stderr
+    assert explicit.status == 0, explicit.output
+    assert "connecting to postgresql+psycopg://app_owner:***@" in first.stderr
+    assert "connecting to postgresql+psycopg://app_owner:***@" in second.stderr
+    assert "connecting to postgresql+psycopg2://app_owner:***@" in explicit.stderr
     assert database.revision() == "c3f9b7d21a58"
+
+
+def test_a_driver_the_migrator_does_not_run_on_is_refused(database: Database) -> None:
+    url = database.url.replace("postgresql://", "postgresql+asyncpg://")
+
+    result = run_migrator("upgrade", "head", env={"DATABASE_URL": url})
+
+    assert result.status == 2, result.output
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .endswith(
+            "DATABASE_URL: driver 'asyncpg' is not one the migrator runs on "
+            "(postgresql+psycopg:// or postgresql+psycopg2://)"
+        )
+    )
+    assert database.revision() is None
 
 
 def test_secrets_from_files(database: Database, tmp_path: Path) -> None:

@@ -23,6 +23,9 @@ from conftest import (
     wait_for_line,
 )
 
+# The core: each test on psycopg 3 and on psycopg2.
+pytestmark = pytest.mark.both_drivers
+
 # Each broken tree: (revisions as (id, upgrade SQL, downgrade SQL), model columns, what the
 # report must name). Revision "r1" creates table t; the next ones are the story.
 BASE = (
