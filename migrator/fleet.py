@@ -173,6 +173,7 @@ def run(
     With `wanted` (the revisions the command ends at) and the version table, a target
     already there is answered without a process.
     """
+    temporary = _temporary_directory()
     outcomes = {target: Outcome(target) for target in targets}
     pending = list(targets)
     if wanted is not None and version_table is not None:
@@ -190,7 +191,7 @@ def run(
     rest = [target for target in pending if target not in canaries]
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(_PRELOAD)
-    with tempfile.TemporaryDirectory(prefix="migrator-fleet-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="migrator-fleet-", dir=temporary) as scratch:
         runner = _Runner(context, settings, arguments, Path(scratch), outcomes)
         if canary:
             log.info("fleet: canary stage, %d target(s) first", len(canary))
@@ -202,6 +203,21 @@ def run(
         if rest and failures_left > 0 and not signals.stop_requested.is_set():
             runner.run(rest, fleet.parallelism, failures_left)
     return [outcomes[target] for target in targets]
+
+
+def _temporary_directory() -> str:
+    """The one place a fleet writes: the temporary directory (TMPDIR, else /tmp), where its
+    process server binds its socket (multiprocessing has no other place for it) and each
+    target's run leaves its output and summary. A read-only root filesystem has none unless
+    one is mounted: then the fleet stops before it touches a target, saying so."""
+    try:
+        return tempfile.gettempdir()
+    except FileNotFoundError:  # tempfile tried TMPDIR, /tmp, /var/tmp, /usr/tmp and the cwd
+        raise UsageError(
+            "fleet needs a writable temporary directory (TMPDIR, else /tmp) and finds none "
+            "(a read-only root filesystem?): mount one at /tmp (docker run --tmpfs /tmp; "
+            "the Helm chart's Job has an emptyDir there)"
+        ) from None
 
 
 def _already_there(

@@ -106,6 +106,10 @@ def test_a_fleet_renders_an_indexed_job_in_place_of_the_single_job() -> None:
         assert migrator[key] == container(single)[key]
     pod, single_pod = spec["template"]["spec"], single["spec"]["template"]["spec"]
     assert pod["securityContext"] == single_pod["securityContext"]
+    # A read-only root: `migrator fleet` writes only its temporary directory, an emptyDir.
+    assert migrator["securityContext"]["readOnlyRootFilesystem"] is True
+    assert {"name": "tmp", "mountPath": "/tmp"} in migrator["volumeMounts"]
+    assert "emptyDir" in next(v for v in pod["volumes"] if v["name"] == "tmp")
     assert pod["restartPolicy"] == "Never" and pod["automountServiceAccountToken"] is False
     assert (
         spec["template"]["metadata"]["labels"] == single["spec"]["template"]["metadata"]["labels"]

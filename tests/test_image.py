@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from conftest import (
     PASSWORD,
     POSTGRES_IMAGE,
@@ -141,6 +142,62 @@ def test_read_only_unprivileged_and_arbitrary_uid(
     assert hardened.status == 0, hardened.output
     assert openshift.status == 0, openshift.output
     assert openshift.stdout.strip() == f"{HEAD} (head)"
+
+
+@pytest.fixture
+def tenants(server: Server) -> Iterator[list[Database]]:
+    """Three empty tenant databases owned by ROLE."""
+    prefix = f"tenant_{uuid.uuid4().hex[:8]}"
+    names = [f"{prefix}_{letter}" for letter in "abc"]
+    with server.admin.connect() as connection:
+        for name in names:
+            connection.execute(sa.text(f"CREATE DATABASE {name} OWNER {ROLE}"))
+    yield [Database(server, name) for name in names]
+    with server.admin.connect() as connection:
+        for name in names:
+            connection.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+def test_fleet_on_a_read_only_root_needs_a_writable_tmp_and_says_so(
+    example_image: str, network: str, database: Database, tenants: list[Database], tmp_path: Path
+) -> None:
+    """`fleet upgrade` in the hardened container of the README: without a writable /tmp (its
+    process server's socket lives there) it refuses in one line, exit 2, before any target
+    is touched; with a tmpfs at /tmp (what the chart's emptyDir is) every target reaches
+    head: three tenant databases and a schema of the configured database."""
+    schema = f"tenant_s_{uuid.uuid4().hex[:6]}"
+    database.query(f"CREATE SCHEMA {schema}")
+    targets = tmp_path / "targets"
+    targets.write_text("".join(f"{t.name}\n" for t in tenants) + f"schema={schema}\n")
+    targets.chmod(0o644)
+    env = {**container_env(database), "MIGRATOR_FLEET_FILE": "/etc/migrator/targets"}
+    hardened = (
+        *("--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges"),
+        *("-v", f"{targets}:/etc/migrator/targets:ro"),
+    )
+
+    refused = docker_run(example_image, network, env, "fleet", "upgrade", "head", options=hardened)
+    untouched = [tenant.revision() for tenant in tenants]
+    upgraded = docker_run(
+        example_image,
+        network,
+        env,
+        "fleet",
+        "upgrade",
+        "head",
+        options=(*hardened, "--tmpfs", "/tmp"),
+    )
+
+    assert refused.status == 2, refused.output
+    (error,) = [line for line in refused.stderr.splitlines() if " ERROR " in line]
+    assert "writable temporary directory" in error and "--tmpfs /tmp" in error, error
+    assert "unexpected" not in refused.output and "Traceback" not in refused.output
+    assert untouched == [None, None, None]
+    assert upgraded.status == 0, upgraded.output
+    assert "targets=4 ok=4 failed=0 skipped=0" in upgraded.stderr
+    assert [tenant.revision() for tenant in tenants] == [HEAD] * 3
+    assert database.query(f"SELECT version_num FROM {schema}.alembic_version") == [(HEAD,)]
+    assert database.tables() == set()  # the configured database's own schema is not a target
 
 
 def test_docker_stop_rolls_back_the_revision_in_flight(
