@@ -6,10 +6,10 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import DeclarativeBase, sessionmaker
 
-# URL.create quotes what needs quoting in the password; the explicit driver is psycopg2,
-# the one installed (SQLAlchemy 2.1 would otherwise pick psycopg 3).
+# URL.create quotes what needs quoting in the password; no driver named: SQLAlchemy's
+# default (psycopg 3 on SQLAlchemy 2.1), as the migrator's own DB_* use.
 SQLALCHEMY_DATABASE_URL = URL.create(
-    "postgresql+psycopg2",
+    "postgresql",
     username=os.environ.get("DB_USER"),
     password=os.environ.get("DB_PASSWORD"),
     host=os.environ.get("DB_HOST"),

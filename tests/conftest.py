@@ -4,6 +4,7 @@ migrator run as a user runs it (a subprocess), with every output checked for the
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import socket
@@ -38,6 +39,9 @@ ROLE = "app_owner"
 LOCK_KEY = int.from_bytes(b"migrator", "big")
 
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")  # the reaper image is not here
+# The tests' own driver, to set up and look: psycopg2 where installed, else psycopg 3 (an
+# install with that extra alone, scripts/ci/package.sh).
+HELPER_DRIVER = "psycopg2" if importlib.util.find_spec("psycopg2") else "psycopg"
 
 
 def free_port() -> int:
@@ -48,7 +52,7 @@ def free_port() -> int:
 
 def start_postgres(port: int | None = None, dbname: str = "test") -> PostgresContainer:
     container = PostgresContainer(
-        POSTGRES_IMAGE, password="admin-secret", dbname=dbname, driver="psycopg2"
+        POSTGRES_IMAGE, password="admin-secret", dbname=dbname, driver=HELPER_DRIVER
     )
     if port is not None:
         container.with_bind_ports(5432, port)
@@ -139,12 +143,12 @@ class Database:
 
     @property
     def psycopg2_url(self) -> str:
-        """The URL for SQLAlchemy in the tests (2.1 reads postgresql:// as psycopg 3)."""
         return self.url.replace("postgresql://", "postgresql+psycopg2://", 1)
 
     def engine(self, **kwargs: Any) -> sa.Engine:
         # NullPool: closing a connection ends its session, and any advisory lock with it.
-        return sa.create_engine(self.psycopg2_url, poolclass=sa.NullPool, **kwargs)
+        url = self.url.replace("postgresql://", f"postgresql+{HELPER_DRIVER}://", 1)
+        return sa.create_engine(url, poolclass=sa.NullPool, **kwargs)
 
     def query(self, sql: str, **params: Any) -> list[Any]:
         engine = self.engine()
@@ -173,7 +177,9 @@ class Database:
         return int(rows[0][0])
 
 
-DRIVERS = ("psycopg", "psycopg2")
+# The drivers the core tests run the migrator on; scripts/ci/package.sh narrows this to what
+# an install has.
+DRIVERS = tuple(os.environ.get("MIGRATOR_TEST_DRIVERS", "psycopg psycopg2").split())
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -37,6 +37,13 @@ PASSWORDS = {
     "newline": "line\nbreak-here",
     "short": "a1a1",  # inside every audited revision id, which must print unchanged
 }
+# Passwords written into DATABASE_URL without URL-encoding, as SQLAlchemy accepts them (it
+# reads up to the @): a % that is not an escape, a #, a / and a ?.
+UNENCODED = {
+    "bare percent": "Pa%zz-unencoded-1",
+    "hash": "Pa#frag-unencoded-2",
+    "slash and question": "Pa/sl?q-unencoded-3",
+}
 WAYS = ("DB_PASSWORD", "DB_PASSWORD_FILE", "DATABASE_URL", "?password=")
 
 
@@ -56,7 +63,7 @@ def leaks(password: str, output: str) -> list[str]:
 @pytest.fixture
 def role(database: Database, request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
     """A role whose password is the test's, owning the test's database."""
-    password = PASSWORDS[request.param]
+    password = {**PASSWORDS, **UNENCODED}[request.param]
     name = f"secret_{uuid.uuid4().hex[:8]}"
     literal = password.replace("'", "''")
     with database.server.admin.connect() as connection:
@@ -205,3 +212,31 @@ def test_every_secret_connection_parameter_is_hidden(database: Database) -> None
         assert result.status == 0, result.output
         assert "sslpassword=***" in result.stderr
         assert secret not in result.output
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "psycopg2"])
+@pytest.mark.parametrize("role", list(UNENCODED), indirect=True)
+def test_an_unencoded_password_is_taken_as_given_and_never_shown_on_either_path(
+    database: Database, role: tuple[str, str], driver: str, tmp_path: Path
+) -> None:
+    """With a manifest, --debug's lines of the fast path (which declines such a URL: libpq
+    would read it otherwise) and of the full path show no part of the password."""
+    user, password = role
+    project = tmp_path / "audited"
+    shutil.copytree(PROJECTS / "audited", project)
+    host, port = database.server.host, database.server.port
+    url = f"postgresql+{driver}://{user}:{password}@{host}:{port}/{database.name}"
+    env = {"DATABASE_URL": url, "MIGRATOR_CONFIG": str(project / "alembic.ini")}
+    assert run_migrator("manifest", env=env).status == 0
+
+    first = run_migrator("upgrade", "head", env=env)
+    again = run_migrator("upgrade", "head", env={**env, "MIGRATOR_LOG_LEVEL": "DEBUG"})
+
+    assert first.status == 0, first.output
+    assert again.status == 0 and "nothing to do" in again.stderr, again.output
+    assert "fast path: DATABASE_URL's user or password has characters" in again.stderr
+    fragments = set(password.replace("%", " ").replace("#", " ").replace("/", " ").split())
+    fragments |= set(password.replace("?", " ").split())
+    for output in (first.output, again.output):
+        assert not leaks(password, output), output
+        assert not [part for part in fragments if len(part) > 4 and part in output], output

@@ -6,6 +6,11 @@
 #   beside   an application's own psycopg2, built from source, then the wheel without the
 #            driver extra: no psycopg2-binary beside it (both install the module `psycopg2`),
 #            `pip check` clean, and the same core tests on the application's driver
+#   psycopg  the wheel with the psycopg extra alone (psycopg 3, the newest SQLAlchemy): no
+#            psycopg2 at all, and the same core tests on postgresql:// and DB_*
+#   bare     the wheel without any driver: --version, --help, upgrade --sql and manifest on
+#            `alembic init`'s project work; a command that connects is one line, exit 2,
+#            naming the extra to install
 #
 # Core tests: PACKAGE_TESTS (default: upgrade, downgrade, plan, current, offline SQL, plain
 # Alembic beside it, the JSON summary; against a real PostgreSQL). About two minutes.
@@ -62,6 +67,7 @@ echo "package: lowest allowed: $(tr '\n' ' ' < "$work/lowest.txt")"
 test_tools=(pytest "testcontainers>=4.15")
 
 echo "== package: lowest versions"
+export MIGRATOR_TEST_DRIVERS=psycopg2  # SQLAlchemy 2.0 runs postgresql:// on psycopg2
 python3 -m venv "$work/lowest"
 "$work/lowest/bin/pip" install -q --disable-pip-version-check -c "$work/lowest.txt" \
   "${wheel}[binary]" "${test_tools[@]}"
@@ -83,6 +89,7 @@ PY
   --rootdir "$OLDPWD" -c "$OLDPWD/pyproject.toml" $(printf "$OLDPWD/%s " $tests))
 
 echo "== package: beside an application's psycopg2 (built from source)"
+export MIGRATOR_TEST_DRIVERS=psycopg2  # SQLAlchemy 2.1 runs postgresql:// on psycopg 3: the URL names psycopg2
 python3 -m venv "$work/beside"
 "$work/beside/bin/pip" install -q --disable-pip-version-check --no-binary psycopg2 \
   "psycopg2>=2.9.5"
@@ -96,4 +103,39 @@ fi
 # shellcheck disable=SC2086
 (cd "$work" && "$work/beside/bin/python" -m pytest -q -p no:cacheprovider \
   --rootdir "$OLDPWD" -c "$OLDPWD/pyproject.toml" $(printf "$OLDPWD/%s " $tests))
-echo "package: lowest versions and beside psycopg2 passed in $((SECONDS - started)) s"
+echo "== package: psycopg 3 alone"
+python3 -m venv "$work/psycopg"
+"$work/psycopg/bin/pip" install -q --disable-pip-version-check "${wheel}[psycopg]" "${test_tools[@]}"
+"$work/psycopg/bin/pip" check
+if "$work/psycopg/bin/python" -c 'import psycopg2' 2>/dev/null; then
+  echo "package: psycopg2 is installed beside the psycopg extra" >&2
+  exit 1
+fi
+# shellcheck disable=SC2086
+(cd "$work" && MIGRATOR_TEST_DRIVERS=psycopg "$work/psycopg/bin/python" -m pytest -q \
+  -p no:cacheprovider --rootdir "$OLDPWD" -c "$OLDPWD/pyproject.toml" $(printf "$OLDPWD/%s " $tests))
+
+echo "== package: without a driver"
+python3 -m venv "$work/bare"
+"$work/bare/bin/pip" install -q --disable-pip-version-check "$wheel"
+(
+  cd "$work" && export PATH="$work/bare/bin:$PATH"
+  fail() { echo "package: without a driver: $*" >&2; exit 1; }
+  python -c 'import psycopg' 2>/dev/null && fail "psycopg is installed"
+  python -c 'import psycopg2' 2>/dev/null && fail "psycopg2 is installed"
+  migrator --version | grep -q '^migrator ' || fail "--version"
+  migrator --help | grep -q 'upgrade' || fail "--help"
+  alembic init -q project >/dev/null && (cd project && alembic revision -m first >/dev/null)
+  export MIGRATOR_CONFIG="$work/project/alembic.ini"
+  migrator upgrade head --sql 2>/dev/null | grep -q 'CREATE TABLE alembic_version' \
+    || fail "upgrade --sql printed no SQL"
+  migrator manifest 2>/dev/null && [ -f project/migrator-manifest.json ] || fail "manifest"
+  status=0
+  DB_HOST=127.0.0.1 DB_NAME=app DB_USER=app migrator upgrade head 2>errors || status=$?
+  [ "$status" = 2 ] || fail "a connecting command exited $status, not 2"
+  [ "$(grep -c ERROR errors)" = 1 ] && grep -q "pip install 'migrator-job\[psycopg\]'" errors \
+    || fail "the error does not name the extra: $(cat errors)"
+  grep -q Traceback errors && fail "a traceback"
+  echo "package: without a driver: --version, --help, upgrade --sql, manifest; upgrade exits 2"
+)
+echo "package: lowest versions, beside psycopg2, psycopg 3 alone and without a driver passed in $((SECONDS - started)) s"
