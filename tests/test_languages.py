@@ -12,11 +12,13 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Result, free_port, run_migrator
+import sqlalchemy as sa
+from conftest import HELPER_DRIVER, Result, free_port, run_alembic, run_migrator
 from test_server_states import as_server_user, server_binaries
 
 SECRET = "Sprachen-geheim-7"
@@ -72,9 +74,19 @@ def speaking(request: pytest.FixtureRequest) -> Iterator[tuple[int, str]]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def _run(driver: str, port: int, user: str, password: str, database: str) -> Result:
+def _run(
+    driver: str,
+    port: int,
+    user: str,
+    password: str,
+    database: str,
+    *args: str,
+    config: Path | None = None,
+) -> Result:
     url = f"{driver}://{user}:{password}@127.0.0.1:{port}/{database}"
-    return run_migrator("current", env={"DATABASE_URL": url, "MIGRATOR_WAIT_TIMEOUT": "30"})
+    env = {"DATABASE_URL": url, "MIGRATOR_WAIT_TIMEOUT": "30"}
+    env |= {"MIGRATOR_CONFIG": str(config)} if config else {}
+    return run_migrator(*(args or ("current",)), env=env)
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
@@ -106,8 +118,36 @@ def test_what_fails_for_good_fails_at_once(
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
-def test_the_right_credentials_connect(speaking: tuple[int, str], driver: str) -> None:
+def test_the_right_credentials_migrate(
+    speaking: tuple[int, str], driver: str, tmp_path: Path
+) -> None:
+    """`alembic init`'s project, env.py unchanged, with one revision: applied on a server
+    that speaks the language, then read back."""
     port, _ = speaking
-    result = _run(driver, port, "postgres", SECRET, "postgres")
-    assert result.status == 0, result.output
-    assert "base" in result.output
+    assert run_alembic("init", "alembic", cwd=tmp_path).returncode == 0
+    rev_id = f"w{uuid.uuid4().hex[:8]}"
+    made = run_alembic("revision", "-m", "widgets", "--rev-id", rev_id, cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    revision = next((tmp_path / "alembic" / "versions").glob(f"{rev_id}_*.py"))
+    body = (
+        f"    op.create_table('widgets_{rev_id}', sa.Column('id', sa.Integer, primary_key=True))\n"
+    )
+    revision.write_text(
+        revision.read_text().replace("def upgrade() -> None:\n", "def upgrade() -> None:\n" + body)
+    )
+    config = tmp_path / "alembic.ini"
+    database = f"lang_{rev_id}"
+    admin = sa.create_engine(
+        f"postgresql+{HELPER_DRIVER}://postgres:{SECRET}@127.0.0.1:{port}/postgres",
+        isolation_level="AUTOCOMMIT",
+    )
+    with admin.connect() as connection:
+        connection.execute(sa.text(f"CREATE DATABASE {database}"))
+    admin.dispose()
+
+    applied = _run(driver, port, "postgres", SECRET, database, "upgrade", "head", config=config)
+    current = _run(driver, port, "postgres", SECRET, database, "current", config=config)
+
+    assert applied.status == 0, applied.output
+    assert f"to={rev_id} applied=1" in applied.stderr
+    assert current.status == 0 and rev_id in current.stdout, current.output
