@@ -41,6 +41,17 @@ DRIVERS = ("psycopg", "psycopg2")
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off")
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+_WHOLE_NUMBER = re.compile(r"[0-9]{1,18}")  # ASCII digits: int() takes "٣", and fails on "²"
+# PostgreSQL keeps statement_timeout and lock_timeout as an int of milliseconds.
+POSTGRES_TIMEOUT_LIMIT = (2**31 - 1) / 1000
+LIBPQ_CONNECT_TIMEOUT_LIMIT = 2**31 - 1  # libpq's connect_timeout is an int of seconds
+# TCP keepalives (a third of it) allow no idle time longer than 32767 s: a day fits.
+NETWORK_TIMEOUT_LIMIT = 86_400
+# What a connection can carry: PostgreSQL cuts a longer name (user, database) to 63 bytes,
+# DNS resolves no host name longer than 253 characters, a startup packet holds 10000 bytes.
+NAME_LIMIT = 63
+HOST_LIMIT = 253
+URL_LIMIT = 10_000
 _TARGET_CHARACTERS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_@+-:.")
 
 
@@ -144,8 +155,12 @@ def load_settings(
         database_url=database_url,
         alembic_ini=_alembic_ini(values),
         wait_timeout=_seconds(values, "MIGRATOR_WAIT_TIMEOUT", 60.0),
-        connect_timeout=_whole_seconds(values, "MIGRATOR_CONNECT_TIMEOUT", 5),
-        network_timeout=_whole_seconds(values, "MIGRATOR_NETWORK_TIMEOUT", 30),
+        connect_timeout=_whole_seconds(
+            values, "MIGRATOR_CONNECT_TIMEOUT", 5, LIBPQ_CONNECT_TIMEOUT_LIMIT
+        ),
+        network_timeout=_whole_seconds(
+            values, "MIGRATOR_NETWORK_TIMEOUT", 30, NETWORK_TIMEOUT_LIMIT
+        ),
         lock_timeout=_seconds(values, "MIGRATOR_LOCK_TIMEOUT", 300.0),
         statement_timeout=_optional_seconds(values, "MIGRATOR_STATEMENT_TIMEOUT"),
         ddl_lock_timeout=_optional_seconds(values, "MIGRATOR_DDL_LOCK_TIMEOUT"),
@@ -286,13 +301,17 @@ class _Values:
         value = self._flags.get(name, self.environ.get(name))
         if value is None or not value.strip():
             return None  # Kubernetes often passes an empty value for "not set"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # a byte that is not UTF-8, kept by Python as a surrogate
+            raise UsageError(f"{self.label(name)}: not UTF-8 text") from None  # never echoed
         return value
 
     def label(self, name: str) -> str:
         return f"{name} (command line)" if name in self._flags else name
 
 
-def _seconds(values: _Values, name: str, default: float) -> float:
+def _seconds(values: _Values, name: str, default: float, most: float = math.inf) -> float:
     raw = values.raw(name)
     if raw is None:
         return default
@@ -302,25 +321,31 @@ def _seconds(values: _Values, name: str, default: float) -> float:
         seconds = math.nan
     if not math.isfinite(seconds) or seconds < 0:
         raise UsageError(f"{values.label(name)}: {raw!r} is not a number of seconds (0 or more)")
+    if seconds > most:
+        raise UsageError(
+            f"{values.label(name)}: {raw!r} is more than {most:.3f} seconds, the most "
+            "PostgreSQL takes (2147483647 ms)"
+        )
     return seconds
 
 
 def _optional_seconds(values: _Values, name: str) -> float | None:
+    """A PostgreSQL timeout in seconds, or None when unset."""
     if values.raw(name) is None:
         return None
-    seconds = _seconds(values, name, 0.0)
+    seconds = _seconds(values, name, 0.0, POSTGRES_TIMEOUT_LIMIT)
     if seconds == 0:
         raise UsageError(f"{values.label(name)}: must be more than 0 seconds (unset it for none)")
     return seconds
 
 
-def _whole_seconds(values: _Values, name: str, default: int) -> int:
+def _whole_seconds(values: _Values, name: str, default: int, most: int) -> int:
     raw = values.raw(name)
     if raw is None:
         return default
-    if not raw.isdigit() or int(raw) < 1:
+    if not _WHOLE_NUMBER.fullmatch(raw) or not 1 <= int(raw) <= most:
         raise UsageError(
-            f"{values.label(name)}: {raw!r} is not a whole number of seconds (1 or more)"
+            f"{values.label(name)}: {raw!r} is not a whole number of seconds from 1 to {most}"
         )
     return int(raw)
 
@@ -336,8 +361,10 @@ def _count(values: _Values, name: str, default: int) -> int:
     raw = values.raw(name)
     if raw is None:
         return default
-    if not raw.isdigit():
-        raise UsageError(f"{values.label(name)}: {raw!r} is not a whole number (0 or more)")
+    if not _WHOLE_NUMBER.fullmatch(raw):
+        raise UsageError(
+            f"{values.label(name)}: {raw!r} is not a whole number (0 or more, at most 18 digits)"
+        )
     return int(raw)
 
 
@@ -416,6 +443,11 @@ def parse_url(text: str, label: str = "DATABASE_URL") -> URL:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
+    if len(text) > URL_LIMIT:
+        raise UsageError(
+            f"{label}: {len(text)} characters; no PostgreSQL connection takes a URL longer "
+            f"than {URL_LIMIT}"
+        )
     try:
         url = make_url(text)
     except (ArgumentError, ValueError):
@@ -435,6 +467,7 @@ def parse_url(text: str, label: str = "DATABASE_URL") -> URL:
         )
     if url.port is not None and not 1 <= url.port <= 65535:
         raise UsageError(f"{label}: port {url.port} is out of range (1-65535)")
+    _names_fit({"host": url.host, "user": url.username, "database": url.database}, label)
     return _with_driver(url, label)
 
 
@@ -451,8 +484,10 @@ def database_parts(environ: Mapping[str, str]) -> dict[str, Any]:
     if missing:
         raise UsageError(f"{', '.join(missing)}: required when DATABASE_URL is not set")
     raw_port = values.raw("DB_PORT") or "5432"
-    if not raw_port.isdigit() or not 1 <= int(raw_port) <= 65535:
+    if not _WHOLE_NUMBER.fullmatch(raw_port) or not 1 <= int(raw_port) <= 65535:
         raise UsageError(f"{values.label('DB_PORT')}: {raw_port!r} is not a port (1-65535)")
+    for name, part in (("DB_HOST", "host"), ("DB_USER", "user"), ("DB_NAME", "database")):
+        _names_fit({part: values.raw(name)}, name)
     return {
         "username": values.raw("DB_USER"),
         "password": _secret(values, "DB_PASSWORD"),
@@ -460,6 +495,23 @@ def database_parts(environ: Mapping[str, str]) -> dict[str, Any]:
         "port": int(raw_port),
         "database": values.raw("DB_NAME"),
     }
+
+
+def _names_fit(names: Mapping[str, str | None], label: str) -> None:
+    """Refuse a host, user or database name no connection could use as given."""
+    for part, name in names.items():
+        if name is None:
+            continue
+        if part == "host" and len(name) > HOST_LIMIT:
+            raise UsageError(
+                f"{label}: the host name is {len(name)} characters; DNS resolves none longer "
+                f"than {HOST_LIMIT}"
+            )
+        if part != "host" and len(name.encode("utf-8")) > NAME_LIMIT:
+            raise UsageError(
+                f"{label}: the {part} name is {len(name.encode('utf-8'))} bytes; PostgreSQL "
+                f"names are at most {NAME_LIMIT} (it would cut it, and reach another)"
+            )
 
 
 def _url_from_parts(values: _Values) -> URL:

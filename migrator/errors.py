@@ -7,7 +7,10 @@ from __future__ import annotations
 import functools
 import json
 import re
+import sysconfig
+import traceback
 from importlib import resources
+from pathlib import Path
 
 
 class MigratorError(Exception):
@@ -178,7 +181,43 @@ def failure(error: BaseException, what: str) -> MigratorError:
         return AccessDenied(f"{what}: permission denied: {reason(error)}")
     if connection_lost(error):
         return DatabaseUnreachable(f"{what}: the connection was lost: {reason(error)}")
-    return MigrationFailed(f"{what}: {reason(error)}")
+    return MigrationFailed(f"{what}: {failure_detail(error)}")
+
+
+def failure_detail(error: BaseException) -> str:
+    """What failed, on one line: the database's own message for a database error; for an
+    exception raised by the project's code, where and what (`project_fault`)."""
+    if getattr(error, "orig", None) is not None:
+        return reason(error)
+    return project_fault(error) or f"{type(error).__name__}: {reason(error)}"
+
+
+def project_fault(error: BaseException) -> str | None:
+    """`FILE:LINE: Type: message` when `error` was raised by the project's own code (env.py,
+    a revision, a module they import), None when by the migrator's (a bug of ours).
+
+    Read from the traceback, innermost frame first: library frames (the standard library,
+    installed packages: Alembic, SQLAlchemy) are passed over; the first other frame says
+    whose code raised. A SyntaxError names its own file and line."""
+    if isinstance(error, SyntaxError) and error.filename:
+        return f"{error.filename}:{error.lineno}: SyntaxError: {error.msg}"
+    for frame in reversed(traceback.extract_tb(error.__traceback__)):
+        if frame.filename.startswith("<"):  # <frozen importlib._bootstrap>, <string>
+            continue
+        path = Path(frame.filename).resolve()
+        if path.is_relative_to(_MIGRATOR_DIRECTORY):  # first: it may be an installed package
+            return None
+        if any(path.is_relative_to(directory) for directory in _LIBRARY_DIRECTORIES):
+            continue
+        return f"{frame.filename}:{frame.lineno}: {type(error).__name__}: {reason(error)}"
+    return None
+
+
+_MIGRATOR_DIRECTORY = Path(__file__).resolve().parent
+_LIBRARY_DIRECTORIES = {
+    Path(sysconfig.get_path(name)).resolve()
+    for name in ("stdlib", "platstdlib", "purelib", "platlib")
+}
 
 
 def underlying(error: BaseException) -> BaseException:

@@ -10,6 +10,7 @@ import logging
 import re
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
@@ -90,14 +91,51 @@ def alembic_project(settings: Settings) -> tuple[Config, ScriptDirectory]:
     config.set_main_option("sqlalchemy.url", rendered.replace("%", "%%"))
     try:
         script = ScriptDirectory.from_config(config)
-        script.get_heads()  # loads every revision file now, so a broken one is a usage error
+        with warnings.catch_warnings():
+            # Alembic only warns of these, then fails with a bare KeyError or runs one of
+            # two revisions at random: a broken project all the same.
+            warnings.filterwarnings("error", _BROKEN_GRAPH.pattern, UserWarning)
+            script.get_heads()  # loads every revision file now, so a broken one is a usage error
     except (CommandError, RevisionError) as error:
         raise UsageError(f"{settings.alembic_ini}: {error}") from None
-    except SyntaxError as error:
-        raise UsageError(f"{error.filename}:{error.lineno}: SyntaxError: {error.msg}") from None
-    except (ImportError, UnicodeDecodeError) as error:
-        raise UsageError(f"a revision file: {type(error).__name__}: {error}") from None
+    except UserWarning as warning:
+        raise UsageError(_broken_graph(script, str(warning))) from None
+    except Exception as error:  # a revision's own code failed as it was loaded
+        fault = errors.project_fault(error)
+        if fault is None and isinstance(error, UnicodeDecodeError):
+            fault = f"a revision file: {type(error).__name__}: {error}"
+        if fault is None:
+            raise
+        raise UsageError(fault) from None
     return config, script
+
+
+_BROKEN_GRAPH = re.compile(
+    r"Revision (\S+) (?:is present more than once|referenced from .* is not present)"
+)
+
+
+def _broken_graph(script: ScriptDirectory, warning: str) -> str:
+    """A revision id that two files claim, or a down_revision that no file has: the files."""
+    match = _BROKEN_GRAPH.match(warning)
+    revision = match.group(1) if match else ""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # Alembic's own loader (private, read only on this error path): every revision file.
+        loaded = list(script._load_revisions())
+    claiming = [found.path for found in loaded if found.revision == revision]
+    if "more than once" in warning:
+        return f"{' and '.join(claiming)}: both are revision {revision}; a revision id is unique"
+    referring = [
+        found.path
+        for found in loaded
+        for named in (found.down_revision, found.dependencies)
+        if revision == named or (isinstance(named, (tuple, list)) and revision in named)
+    ]
+    return (
+        f"{', '.join(referring) or script.dir}: down_revision {revision!r} is no revision of "
+        "this project (a file deleted or renamed, or a typo)"
+    )
 
 
 def refuse_unresolvable_target(script: ScriptDirectory, target: str) -> None:
@@ -463,11 +501,14 @@ def run_env(
     with _environment(config, script, on_version_apply or [], fn=reached_steps, **options):
         try:
             script.run_env()
-        except (ImportError, SyntaxError) as error:
-            if reached:
-                raise  # from a revision: that revision failed
+        except (MigratorError, DBAPIError):
+            raise
+        except Exception as error:
+            fault = errors.project_fault(error)
+            if reached or fault is None:
+                raise  # a revision failed (the caller says so), or a bug of ours
             # env.py itself is broken: a project file to fix, not a migration that failed.
-            raise UsageError(f"{script.env_py_location}: {type(error).__name__}: {error}") from None
+            raise UsageError(fault) from None
         except SystemExit as error:
             raise ProjectExited(
                 f"{script.env_py_location} (or a revision it ran) called "
