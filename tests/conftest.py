@@ -125,15 +125,26 @@ class Database:
 
     @property
     def env(self) -> dict[str, str]:
+        return self.env_with()
+
+    def env_with(
+        self, *, user: str = ROLE, password: str = PASSWORD, name: str | None = None
+    ) -> dict[str, str]:
+        """The environment naming this database, or another user, password or name on its
+        server (in DATABASE_URL too, for a test of both drivers)."""
+        name = name or self.name
         env = {
             "DB_HOST": self.server.host,
             "DB_PORT": str(self.server.port),
-            "DB_NAME": self.name,
-            "DB_USER": ROLE,
-            "DB_PASSWORD": PASSWORD,
+            "DB_NAME": name,
+            "DB_USER": user,
+            "DB_PASSWORD": password,
         }
         if self.driver is not None:  # DATABASE_URL wins over DB_*
-            env["DATABASE_URL"] = self.url.replace("postgresql://", f"postgresql+{self.driver}://")
+            env["DATABASE_URL"] = (
+                f"postgresql+{self.driver}://{quote(user, safe='')}:{quote(password, safe='')}"
+                f"@{self.server.host}:{self.server.port}/{name}"
+            )
         return env
 
     @property

@@ -68,7 +68,7 @@ def test_wait_timeout_zero_tries_once() -> None:
 
 
 def test_wrong_password_fails_at_once_with_exit_6(database: Database) -> None:
-    env = {**database.env, "DB_PASSWORD": "not-the-password", "MIGRATOR_WAIT_TIMEOUT": "60"}
+    env = {**database.env_with(password="not-the-password"), "MIGRATOR_WAIT_TIMEOUT": "60"}
 
     result = run_migrator("upgrade", env=env)
 
@@ -79,7 +79,7 @@ def test_wrong_password_fails_at_once_with_exit_6(database: Database) -> None:
 
 
 def test_unknown_role_fails_at_once_with_exit_6(database: Database) -> None:
-    result = run_migrator("wait", env={**database.env, "DB_USER": "nobody_here"})
+    result = run_migrator("wait", env=database.env_with(user="nobody_here"))
 
     assert result.status == 6
     # With password authentication the server does not say whether the role exists.
@@ -89,7 +89,7 @@ def test_unknown_role_fails_at_once_with_exit_6(database: Database) -> None:
 def test_unknown_database_fails_at_once_with_exit_2(database: Database) -> None:
     """A decision: a database that does not exist is a configuration error, not a wait."""
     result = run_migrator(
-        "upgrade", env={**database.env, "DB_NAME": "no_such_db", "MIGRATOR_WAIT_TIMEOUT": "60"}
+        "upgrade", env={**database.env_with(name="no_such_db"), "MIGRATOR_WAIT_TIMEOUT": "60"}
     )
 
     assert result.status == 2
@@ -111,7 +111,7 @@ def test_too_many_connections_is_retried_until_a_slot_frees(
     threading.Timer(2.0, hog.close).start()
     try:
         result = run_migrator(
-            "wait", env={**database.env, "DB_USER": "limited", "MIGRATOR_WAIT_TIMEOUT": "30"}
+            "wait", env={**database.env_with(user="limited"), "MIGRATOR_WAIT_TIMEOUT": "30"}
         )
     finally:
         hog_engine.dispose()
