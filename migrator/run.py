@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from alembic.config import Config
@@ -98,6 +99,12 @@ def alembic_project(settings: Settings) -> tuple[Config, ScriptDirectory]:
     except (ImportError, UnicodeDecodeError) as error:
         raise UsageError(f"a revision file: {type(error).__name__}: {error}") from None
     return config, script
+
+
+def version_directories(script: ScriptDirectory) -> list[Path]:
+    """Where Alembic looks for revisions, as it resolves them (`pkg:dir` resources, the
+    default versions/ under the script directory)."""
+    return list(script._version_locations)
 
 
 def refuse_unresolvable_target(script: ScriptDirectory, target: str) -> None:

@@ -1,0 +1,109 @@
+"""Project layouts Alembic reads, and the manifest must cover as Alembic reads them: a
+symlinked versions directory, a sourceless project (revisions shipped as bytecode).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import py_compile
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import PROJECTS, Database, Result, run_migrator
+
+HEAD, ADDED = "a3a3a3a3a3a3", "a4a4a4a4a4a4"
+ANSWERED = "answered by the manifest"
+ADDED_REVISION = (
+    '"""added after the manifest"""\n\nfrom alembic import op\n\n'
+    f'revision = "{ADDED}"\ndown_revision = "{HEAD}"\n\n\n'
+    f"def upgrade() -> None:\n    op.execute(\"INSERT INTO applied VALUES ('{ADDED}')\")\n"
+)
+
+
+def copy_of_audited(directory: Path) -> Path:
+    """The audited test project (each revision records itself in `applied`); its alembic.ini."""
+    shutil.copytree(PROJECTS / "audited", directory)
+    return directory / "alembic.ini"
+
+
+def write_manifest(ini: Path) -> None:
+    written = run_migrator("manifest", env={"MIGRATOR_CONFIG": str(ini)})
+    assert written.status == 0, written.output
+
+
+def upgrade(database: Database, ini: Path) -> Result:
+    env = {**database.env, "MIGRATOR_CONFIG": str(ini), "MIGRATOR_LOG_LEVEL": "DEBUG"}
+    return run_migrator("upgrade", "head", env=env)
+
+
+def applied(database: Database) -> list[str]:
+    return [row[0] for row in database.query("SELECT revision FROM applied ORDER BY at")]
+
+
+def assert_added_revision_applied(result: Result, database: Database) -> None:
+    assert result.status == 0, result.output
+    assert ANSWERED not in result.stderr
+    assert database.revision() == ADDED
+    assert applied(database)[-1] == ADDED
+
+
+def test_a_revision_added_to_a_symlinked_versions_directory_is_applied(
+    database: Database, tmp_path: Path
+) -> None:
+    ini = copy_of_audited(tmp_path / "project")
+    versions = ini.parent / "alembic" / "versions"
+    shared = tmp_path / "shared-versions"  # e.g. a volume, or a directory shared by services
+    versions.rename(shared)
+    versions.symlink_to(shared, target_is_directory=True)
+    assert upgrade(database, ini).status == 0
+    write_manifest(ini)
+    assert ANSWERED in upgrade(database, ini).stderr  # the manifest holds while nothing changed
+
+    (shared / "a4_added.py").write_text(ADDED_REVISION)
+    assert_added_revision_applied(upgrade(database, ini), database)
+
+
+def test_a_symlink_loop_in_the_versions_directory_is_walked_once(
+    database: Database, tmp_path: Path
+) -> None:
+    ini = copy_of_audited(tmp_path / "project")
+    versions = ini.parent / "alembic" / "versions"
+    (versions / "again").symlink_to(versions, target_is_directory=True)
+    assert upgrade(database, ini).status == 0
+    write_manifest(ini)
+
+    assert ANSWERED in upgrade(database, ini).stderr
+    (versions / "a4_added.py").write_text(ADDED_REVISION)
+    assert_added_revision_applied(upgrade(database, ini), database)
+
+
+def compile_away(source: Path, layout: str) -> None:
+    """Ship `source` as bytecode only, where Alembic's `sourceless` finds it: beside it
+    (`legacy`, as `compileall -b` leaves it) or in `__pycache__` (PEP 3147)."""
+    target = (
+        source.with_suffix(".pyc")
+        if layout == "legacy"
+        else Path(importlib.util.cache_from_source(str(source)))
+    )
+    py_compile.compile(str(source), cfile=str(target), doraise=True)
+    source.unlink()
+
+
+@pytest.mark.parametrize("layout", ["legacy", "__pycache__"])
+def test_a_revision_added_as_bytecode_to_a_sourceless_project_is_applied(
+    database: Database, tmp_path: Path, layout: str
+) -> None:
+    ini = copy_of_audited(tmp_path / "project")
+    ini.write_text(ini.read_text() + "sourceless = true\n")  # the last section is [alembic]
+    versions = ini.parent / "alembic" / "versions"
+    for source in versions.glob("*.py"):
+        compile_away(source, layout)
+    assert upgrade(database, ini).status == 0
+    assert database.revision() == HEAD  # the bytecode revisions ran
+    write_manifest(ini)
+    assert ANSWERED in upgrade(database, ini).stderr
+
+    (versions / "a4_added.py").write_text(ADDED_REVISION)
+    compile_away(versions / "a4_added.py", layout)
+    assert_added_revision_applied(upgrade(database, ini), database)
