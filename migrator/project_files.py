@@ -1,5 +1,10 @@
-"""The files of an Alembic project that Alembic could load, found loudly where Alembic is
-quiet: a file or directory the migrator's user cannot read is a PermissionError naming it.
+"""The files of an Alembic project, found loudly where Alembic is quiet.
+
+Alembic walks a version directory with os.walk, which skips a directory it cannot list
+without a word: an unreadable versions/ looks like a project without revisions (a run says
+"at base", or calls the database's revision unknown). configparser likewise skips an
+alembic.ini it cannot open. Here a file or directory the migrator's user cannot read is a
+PermissionError naming it, which the commands turn into exit 6.
 
 Standard library only: the no-op fast path (manifest.py) walks the project with it without
 importing Alembic.
@@ -8,8 +13,10 @@ importing Alembic.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+from migrator.errors import AccessDenied
 
 _BYTECODE_CACHE = "__pycache__"
 
@@ -57,3 +64,38 @@ def _stem(name: str) -> str:
     """What Alembic (script/base.py, `_list_py_dir`) compares a `__pycache__` file by:
     `a1_create.cpython-311.pyc` is the bytecode of `a1_create.py` beside `__pycache__`."""
     return name.split(".")[0]
+
+
+def require_readable(paths: Iterable[Path]) -> None:
+    """Raise PermissionError for the first file in `paths` the migrator's user cannot open;
+    a missing file is left to Alembic, which says what it missed."""
+    for path in paths:
+        try:
+            with path.open("rb"):
+                pass
+        except FileNotFoundError:
+            continue
+
+
+def require_listable(directories: Iterable[Path], recursive: bool) -> None:
+    """Raise PermissionError for the first directory Alembic would walk (with
+    `recursive_version_locations`, every one below, as Alembic walks them: symlinked ones
+    not) that the migrator's user cannot list. Only the permission is checked here: what
+    else os.walk meets (a missing directory) Alembic meets the same way."""
+    for directory in directories:
+        for _root, _directories, _files in os.walk(directory, onerror=_raise_permission):
+            if not recursive:
+                break
+
+
+def _raise_permission(error: OSError) -> None:
+    if isinstance(error, PermissionError):
+        raise error
+
+
+def unreadable(error: PermissionError) -> AccessDenied:
+    """The one line for a project file the migrator's user cannot read."""
+    return AccessDenied(
+        f"{error.filename}: permission denied: the migrator (uid {os.getuid()}) cannot read "
+        "this part of the project"
+    )

@@ -1,5 +1,6 @@
 """Project layouts Alembic reads, and the manifest must cover as Alembic reads them: a
-symlinked versions directory, a sourceless project (revisions shipped as bytecode).
+symlinked versions directory, a sourceless project (revisions shipped as bytecode), and a
+project file the migrator's user cannot read (exit 6 naming it, with or without a manifest).
 """
 
 from __future__ import annotations
@@ -7,10 +8,16 @@ from __future__ import annotations
 import importlib.util
 import py_compile
 import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import PROJECTS, Database, Result, run_migrator
+from conftest import PROJECTS, ROOT, Database, Result, finish, migrator_env, run_migrator
+from fingerprint import fingerprint
 
 HEAD, ADDED = "a3a3a3a3a3a3", "a4a4a4a4a4a4"
 ANSWERED = "answered by the manifest"
@@ -19,6 +26,8 @@ ADDED_REVISION = (
     f'revision = "{ADDED}"\ndown_revision = "{HEAD}"\n\n\n'
     f"def upgrade() -> None:\n    op.execute(\"INSERT INTO applied VALUES ('{ADDED}')\")\n"
 )
+# The migrator's user in these tests: tests run as root, whom no file mode stops.
+UNPRIVILEGED = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
 
 
 def copy_of_audited(directory: Path) -> Path:
@@ -107,3 +116,61 @@ def test_a_revision_added_as_bytecode_to_a_sourceless_project_is_applied(
     (versions / "a4_added.py").write_text(ADDED_REVISION)
     compile_away(versions / "a4_added.py", layout)
     assert_added_revision_applied(upgrade(database, ini), database)
+
+
+@pytest.fixture
+def shared_directory() -> Iterator[Path]:
+    """A directory the unprivileged user may enter (pytest's own tmp_path is root's alone)."""
+    directory = Path(tempfile.mkdtemp(prefix="migrator-layouts-"))
+    directory.chmod(0o755)
+    yield directory
+    shutil.rmtree(directory)
+
+
+def upgrade_unprivileged(database: Database, ini: Path) -> Result:
+    env = {**database.env, "MIGRATOR_CONFIG": str(ini)}
+    started = time.monotonic()
+    process = subprocess.Popen(
+        [*UNPRIVILEGED, sys.executable, "-m", "migrator", "upgrade", "head"],
+        env=migrator_env(env),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    return finish(process, started)
+
+
+def readable_unprivileged(path: Path) -> bool:
+    return subprocess.run([*UNPRIVILEGED, "test", "-r", str(path)], check=False).returncode == 0
+
+
+@pytest.mark.parametrize(
+    "unreadable",
+    ["alembic/versions", "alembic.ini", "alembic/env.py", "alembic/versions/a2_slow.py"],
+)
+@pytest.mark.parametrize("migrated", [False, True], ids=["empty database", "migrated database"])
+def test_a_project_file_the_user_cannot_read_is_exit_6_naming_it(
+    database: Database, shared_directory: Path, unreadable: str, migrated: bool
+) -> None:
+    ini = copy_of_audited(shared_directory / "project")
+    if migrated:
+        assert upgrade(database, ini).status == 0
+    write_manifest(ini)
+    assert readable_unprivileged(ini) and readable_unprivileged(ini.parent / "alembic/env.py")
+    before = fingerprint(database.engine())
+    path = ini.parent / unreadable
+    path.chmod(0)
+    assert not readable_unprivileged(path)
+
+    with_manifest = upgrade_unprivileged(database, ini)
+    (ini.parent / "migrator-manifest.json").unlink()
+    without_manifest = upgrade_unprivileged(database, ini)
+
+    for result in (with_manifest, without_manifest):
+        assert result.status == 6, result.output
+        errors = [line for line in result.stderr.splitlines() if "ERROR" in line]
+        assert len(errors) == 1 and f"{path}: permission denied" in errors[0], result.stderr
+        assert "Traceback" not in result.output
+        assert "at base" not in result.output and "unknown" not in result.output
+        assert fingerprint(database.engine()) == before
