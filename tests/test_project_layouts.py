@@ -19,6 +19,8 @@ import pytest
 from conftest import PROJECTS, ROOT, Database, Result, finish, migrator_env, run_migrator
 from fingerprint import fingerprint
 
+from migrator.project_files import files_under
+
 HEAD, ADDED = "a3a3a3a3a3a3", "a4a4a4a4a4a4"
 ANSWERED = "answered by the manifest"
 ADDED_REVISION = (
@@ -85,6 +87,39 @@ def test_a_symlink_loop_in_the_versions_directory_is_walked_once(
     assert ANSWERED in upgrade(database, ini).stderr
     (versions / "a4_added.py").write_text(ADDED_REVISION)
     assert_added_revision_applied(upgrade(database, ini), database)
+
+
+def test_a_revision_added_to_another_version_location_is_applied(
+    database: Database, tmp_path: Path
+) -> None:
+    ini = copy_of_audited(tmp_path / "project")
+    extra = tmp_path / "project" / "more-versions"
+    extra.mkdir()
+    locations = "%(here)s/alembic/versions %(here)s/more-versions"
+    ini.write_text(ini.read_text().replace("path_separator = os", "path_separator = space"))
+    ini.write_text(ini.read_text() + f"version_locations = {locations}\n")
+    assert upgrade(database, ini).status == 0
+    write_manifest(ini)
+    assert ANSWERED in upgrade(database, ini).stderr
+
+    (extra / "a4_added.py").write_text(ADDED_REVISION)
+    assert_added_revision_applied(upgrade(database, ini), database)
+
+
+def test_the_hash_walks_what_alembic_may_load_and_not_what_python_writes(tmp_path: Path) -> None:
+    versions = tmp_path / "versions"
+    (versions / "__pycache__").mkdir(parents=True)
+    for name in ("a1.py", "a2.pyc", "__pycache__/a1.cpython-311.pyc", "__pycache__/a3.pyc"):
+        (versions / name).write_text(name)
+    (versions / "loop").symlink_to(versions, target_is_directory=True)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "a4.py").write_text("a4")
+    (versions / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+
+    found = [str(path.relative_to(versions)) for path in files_under(versions)]
+
+    assert found == ["a1.py", "a2.pyc", "__pycache__/a3.pyc", "linked/a4.py"]
+    assert list(files_under(tmp_path / "missing")) == []
 
 
 def compile_away(source: Path, layout: str) -> None:
