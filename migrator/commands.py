@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Any
 
 from alembic.config import Config
@@ -215,7 +216,7 @@ def manifest(settings: Settings, summary: Summary) -> None:
     config, script = run.alembic_project(settings)
     name, schema = run.version_table(config, script)
     base = settings.alembic_ini.parent
-    directories = [script.dir, *(script.version_locations or [])]
+    directories = [Path(script.dir), *run.version_directories(script)]
     written = project_manifest.write(
         settings.alembic_ini,
         [os.path.relpath(directory, base) for directory in directories],

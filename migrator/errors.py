@@ -58,7 +58,8 @@ class DifferenceFound(MigratorError):
 
 
 class AccessDenied(MigratorError):
-    """The database refused the credentials or a permission."""
+    """The database refused the credentials or a permission, or the migrator's user cannot
+    read a project file (project_files.py)."""
 
     exit_status = 6
     status = "access denied"

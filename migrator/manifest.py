@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from migrator import __version__
+from migrator import __version__, project_files
 
 NAME = "migrator-manifest.json"
 
@@ -22,18 +22,15 @@ def path_for(alembic_ini: Path) -> Path:
 
 def fingerprint(alembic_ini: Path, directories: list[str]) -> str:
     """A hash of alembic.ini and of every file under the project's script and version
-    directories (names and contents), so that any edit, addition or removal changes it."""
+    directories that Alembic could load (names and contents; symlinks followed, bytecode
+    included: project_files.files_under), so that any edit, addition or removal changes it.
+    Raises PermissionError for a file or directory the migrator's user cannot read."""
     digest = hashlib.sha256(alembic_ini.read_bytes())
     base = alembic_ini.parent
     for directory in sorted(directories):
         root = base / directory
-        files = sorted(
-            path
-            for path in root.rglob("*")
-            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
-        )
-        for path in files:
-            digest.update(str(path.relative_to(base)).encode() + b"\0")
+        for path in project_files.files_under(root):
+            digest.update(str(Path(directory) / path.relative_to(root)).encode() + b"\0")
             digest.update(path.read_bytes() + b"\0")
     return digest.hexdigest()
 

@@ -13,6 +13,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from alembic.config import Config
@@ -21,6 +22,7 @@ from alembic.runtime.migration import MigrationContext, MigrationInfo
 from alembic.script import Script, ScriptDirectory
 from alembic.script.revision import MultipleHeads, RevisionError
 from alembic.util import CommandError
+from alembic.util.pyfiles import pyc_file_from_path
 from sqlalchemy import column as sa_column
 from sqlalchemy import event, select
 from sqlalchemy import table as sa_table
@@ -34,7 +36,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from migrator import errors, retry, signals
+from migrator import errors, project_files, retry, signals
 from migrator.config import Settings
 from migrator.errors import (
     LockLost,
@@ -71,7 +73,18 @@ class State:
 
 def alembic_project(settings: Settings) -> tuple[Config, ScriptDirectory]:
     """The project's Config and ScriptDirectory; a broken project file is a usage error
-    that names the file."""
+    that names the file, one the migrator's user cannot read an access error that names it."""
+    try:
+        config = _config(settings)
+        script = _script_directory(config, settings)
+    except PermissionError as error:
+        raise project_files.unreadable(error) from None
+    return config, script
+
+
+def _config(settings: Settings) -> Config:
+    # configparser skips a file it cannot open: without this, "no [alembic] section".
+    project_files.require_readable([settings.alembic_ini])
     config = Config(str(settings.alembic_ini), stdout=sys.stdout)
     # Read the file now, so `%(here)s` resolves; then hide its name, because a standard
     # env.py hands it to logging.config.fileConfig, which would replace our log handlers.
@@ -89,17 +102,32 @@ def alembic_project(settings: Settings) -> tuple[Config, ScriptDirectory]:
     # The URL reaches env.py through the Config, never a file; configparser needs % doubled.
     rendered = url.render_as_string(hide_password=False)
     config.set_main_option("sqlalchemy.url", rendered.replace("%", "%%"))
+    return config
+
+
+def _script_directory(config: Config, settings: Settings) -> ScriptDirectory:
     try:
         script = ScriptDirectory.from_config(config)
+        # Alembic's walk skips a directory it cannot list: without this, no revisions.
+        project_files.require_listable(
+            version_directories(script), script.recursive_version_locations
+        )
         with warnings.catch_warnings():
             # Alembic only warns of these, then fails with a bare KeyError or runs one of
             # two revisions at random: a broken project all the same.
             warnings.filterwarnings("error", _BROKEN_GRAPH.pattern, UserWarning)
             script.get_heads()  # loads every revision file now, so a broken one is a usage error
+        # Python may run a revision from its cached bytecode without opening the file, and
+        # env.py is read only after connecting: every file Alembic runs must be readable now.
+        project_files.require_readable(
+            [_env_py(script), *(Path(revision.path) for revision in script.walk_revisions())]
+        )
     except (CommandError, RevisionError) as error:
         raise UsageError(f"{settings.alembic_ini}: {error}") from None
     except UserWarning as warning:
         raise UsageError(_broken_graph(script, str(warning))) from None
+    except PermissionError:
+        raise  # alembic_project names the file
     except Exception as error:  # a revision's own code failed as it was loaded
         fault = errors.project_fault(error)
         if fault is None and isinstance(error, UnicodeDecodeError):
@@ -107,7 +135,20 @@ def alembic_project(settings: Settings) -> tuple[Config, ScriptDirectory]:
         if fault is None:
             raise
         raise UsageError(fault) from None
-    return config, script
+    return script
+
+
+def version_directories(script: ScriptDirectory) -> list[Path]:
+    """Where Alembic looks for revisions, as it resolves them (`pkg:dir` resources, the
+    default versions/ under the script directory)."""
+    return list(script._version_locations)
+
+
+def _env_py(script: ScriptDirectory) -> Path:
+    """The file Alembic runs as env.py: the source, or its bytecode when the source is gone
+    (alembic.util.pyfiles.load_python_file)."""
+    source = Path(script.env_py_location)
+    return source if source.exists() else Path(pyc_file_from_path(source) or source)
 
 
 _BROKEN_GRAPH = re.compile(

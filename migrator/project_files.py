@@ -1,0 +1,101 @@
+"""The files of an Alembic project, found loudly where Alembic is quiet.
+
+Alembic walks a version directory with os.walk, which skips a directory it cannot list
+without a word: an unreadable versions/ looks like a project without revisions (a run says
+"at base", or calls the database's revision unknown). configparser likewise skips an
+alembic.ini it cannot open. Here a file or directory the migrator's user cannot read is a
+PermissionError naming it, which the commands turn into exit 6.
+
+Standard library only: the no-op fast path (manifest.py) walks the project with it without
+importing Alembic.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from migrator.errors import AccessDenied
+
+_BYTECODE_CACHE = "__pycache__"
+
+
+def files_under(directory: Path) -> Iterator[Path]:
+    """Every file under `directory` that Alembic could load, in a fixed order: symlinks are
+    followed (to files and to directories, each real directory walked once, so a loop ends);
+    what Python writes at run time is left out (_written_for_a_source). A missing directory
+    has no files (Alembic skips it too)."""
+    try:
+        os.stat(directory)  # raises PermissionError when a directory above it is closed
+    except FileNotFoundError:
+        return
+    yield from _walk(directory, frozenset(), set())
+
+
+def _walk(directory: Path, sources: frozenset[str], seen: set[str]) -> Iterator[Path]:
+    """`sources`: the stems of the files in the directory above (for `__pycache__`)."""
+    real = os.path.realpath(directory)
+    if real in seen:
+        return
+    seen.add(real)
+    with os.scandir(directory) as listing:  # raises, naming the directory, if unreadable
+        entries = sorted(listing, key=lambda entry: entry.name)
+    files = [entry for entry in entries if not entry.is_dir()]
+    stems = frozenset(_stem(entry.name) for entry in files)
+    for entry in files:
+        if not _written_for_a_source(directory, entry.name, sources):
+            yield directory / entry.name
+    for entry in entries:
+        if entry.is_dir():
+            yield from _walk(directory / entry.name, stems, seen)
+
+
+def _written_for_a_source(directory: Path, name: str, sources: frozenset[str]) -> bool:
+    """Whether `name` in `directory` is the bytecode of a file in the directory above, in
+    `__pycache__`: Python writes it when it imports that source (so it appears after the
+    manifest is written), and Alembic never loads it in the source's place. Every other
+    bytecode counts: `sourceless = true` loads legacy `.pyc` files and the `__pycache__`
+    bytecode of a source that is gone, and Alembic runs env.py's when env.py is gone."""
+    return directory.name == _BYTECODE_CACHE and _stem(name) in sources
+
+
+def _stem(name: str) -> str:
+    """What Alembic (script/base.py, `_list_py_dir`) compares a `__pycache__` file by:
+    `a1_create.cpython-311.pyc` is the bytecode of `a1_create.py` beside `__pycache__`."""
+    return name.split(".")[0]
+
+
+def require_readable(paths: Iterable[Path]) -> None:
+    """Raise PermissionError for the first file in `paths` the migrator's user cannot open;
+    a missing file is left to Alembic, which says what it missed."""
+    for path in paths:
+        try:
+            with path.open("rb"):
+                pass
+        except FileNotFoundError:
+            continue
+
+
+def require_listable(directories: Iterable[Path], recursive: bool) -> None:
+    """Raise PermissionError for the first directory Alembic would walk (with
+    `recursive_version_locations`, every one below, as Alembic walks them: symlinked ones
+    not) that the migrator's user cannot list. Only the permission is checked here: what
+    else os.walk meets (a missing directory) Alembic meets the same way."""
+    for directory in directories:
+        for _root, _directories, _files in os.walk(directory, onerror=_raise_permission):
+            if not recursive:
+                break
+
+
+def _raise_permission(error: OSError) -> None:
+    if isinstance(error, PermissionError):
+        raise error
+
+
+def unreadable(error: PermissionError) -> AccessDenied:
+    """The one line for a project file the migrator's user cannot read."""
+    return AccessDenied(
+        f"{error.filename}: permission denied: the migrator (uid {os.getuid()}) cannot read "
+        "this part of the project"
+    )
