@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from migrator import __version__, project_files
+from migrator.errors import AccessDenied, UsageError
 
 NAME = "migrator-manifest.json"
 
@@ -51,7 +52,14 @@ def write(
         "version_table_schema": version_table_schema,
     }
     target = path_for(alembic_ini)
-    target.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    try:
+        target.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    except OSError as error:  # a read-only root, a mounted project: the build is the place
+        problem = f"{target}: cannot write the manifest ({error.strerror})"
+        advice = "run `migrator manifest` where the project is built, as the image build does"
+        if isinstance(error, PermissionError):
+            raise AccessDenied(f"{problem}: {advice}") from None
+        raise UsageError(f"{problem}: {advice}") from None
     return target
 
 

@@ -139,9 +139,18 @@ def test_read_only_unprivileged_and_arbitrary_uid(
         example_image, network, env, "current", options=("--read-only", "--user", "12345:0")
     )
 
+    # The manifest is written where the project is built; on a read-only root, one line.
+    manifest = docker_run(example_image, network, {}, "manifest", options=("--read-only",))
+
     assert hardened.status == 0, hardened.output
     assert openshift.status == 0, openshift.output
     assert openshift.stdout.strip() == f"{HEAD} (head)"
+    assert manifest.status == 2, manifest.output
+    assert manifest.stderr.count("ERROR") == 1 and "Traceback" not in manifest.output
+    assert (
+        "/project/migrator-manifest.json: cannot write the manifest (Read-only file system): "
+        "run `migrator manifest` where the project is built" in manifest.stderr
+    )
 
 
 @pytest.fixture
