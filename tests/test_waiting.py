@@ -14,10 +14,10 @@ from conftest import PASSWORD, ROLE, Database, Server, free_port, run_migrator, 
 pytestmark = pytest.mark.both_drivers
 
 
-def test_server_absent_gives_up_at_the_wait_timeout_with_exit_3() -> None:
+def test_server_absent_gives_up_at_the_wait_timeout_with_exit_3(driver: str) -> None:
     password = quote(PASSWORD, safe="")
     env = {
-        "DATABASE_URL": f"postgresql://app:{password}@127.0.0.1:{free_port()}/app",
+        "DATABASE_URL": f"postgresql+{driver}://app:{password}@127.0.0.1:{free_port()}/app",
         "MIGRATOR_WAIT_TIMEOUT": "1.5",
     }
 
@@ -30,12 +30,10 @@ def test_server_absent_gives_up_at_the_wait_timeout_with_exit_3() -> None:
     assert "status=unreachable" in result.stderr
 
 
-def test_unresolvable_host_is_retried_then_exit_3() -> None:
+def test_unresolvable_host_is_retried_then_exit_3(driver: str) -> None:
+    password = quote(PASSWORD, safe="")
     env = {
-        "DB_HOST": "no-such-host.invalid",
-        "DB_NAME": "app",
-        "DB_USER": "app",
-        "DB_PASSWORD": PASSWORD,
+        "DATABASE_URL": f"postgresql+{driver}://app:{password}@no-such-host.invalid/app",
         "MIGRATOR_WAIT_TIMEOUT": "1",
     }
 
@@ -50,12 +48,9 @@ def test_unresolvable_host_is_retried_then_exit_3() -> None:
     ), result.stderr
 
 
-def test_wait_timeout_zero_tries_once() -> None:
+def test_wait_timeout_zero_tries_once(driver: str) -> None:
     env = {
-        "DB_HOST": "127.0.0.1",
-        "DB_PORT": str(free_port()),
-        "DB_NAME": "app",
-        "DB_USER": "app",
+        "DATABASE_URL": f"postgresql+{driver}://app@127.0.0.1:{free_port()}/app",
         "MIGRATOR_WAIT_TIMEOUT": "0",
     }
 
@@ -124,7 +119,7 @@ def test_too_many_connections_is_retried_until_a_slot_frees(
     assert result.seconds >= 1.5
 
 
-def test_server_that_starts_three_seconds_late() -> None:
+def test_server_that_starts_three_seconds_late(driver: str) -> None:
     port = free_port()
     containers = []
     starter = threading.Timer(
@@ -136,7 +131,7 @@ def test_server_that_starts_three_seconds_late() -> None:
             "upgrade",
             "head",
             env={
-                "DATABASE_URL": f"postgresql://test:admin-secret@127.0.0.1:{port}/app",
+                "DATABASE_URL": f"postgresql+{driver}://test:admin-secret@127.0.0.1:{port}/app",
                 "MIGRATOR_WAIT_TIMEOUT": "90",
             },
         )
