@@ -144,13 +144,27 @@ class Guard:
             raise self._stop(message) from None
         if self.escaped is not None or not found.same_database(self.expected):
             dbapi_connection.close()
-            raise self._stop(
-                f"the project connected to {found.describe()}, not to the scratch database "
-                f"{self.expected.database}; nothing ran there. Let env.py take its URL from "
-                "config.get_main_option('sqlalchemy.url') (or DATABASE_URL, DB_*), or use "
-                "the connection in config.attributes['connection']"
-            )
+            raise self._stop(self._elsewhere(found))
         return dbapi_connection
+
+    def _elsewhere(self, found: Identity) -> str:
+        expected = self.expected
+        if found.database == expected.database and found.same_server(expected):
+            # The scratch database, outside MIGRATOR_SCHEMA's schema: the real run refuses
+            # such a connection too (its search_path is not the one the migrator sets).
+            return (
+                f"the project connected to the scratch database {expected.database} in schema "
+                f"{found.schema}, not in schema {expected.schema} (MIGRATOR_SCHEMA); nothing "
+                "ran there. Let env.py take its URL from config.get_main_option("
+                "'sqlalchemy.url') (it carries the search_path), or use the connection in "
+                "config.attributes['connection']"
+            )
+        return (
+            f"the project connected to {found.describe()}, not to the scratch database "
+            f"{expected.database}; nothing ran there. Let env.py take its URL from "
+            "config.get_main_option('sqlalchemy.url') (or DATABASE_URL, DB_*), or use "
+            "the connection in config.attributes['connection']"
+        )
 
     def _stop(self, message: str) -> Escaped:
         if self.escaped is None:
