@@ -107,7 +107,7 @@ class Settings:
         if self.ddl_lock_timeout is not None:
             options.append(f"-c lock_timeout={milliseconds(self.ddl_lock_timeout)}")
         if self.schema is not None:
-            options.append(f"-c search_path={self.schema}")
+            options.append(f"-c search_path={_option_value(search_path(self.schema))}")
         if options:
             query["options"] = " ".join(options)
         return url.update_query_dict(query)
@@ -216,8 +216,28 @@ def load_fleet_settings(environ: Mapping[str, str]) -> FleetSettings:
 
 
 def _optional_schema(values: _Values) -> str | None:
+    """MIGRATOR_SCHEMA: any name PostgreSQL takes for a schema (quoted where it is used), but
+    one that would break a log line."""
     name = values.raw("MIGRATOR_SCHEMA")
-    return None if name is None else schema_name(name, values.label("MIGRATOR_SCHEMA"))
+    if name is None:
+        return None
+    if len(name.encode()) > 63 or not name.isprintable():
+        raise UsageError(
+            f"{values.label('MIGRATOR_SCHEMA')}: {name!r} is not a schema name "
+            "(at most 63 bytes, no control characters)"
+        )
+    return name
+
+
+def search_path(schema: str) -> str:
+    """search_path's value for one schema: quoted, so the name is the one written (unquoted,
+    `Tenant-1` would be read as `tenant-1`)."""
+    return '"' + schema.replace('"', '""') + '"'
+
+
+def _option_value(value: str) -> str:
+    # libpq splits `options` at spaces; a backslash keeps one (and itself) in the value.
+    return value.replace("\\", "\\\\").replace(" ", "\\ ")
 
 
 def schema_name(name: str, label: str) -> str:

@@ -24,7 +24,7 @@ from alembic.script.revision import MultipleHeads, RevisionError
 from alembic.util import CommandError
 from alembic.util.pyfiles import pyc_file_from_path
 from sqlalchemy import column as sa_column
-from sqlalchemy import event, select
+from sqlalchemy import event, select, text
 from sqlalchemy import table as sa_table
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError
@@ -59,6 +59,7 @@ RELATIVE_TARGET = re.compile(r"[+-][0-9]+$")
 # The key under which a command puts, in the Alembic config's attributes, the identity of the
 # database its session reached (migrator.scratch.Identity).
 IDENTITY = "migrator.identity"
+_OID_OF = text("SELECT coalesce(to_regclass(:name)::oid, 0)")
 
 
 @dataclass(frozen=True)
@@ -570,6 +571,17 @@ def heads_now(context: MigrationContext) -> tuple[str, ...]:
 def version_table_of(name: str, schema: str | None) -> TableClause:
     """The version table env.py names, as much of it as reading the revisions needs."""
     return sa_table(name, sa_column("version_num"), schema=schema)
+
+
+def version_table_oid(context: MigrationContext) -> int:
+    """The version table's oid (0 before it exists), found as Alembic finds it: in the schema
+    env.py names, else through search_path (so in MIGRATOR_SCHEMA's schema); what the
+    schema snapshot and the safety measurement leave out."""
+    connection = context.connection
+    assert connection is not None
+    table = version_table_of(context.version_table, context.version_table_schema)
+    name = connection.dialect.identifier_preparer.format_table(table)
+    return int(connection.execute(_OID_OF, {"name": name}).scalar_one())
 
 
 def plan_steps(

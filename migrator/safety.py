@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
 from migrator.errors import UsageError
+from migrator.run import version_table_oid
 
 # PostgreSQL's table lock modes, weakest first, and what each keeps the application from
 # doing while it is held (the conflict table of the "Explicit Locking" chapter).
@@ -198,8 +199,8 @@ class Recorder:
         assert ctx.connection is not None and self._before is not None
         effects, before = self._current, self._before
         after = _Catalog.read(ctx.connection)
-        version_table = f"{ctx.version_table_schema or 'public'}.{ctx.version_table}"
-        old_tables = {oid: name for oid, name in before.tables().items() if name != version_table}
+        version_table = version_table_oid(ctx)  # the run's bookkeeping, not the project's
+        old_tables = {oid: name for oid, name in before.tables().items() if oid != version_table}
         modes: dict[int, set[str]] = {}
         for relation, mode in ctx.connection.execute(_LOCKS):
             modes.setdefault(relation, set()).add(mode)

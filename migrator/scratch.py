@@ -26,16 +26,18 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool, Pool
+from sqlalchemy.schema import CreateSchema
 
 from migrator import signals, wait
 from migrator.config import Settings
-from migrator.errors import MigratorError, UsageError, reason
+from migrator.errors import MigratorError, UsageError, failure, reason
 from migrator.logs import MaskedStream, setup_logging
 from migrator.masking import Mask
 
@@ -142,13 +144,27 @@ class Guard:
             raise self._stop(message) from None
         if self.escaped is not None or not found.same_database(self.expected):
             dbapi_connection.close()
-            raise self._stop(
-                f"the project connected to {found.describe()}, not to the scratch database "
-                f"{self.expected.database}; nothing ran there. Let env.py take its URL from "
-                "config.get_main_option('sqlalchemy.url') (or DATABASE_URL, DB_*), or use "
-                "the connection in config.attributes['connection']"
-            )
+            raise self._stop(self._elsewhere(found))
         return dbapi_connection
+
+    def _elsewhere(self, found: Identity) -> str:
+        expected = self.expected
+        if found.database == expected.database and found.same_server(expected):
+            # The scratch database, outside MIGRATOR_SCHEMA's schema: the real run refuses
+            # such a connection too (its search_path is not the one the migrator sets).
+            return (
+                f"the project connected to the scratch database {expected.database} in schema "
+                f"{found.schema}, not in schema {expected.schema} (MIGRATOR_SCHEMA); nothing "
+                "ran there. Let env.py take its URL from config.get_main_option("
+                "'sqlalchemy.url') (it carries the search_path), or use the connection in "
+                "config.attributes['connection']"
+            )
+        return (
+            f"the project connected to {found.describe()}, not to the scratch database "
+            f"{expected.database}; nothing ran there. Let env.py take its URL from "
+            "config.get_main_option('sqlalchemy.url') (or DATABASE_URL, DB_*), or use "
+            "the connection in config.attributes['connection']"
+        )
 
     def _stop(self, message: str) -> Escaped:
         if self.escaped is None:
@@ -280,7 +296,8 @@ def _guarded(
     scratch: Settings, work: Callable[..., Any], args: tuple[Any, ...], forbidden: Identity | None
 ) -> Any:
     expected = _scratch_identity(scratch)
-    if forbidden is not None and expected.same_database(forbidden):
+    # Another database, whichever schema either connection is in.
+    if forbidden is not None and replace(expected, schema=None).same_database(forbidden):
         raise UsageError(
             f"MIGRATOR_VERIFY_URL names {forbidden.database}, the database being migrated: "
             "scratch work needs a database of its own"
@@ -288,6 +305,8 @@ def _guarded(
     guard = Guard(expected)
     guard.install()
     try:
+        if scratch.schema is not None:
+            guard.expected = _make_schema(scratch)
         value = work(scratch, *args)
     except Exception:
         if guard.escaped is not None:
@@ -296,6 +315,24 @@ def _guarded(
     if guard.escaped is not None:  # env.py caught the error and went on
         raise guard.escaped
     return value
+
+
+def _make_schema(scratch: Settings) -> Identity:
+    """MIGRATOR_SCHEMA's schema in the scratch database, made as the tenant's was made in the
+    real one (the revisions, and Alembic's version table, go there through search_path);
+    the scratch's identity in it, which every later connection must then match, as in the
+    real run. Made on a guarded connection: only ever in the scratch database."""
+    assert scratch.schema is not None
+    engine = create_engine(scratch.connection_url(), poolclass=NullPool)
+    try:
+        with engine.begin() as connection:
+            connection.execute(CreateSchema(scratch.schema, if_not_exists=True))
+        with engine.connect() as connection:
+            return session_identity(connection)
+    except DBAPIError as error:
+        raise failure(error, f"creating schema {scratch.schema} in the scratch database") from None
+    finally:
+        engine.dispose()
 
 
 def _scratch_identity(scratch: Settings) -> Identity:

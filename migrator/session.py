@@ -23,7 +23,7 @@ from sqlalchemy.exc import NoSuchModuleError
 from sqlalchemy.pool import NullPool
 
 from migrator import signals, wait
-from migrator.config import Settings, milliseconds
+from migrator.config import Settings, milliseconds, search_path
 from migrator.errors import UsageError
 from migrator.logs import log
 from migrator.scratch import session_identity
@@ -216,7 +216,7 @@ class Session:
             "client_connection_check_interval": str(settings.network_timeout * 1000 // 3),
         }
         if settings.schema is not None:  # a fleet's schema target: env.py works in it
-            values["search_path"] = settings.schema
+            values["search_path"] = search_path(settings.schema)
         # Set here as well as in the startup options: a pooler may ignore those.
         if settings.statement_timeout is not None:
             values["statement_timeout"] = str(milliseconds(settings.statement_timeout))

@@ -32,7 +32,6 @@ from migrator.logs import log
 from migrator.safety import Effects, Recorder
 from migrator.scratch import Identity
 
-VERSION_TABLE = "alembic_version"  # its rows change with every step; it is not the schema
 SYSTEM_SCHEMAS = ("information_schema",)
 Snapshot = dict[str, str]
 
@@ -141,11 +140,13 @@ class _Climb:
     def steps(self, heads: tuple[str, ...], context: MigrationContext) -> Iterator[Any]:
         connection = context.connection
         assert connection is not None
+        # Its rows change with every step; it is the run's, not the project's schema.
+        version_table = run.version_table_oid(context)
         latest = Snapshots()
         for revision in self.revisions:
             stair = self.stair = Stair(revision.revision, revision.doc)
             self.started = time.monotonic()
-            before = latest = snapshot(connection, latest)
+            before = latest = snapshot(connection, version_table, latest)
             measured = len(self.recorder.effects)
             self.phase = "upgrade"
             yield from self.recorder.track(
@@ -157,7 +158,7 @@ class _Climb:
             stair.upgrade = True
             self.phase = "downgrade"
             yield from self._plan("downgrade", _below(revision), context)
-            latest = snapshot(connection, before)
+            latest = snapshot(connection, version_table, before)
             stair.differences = differences(before.flat(), latest.flat())
             stair.downgrade = not stair.differences
             if not stair.downgrade:
@@ -245,7 +246,7 @@ _TABLE_FINGERPRINTS = text(
                            ORDER BY o.conname)
          FROM pg_constraint o WHERE o.conrelid = c.oid))) AS fingerprint
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE c.relkind IN ('r', 'p', 'f') AND c.relname <> :version_table
+    WHERE c.relkind IN ('r', 'p', 'f') AND c.oid <> :version_table
       AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\_%'
     """
 )
@@ -288,12 +289,15 @@ class Snapshots:
         return objects
 
 
-def snapshot(connection: Connection, previous: Snapshots | None = None) -> Snapshots:
-    """Tables, columns, keys, indexes, constraints, enums, sequences and views; a table whose
-    catalog rows are as in `previous` is taken from it instead of being read again."""
+def snapshot(
+    connection: Connection, version_table: int, previous: Snapshots | None = None
+) -> Snapshots:
+    """Tables (but the version table, by its oid), columns, keys, indexes, constraints, enums,
+    sequences and views; a table whose catalog rows are as in `previous` is taken from it
+    instead of being read again."""
     previous = previous or Snapshots()
     current = Snapshots()
-    for row in connection.execute(_TABLE_FINGERPRINTS, {"version_table": VERSION_TABLE}):
+    for row in connection.execute(_TABLE_FINGERPRINTS, {"version_table": version_table}):
         current.fingerprints[(row.schema, row.name)] = row.fingerprint
     unchanged = {
         key
