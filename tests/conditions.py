@@ -44,6 +44,16 @@ def server_temp_dir(prefix: str) -> Path:
     return directory
 
 
+def moved(env: Mapping[str, str], host: str, port: int) -> dict[str, str]:
+    """`env` pointed at another host and port (a pooler's, a proxy's): DB_*, and DATABASE_URL
+    where a test of both drivers set it."""
+    env = {**env, "DB_HOST": host, "DB_PORT": str(port)}
+    if "DATABASE_URL" in env:
+        url = sa.make_url(env["DATABASE_URL"]).set(host=host, port=port)
+        env["DATABASE_URL"] = url.render_as_string(hide_password=False)
+    return env
+
+
 def url_of(env: Mapping[str, str]) -> str:
     """The URL a user would write for these DB_* variables (password percent-encoded)."""
     user, password = quote(env["DB_USER"], safe=""), quote(env["DB_PASSWORD"], safe="")
@@ -160,7 +170,7 @@ class Bouncer:
 
     @property
     def env(self) -> dict[str, str]:
-        return {**self.database.env, "DB_HOST": self.host, "DB_PORT": str(self.port)}
+        return moved(self.database.env, self.host, self.port)
 
     @property
     def url(self) -> str:
@@ -268,7 +278,7 @@ class Proxy:
     @property
     def env(self) -> dict[str, str]:
         assert self._env is not None, "a proxy to a bare host and port has no DB_* variables"
-        return {**self._env, "DB_HOST": self.host, "DB_PORT": str(self.port)}
+        return moved(self._env, self.host, self.port)
 
     @property
     def url(self) -> str:
