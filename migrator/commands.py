@@ -309,6 +309,13 @@ def _fleet(
                 f"{outcome.applied} applied, {outcome.seconds:.2f} s)"
             )
             print("".join(f"  {line}\n" for line in outcome.output.splitlines()), end="")
+    if signals.stop_requested.is_set():
+        # The fleet's own status: a target killed after the grace period (137) is in the
+        # report above, not the fleet's exit status.
+        raise signals.interrupted(
+            f"; fleet: {summary.fleet['failed']} target(s) failed or interrupted, "
+            f"{summary.fleet['skipped']} skipped"
+        )
     status = fleet.exit_status(outcomes)
     if status:
         raise FleetFailed(

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from migrator import config, manifest
+from migrator import config, manifest, signals
 from migrator.config import Settings
 from migrator.logs import Summary, log, report_summary, setup_logging
 from migrator.masking import Mask
@@ -62,6 +62,7 @@ def nothing_to_do(arguments: Sequence[str], environ: Mapping[str, str]) -> int |
 
 
 def _answer(arguments: Sequence[str], environ: Mapping[str, str], summary: Summary) -> int:
+    _check_stop()
     _check_request(arguments, environ)
     settings = config.load_settings(environ, {}, urls=False)  # raises on any bad value
     driver, parameters, masked, passwords = _connection(environ, settings)
@@ -78,6 +79,7 @@ def _answer(arguments: Sequence[str], environ: Mapping[str, str], summary: Summa
     heads, version = _database_heads(driver, parameters, known)
     if heads != [head]:
         raise Doubt(f"the database is at {', '.join(heads) or 'base'}")
+    _check_stop()
     log.info("connecting to %s", masked)
     log.info(
         "database ready after %.2f s (PostgreSQL %s)",
@@ -90,6 +92,13 @@ def _answer(arguments: Sequence[str], environ: Mapping[str, str], summary: Summa
     report_summary(summary, mask, settings.termination_log, settings.summary_file)
     log.debug("answered by the manifest (SQLAlchemy imported: %s)", "sqlalchemy" in sys.modules)
     return 0
+
+
+def _check_stop() -> None:
+    """A signal received so far (migrator/__main__.py records it) is reported by the full
+    path, as one received later would be: 143 or 130, status interrupted."""
+    if signals.stop_requested.is_set():
+        raise Doubt("a stop was requested")
 
 
 def _check_request(arguments: Sequence[str], environ: Mapping[str, str]) -> None:

@@ -60,6 +60,8 @@ _PRELOAD = [
     "sqlalchemy.dialects.postgresql.psycopg",
     "sqlalchemy.dialects.postgresql.psycopg2",
 ]
+# How often the look at every target before the runs (one query each) says how far it got.
+PROGRESS_SECONDS = 5.0
 # After a stop, how long running targets get to roll back before they are killed: within
 # the fleet's own stop grace, so that the fleet can still report each of them.
 _STOP_WAIT_SECONDS = signals.STOP_GRACE_SECONDS - 1.5
@@ -253,8 +255,20 @@ def _already_there(
             engine.dispose()
         return time.monotonic() - started if heads == sorted(wanted) else None
 
+    answers: list[float | None] = []
+    reported = time.monotonic()
     with ThreadPoolExecutor(max_workers=max(fleet.parallelism, 4)) as pool:
-        answers = list(pool.map(at_wanted, targets))
+        for answer in pool.map(at_wanted, targets):
+            answers.append(answer)
+            if time.monotonic() - reported >= PROGRESS_SECONDS and len(answers) < len(targets):
+                reported = time.monotonic()
+                there = sum(seconds is not None for seconds in answers)
+                log.info(
+                    "fleet: looked at %d of %d target(s), %d already at the target",
+                    len(answers),
+                    len(targets),
+                    there,
+                )
     return {
         target: seconds
         for target, seconds in zip(targets, answers, strict=True)
@@ -298,12 +312,11 @@ class _Runner:
                 target = waiting.popleft()
                 process = self._start(target)
                 running[process.sentinel] = (process, target, time.monotonic())
+                # A target that has already failed stops the next start, not one later.
+                self._reap(running, timeout=0)
             if not running:
                 break
-            for sentinel in multiprocessing.connection.wait(list(running), timeout=0.2):
-                process, target, started = running.pop(sentinel)
-                process.join()
-                self._record(target, process.exitcode, time.monotonic() - started)
+            self._reap(running, timeout=0.2)
             if signals.stop_requested.is_set():
                 if stop_sent_at is None:
                     stop_sent_at = time.monotonic()
@@ -314,6 +327,13 @@ class _Runner:
                         process.kill()  # its server drops the session and rolls back
         for target in waiting:
             log.info("[%s] skipped", target.name, extra=_about(target))
+
+    def _reap(self, running: dict[Any, tuple[Any, Target, float]], timeout: float) -> None:
+        """Record the targets that have ended (waiting up to `timeout` for one)."""
+        for sentinel in multiprocessing.connection.wait(list(running), timeout=timeout):
+            process, target, started = running.pop(sentinel)
+            process.join()
+            self._record(target, process.exitcode, time.monotonic() - started)
 
     def _start(self, target: Target) -> Any:
         settings = self.settings
@@ -389,6 +409,7 @@ def _about(target: Target) -> dict[str, Any]:
 
 def _run_target(arguments: list[str], environ: Mapping[str, str], output: str) -> None:
     """A target's process: the migrator's own main, its stdout kept for the fleet."""
+    signals.catch()  # a SIGTERM from the fleet at once is reported too, as in migrator/__main__
     from migrator.cli import main
 
     os.environ.clear()

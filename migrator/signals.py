@@ -6,6 +6,11 @@ The work runs in a worker thread: a Python signal handler cannot run while the t
 that received the signal sits inside libpq waiting for a query (a long `UPDATE`, a lock
 wait), so the main thread stays free to take the signal and cancel the queries in
 flight. Tenacity's waits sleep on `stop_requested`, so a wait ends at once too.
+
+The handler is installed first of all (`catch()`, the first line of `migrator`), before
+SQLAlchemy and Alembic are imported: a signal during the imports is recorded, and the run
+that follows stops before any database work. So this module imports the standard library
+alone when it is loaded; SQLAlchemy and the errors are imported where they are used.
 """
 
 from __future__ import annotations
@@ -17,12 +22,12 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import event, text
-from sqlalchemy.engine import Connection, Engine
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection, Engine
 
-from migrator.errors import Interrupted, MigratorError
+    from migrator.errors import MigratorError
 
 T = TypeVar("T")
 
@@ -40,6 +45,13 @@ _deadlines: list[tuple[float, MigratorError]] = []
 _open_connections: weakref.WeakSet[Connection] = weakref.WeakSet()
 
 
+def catch() -> None:
+    """Record SIGTERM and SIGINT from now on, in place of dying (SIGTERM) or raising
+    KeyboardInterrupt (SIGINT) wherever the process is: the run reports them."""
+    for signal_number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signal_number, _on_signal)
+
+
 def stop(reason: MigratorError) -> None:
     """Stop the run for `reason`, as a signal would; the first reason is the one reported."""
     if not _reasons:
@@ -49,6 +61,8 @@ def stop(reason: MigratorError) -> None:
 
 def interrupted(detail: str = "") -> MigratorError:
     """Why the run was stopped: the first reason given, else the signal received."""
+    from migrator.errors import Interrupted
+
     if _reasons:
         return _reasons[0]
     signal_number = _signals_received[0] if _signals_received else signal.SIGTERM
@@ -69,7 +83,15 @@ def deadline(seconds: float, error: MigratorError) -> Iterator[None]:
 
 
 def run_interruptibly(work: Callable[[], T]) -> T:
-    """Run `work` in a worker thread; a stop cancels its queries and makes it raise."""
+    """Run `work` in a worker thread; a stop cancels its queries and makes it raise. A stop
+    requested before (a signal while the program was loading) means nothing is done."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    from migrator.errors import MigratorError
+
+    if stop_requested.is_set():
+        raise interrupted(" before the run began; nothing was done")
     outcome: dict[str, Any] = {}
 
     def worker() -> None:
@@ -159,6 +181,8 @@ def _cancel_queries() -> None:
     Not psycopg2's own cancel(): it holds the interpreter lock while it connects, so a server
     out of reach would freeze the whole process, signal handling included.
     """
+    from sqlalchemy import text
+
     sessions: dict[Engine, list[int]] = {}
     for connection in list(_open_connections):
         with contextlib.suppress(Exception):  # closed or never connected: nothing in flight

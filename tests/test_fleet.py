@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from conditions import Proxy
 from conftest import (
     PASSWORD,
     PROJECTS,
@@ -315,3 +316,92 @@ def test_a_bad_targets_file_is_refused_before_anything_runs(
     assert len(result.stderr.strip().splitlines()) == 1
     assert "Sup3r" not in result.output and "Secret@db" not in result.output
     assert database.tables() == set()
+
+
+def test_sigterm_before_any_target_starts_exits_143_with_the_summary(
+    make_fleet: Callable[[int, int], Fleet], tmp_path: Path
+) -> None:
+    # 10,000 schema targets: the look at each (one connection and one query) takes longer
+    # than the first progress line, and no target has started when the signal comes.
+    fleet = make_fleet(0, 0)
+    fleet.write([f"schema=tenant_{number:05d}" for number in range(10_000)])
+    termination_log = tmp_path / "termination-log"
+    termination_log.touch()
+    env = fleet.env(MIGRATOR_TERMINATION_LOG=str(termination_log))
+    started = time.monotonic()
+    run = start_migrator("fleet", "upgrade", "head", env=env)
+    read = read_until(run, "fleet: looked at ", timeout=120)
+    run.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    result = finish(run, started, timeout=60)
+
+    assert result.status == 143, result.stderr[-3000:]
+    assert time.monotonic() - signalled < 10
+    assert re.search(r"looked at \d+ of 10000 target\(s\), 0 already at the target", "".join(read))
+    line = summary_line(result.stderr)
+    assert "targets=10000 ok=0 failed=0 skipped=10000" in line and "status=interrupted" in line
+    assert termination_log.read_text(encoding="utf-8") == line.split(" INFO    ")[1] + "\n"
+    assert "interrupted by SIGTERM; fleet: 0 target(s) failed or interrupted" in result.stderr
+    assert "[schema=tenant_" not in result.stderr.replace("skipped", "")  # none ran
+    assert fleet.home.query("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'tenant_%'") == [
+        (0,)
+    ]
+
+
+def test_sigterm_while_a_target_is_stalled_exits_143_and_reports_the_target_killed(
+    make_fleet: Callable[[int, int], Fleet], stall_proxy: Callable[..., Proxy]
+) -> None:
+    # The target cannot roll back over a stalled network: the fleet kills it after its grace
+    # period, says so in the report (interrupted, exit 137), and exits 143 itself.
+    fleet = make_fleet(1, 0)
+    (tenant,) = fleet.databases
+    proxy = stall_proxy(tenant)
+    fleet.write([proxy.url])
+    env = fleet.env(**AUDITED, SAMPLE_SLEEP="60", MIGRATOR_NETWORK_TIMEOUT="30")
+    started = time.monotonic()
+    run = start_migrator("fleet", "upgrade", "head", "--json", env=env)
+    read_until(run, "applied in")  # a1 committed; a2 sleeps
+    proxy.stall()
+    run.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    result = finish(run, started, timeout=60)
+
+    assert result.status == 143, result.stderr[-3000:]
+    assert time.monotonic() - signalled < 10
+    (entry,) = targets_of(result.stdout).values()
+    assert (entry["status"], entry["exit_status"]) == ("interrupted", 137)
+    line = summary_line(result.stderr)
+    assert "targets=1 ok=0 failed=1 skipped=0" in line and "status=interrupted" in line
+    proxy.close()  # the server sees the client gone and rolls back what was in flight
+    deadline = time.monotonic() + 30
+    while tenant.advisory_locks() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert tenant.advisory_locks() == 0
+    # a2 was rolled back. ("applied in" is logged as a1's step ends, just before its commit:
+    # the stall may take a1's commit with it too.)
+    assert tenant.revision() in ("a1a1a1a1a1a1", None)
+
+
+def test_a_budget_of_one_stops_new_targets_and_lets_the_running_ones_finish(
+    make_fleet: Callable[[int, int], Fleet],
+) -> None:
+    # Every target fails (a3), after a 2 s a2: the first four run at once, so all four are
+    # running when the first fails. They finish (each fails, rolled back to a2); no fifth
+    # starts: MAX_FAILURES + PARALLELISM - 1 = 4 failures at most, as the README says.
+    fleet = make_fleet(12, 0)
+    env = fleet.env(
+        **AUDITED,
+        SAMPLE_SLEEP="2",
+        SAMPLE_FAIL="1",
+        MIGRATOR_FLEET_PARALLELISM="4",
+        MIGRATOR_FLEET_MAX_FAILURES="1",
+    )
+    result = run_migrator("fleet", "upgrade", "head", "--json", env=env, timeout=300)
+
+    assert result.status == 1, result.stderr[-3000:]
+    statuses = [targets_of(result.stdout)[d.name]["status"] for d in fleet.databases]
+    assert statuses == ["failed"] * 4 + ["skipped"] * 8
+    assert "targets=12 ok=0 failed=4 skipped=8" in summary_line(result.stderr)
+    for database in fleet.databases[:4]:
+        assert fleet.applied(database) == {"a1a1a1a1a1a1": 1, "a2a2a2a2a2a2": 1}
+    assert [database.revision() for database in fleet.databases[4:]] == [None] * 8

@@ -38,7 +38,7 @@ def test_the_wheel_is_migrator_job_typed_with_the_driver_as_an_extra(tmp_path: P
     assert metadata["Name"] == "migrator-job"
     assert metadata["Version"] == migrator.__version__
     assert "migrator/py.typed" in names
-    assert "migrator = migrator.fast:main" in entry_points  # the command stays `migrator`
+    assert "migrator = migrator.__main__:main" in entry_points  # the command stays `migrator`
     assert "Typing :: Typed" in (metadata.get_all("Classifier") or [])
     assert any(url.startswith("Source, https://") for url in metadata.get_all("Project-URL") or [])
     # No driver unless asked for: psycopg2-binary would clash with an application's psycopg2.
