@@ -104,15 +104,15 @@ fi
 (cd "$work" && "$work/beside/bin/python" -m pytest -q -p no:cacheprovider \
   --rootdir "$OLDPWD" -c "$OLDPWD/pyproject.toml" $(printf "$OLDPWD/%s " $tests))
 echo "== package: psycopg 3 alone"
-python3 -m venv "$work/psycopg"
-"$work/psycopg/bin/pip" install -q --disable-pip-version-check "${wheel}[psycopg]" "${test_tools[@]}"
-"$work/psycopg/bin/pip" check
-if "$work/psycopg/bin/python" -c 'import psycopg2' 2>/dev/null; then
+python3 -m venv "$work/only-psycopg"
+"$work/only-psycopg/bin/pip" install -q --disable-pip-version-check "${wheel}[psycopg]" "${test_tools[@]}"
+"$work/only-psycopg/bin/pip" check
+if "$work/only-psycopg/bin/python" -c 'import psycopg2' 2>/dev/null; then
   echo "package: psycopg2 is installed beside the psycopg extra" >&2
   exit 1
 fi
 # shellcheck disable=SC2086
-(cd "$work" && MIGRATOR_TEST_DRIVERS=psycopg "$work/psycopg/bin/python" -m pytest -q \
+(cd "$work" && MIGRATOR_TEST_DRIVERS=psycopg "$work/only-psycopg/bin/python" -m pytest -q \
   -p no:cacheprovider --rootdir "$OLDPWD" -c "$OLDPWD/pyproject.toml" $(printf "$OLDPWD/%s " $tests))
 
 echo "== package: without a driver"
@@ -123,12 +123,12 @@ python3 -m venv "$work/bare"
   fail() { echo "package: without a driver: $*" >&2; exit 1; }
   python -c 'import psycopg' 2>/dev/null && fail "psycopg is installed"
   python -c 'import psycopg2' 2>/dev/null && fail "psycopg2 is installed"
-  migrator --version | grep -q '^migrator ' || fail "--version"
-  migrator --help | grep -q 'upgrade' || fail "--help"
-  alembic init -q project >/dev/null && (cd project && alembic revision -m first >/dev/null)
+  migrator --version >out && grep -q '^migrator ' out || fail "--version"
+  migrator --help >out && grep -q 'upgrade' out || fail "--help"
+  mkdir project && (cd project && alembic init alembic >/dev/null && alembic revision -m first >/dev/null)
   export MIGRATOR_CONFIG="$work/project/alembic.ini"
-  migrator upgrade head --sql 2>/dev/null | grep -q 'CREATE TABLE alembic_version' \
-    || fail "upgrade --sql printed no SQL"
+  migrator upgrade head --sql >sql 2>/dev/null || fail "upgrade --sql failed"
+  grep -q 'CREATE TABLE alembic_version' sql || fail "upgrade --sql printed no SQL"
   migrator manifest 2>/dev/null && [ -f project/migrator-manifest.json ] || fail "manifest"
   status=0
   DB_HOST=127.0.0.1 DB_NAME=app DB_USER=app migrator upgrade head 2>errors || status=$?
