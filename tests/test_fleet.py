@@ -70,7 +70,9 @@ class Fleet:
 
 
 @pytest.fixture
-def make_fleet(server: Server, tmp_path: Path) -> Iterator[Callable[[int, int], Fleet]]:
+def make_fleet(
+    server: Server, tmp_path: Path, driver: str | None
+) -> Iterator[Callable[[int, int], Fleet]]:
     created: list[str] = []
 
     def make(databases: int, schemas: int) -> Fleet:
@@ -80,7 +82,7 @@ def make_fleet(server: Server, tmp_path: Path) -> Iterator[Callable[[int, int], 
             for name in names:
                 connection.execute(sa.text(f"CREATE DATABASE {name} OWNER {ROLE}"))
                 created.append(name)
-        home = Database(server, names[0])
+        home = Database(server, names[0], driver)  # a test of both drivers: DATABASE_URL
         schema_names = [f"{prefix}_s{number:03d}" for number in range(schemas)]
         for schema in schema_names:
             home.query(f"CREATE SCHEMA {schema}")
@@ -136,8 +138,9 @@ def test_fifty_databases_and_fifty_schemas_reach_head_then_a_second_run_is_a_no_
     assert "migration lock" not in again.stderr
 
 
+@pytest.mark.both_drivers
 def test_a_broken_tenant_fails_while_the_others_reach_head(
-    make_fleet: Callable[[int, int], Fleet],
+    make_fleet: Callable[[int, int], Fleet], driver: str
 ) -> None:
     fleet = make_fleet(6, 2)
     broken = fleet.databases[2]
@@ -151,6 +154,8 @@ def test_a_broken_tenant_fails_while_the_others_reach_head(
     assert entries[broken.name]["exit_status"] == 1
     assert [e["status"] for name, e in entries.items() if name != broken.name] == ["ok"] * 7
     assert "targets=8 ok=7 failed=1 skipped=0" in summary_line(result.stderr)
+    # Every target's run is on the driver the configured URL names.
+    assert result.stderr.count(f"connecting to postgresql+{driver}://") >= 8
     assert re.search(rf"\[{broken.name}\] .*ERROR", result.stderr) or re.search(
         rf"ERROR +\[{broken.name}\]", result.stderr
     )
@@ -214,6 +219,7 @@ def test_concurrent_fleet_runs_never_migrate_a_tenant_twice(
         assert fleet.applied(schema) == AUDITED_ONCE
 
 
+@pytest.mark.both_drivers
 def test_sigterm_stops_the_fleet_rolls_back_and_says_which_finished(
     make_fleet: Callable[[int, int], Fleet],
 ) -> None:
