@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,7 +16,7 @@ from typing import Any
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-from migrator import fleet, run, signals
+from migrator import errors, fleet, run, signals
 from migrator import manifest as project_manifest
 from migrator import safety as safety_report
 from migrator.config import Settings, load_fleet_settings
@@ -214,17 +215,33 @@ def manifest(settings: Settings, summary: Summary) -> None:
     """Write the project's manifest beside alembic.ini (at image build time), so that a
     no-op deploy is answered without importing SQLAlchemy or Alembic; no database needed."""
     config, script = run.alembic_project(settings)
+    loaded = set(sys.modules)
     name, schema = run.version_table(config, script)
+    # The project's own modules env.py imported may decide the version table: hashed too.
+    imported = _project_modules_since(loaded)
     base = settings.alembic_ini.parent
     directories = [Path(script.dir), *run.version_directories(script)]
+    files = [
+        path
+        for path in imported
+        if not any(path.is_relative_to(directory.resolve()) for directory in directories)
+    ]
     written = project_manifest.write(
         settings.alembic_ini,
         [os.path.relpath(directory, base) for directory in directories],
+        [os.path.relpath(path, base) for path in files],
         list(script.get_heads()),
         name,
         schema,
     )
     print(f"wrote {written}: heads {', '.join(script.get_heads())}, version table {name}")
+
+
+def _project_modules_since(loaded: set[str]) -> list[Path]:
+    """The files of the project's own modules imported since `loaded` was taken."""
+    new = [module for key, module in list(sys.modules.items()) if key not in loaded]
+    names = [str(getattr(module, "__file__", None) or "") for module in new]
+    return [Path(name).resolve() for name in names if name and errors.project_source(name)]
 
 
 def wait(settings: Settings, summary: Summary) -> None:

@@ -214,6 +214,15 @@ def project_fault(error: BaseException) -> str | None:
     return None
 
 
+def project_source(filename: str) -> bool:
+    """Whether a file is the project's own code: not the migrator's, the standard library's
+    or an installed package's."""
+    path = Path(filename).resolve()
+    return not path.is_relative_to(_MIGRATOR_DIRECTORY) and not any(
+        path.is_relative_to(directory) for directory in _LIBRARY_DIRECTORIES
+    )
+
+
 _MIGRATOR_DIRECTORY = Path(__file__).resolve().parent
 _LIBRARY_DIRECTORIES = {
     Path(sysconfig.get_path(name)).resolve()

@@ -16,7 +16,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import PROJECTS, ROOT, Database, Result, finish, migrator_env, run_migrator
+from conftest import (
+    PROJECTS,
+    ROOT,
+    Database,
+    Result,
+    finish,
+    migrator_env,
+    run_alembic,
+    run_migrator,
+)
 from fingerprint import fingerprint
 
 from migrator.project_files import files_under
@@ -209,3 +218,47 @@ def test_a_project_file_the_user_cannot_read_is_exit_6_naming_it(
         assert "Traceback" not in result.output
         assert "at base" not in result.output and "unknown" not in result.output
         assert fingerprint(database.engine()) == before
+
+
+def test_a_version_table_renamed_in_a_module_env_py_imports_is_not_answered_from_the_manifest(
+    database: Database, tmp_path: Path
+) -> None:
+    """`alembic init`'s env.py, told its version table by the project's settings module (as
+    a team names one per service): an edit there moves the version table, which the
+    manifest's hash must see, or the fast path would read the old table and answer at head."""
+    project = tmp_path / "project"
+    project.mkdir()
+    initialised = run_alembic("init", "alembic", cwd=project)
+    assert initialised.returncode == 0, initialised.stderr
+    env_py = project / "alembic" / "env.py"
+    text = env_py.read_text()
+    assert text.count("target_metadata=target_metadata") == 2  # offline and online
+    env_py.write_text(
+        "import app_settings\n"
+        + text.replace(
+            "target_metadata=target_metadata",
+            "target_metadata=target_metadata, version_table=app_settings.VERSION_TABLE",
+        )
+    )
+    settings = project / "app_settings.py"  # beside alembic.ini: prepend_sys_path = .
+    settings.write_text('VERSION_TABLE = "orders_versions"\n')
+    shutil.rmtree(project / "alembic" / "versions")
+    shutil.copytree(PROJECTS / "audited" / "alembic" / "versions", project / "alembic" / "versions")
+    ini = project / "alembic.ini"
+    url_env = {**database.env, "DATABASE_URL": database.url}  # env.py reads sqlalchemy.url
+    first = run_migrator("upgrade", "head", env={**url_env, "MIGRATOR_CONFIG": str(ini)})
+    assert first.status == 0, first.output
+    write_manifest(ini)
+    assert ANSWERED in upgrade(database, ini).stderr  # the manifest holds while nothing changed
+
+    settings.write_text('VERSION_TABLE = "billing_versions"\n')
+    moved = upgrade(database, ini)
+
+    # The full run decided, as Alembic would: the new table is empty, so the database is at
+    # base to it, and the first revision fails on the table it already made (rolled back).
+    assert moved.status == 1, moved.output
+    assert ANSWERED not in moved.stderr
+    assert "fast path: no usable manifest (the project's files changed" in moved.stderr
+    assert 'relation "applied" already exists' in moved.stderr
+    rows = database.query("SELECT version_num FROM orders_versions")
+    assert [row[0] for row in rows] == [HEAD]
