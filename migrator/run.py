@@ -514,9 +514,13 @@ def _refuse_another_database(config: Config, connection: Connection | None) -> N
         return
     found = session_identity(connection)
     if not found.same_database(expected):
+        held = f"the migration lock is held on {expected.describe()}"
+        if found.database == expected.database and found.same_server(expected):
+            reached = f"env.py's connection is in schema {found.schema}, not {expected.schema}"
+        else:
+            reached = f"env.py connected to {found.describe()}"
         raise UsageError(
-            f"env.py connected to {found.describe()}, but the migration lock is held on "
-            f"{expected.describe()}; nothing ran. Let env.py take its URL from "
+            f"{reached}, but {held}; nothing ran. Let env.py take its URL from "
             "config.get_main_option('sqlalchemy.url') (the migrator sets it), or use the "
             "connection in config.attributes['connection']"
         )

@@ -253,10 +253,17 @@ def test_scratch_work_in_the_schema_still_reaches_only_the_scratch_schema(
 
     verified = run_migrator("verify", env=env)
     upgraded = run_migrator("upgrade", "head", env={**env, "MIGRATOR_SAFETY": "block"})
+    # No scratch work: the real run's own check of env.py's connection stops it.
+    unmeasured = run_migrator("upgrade", "head", env={**env, "MIGRATOR_SAFETY": "off"})
 
     assert verified.status == 2, verified.output
     assert "scratch work stopped: the project connected to " in verified.stderr
     assert named.format(database=database.name, schema="Tenant-1") in verified.stderr
     assert upgraded.status == 2, upgraded.output  # the gate stops it before the run would
+    assert unmeasured.status == 2, unmeasured.output
+    assert (
+        "env.py's connection is in schema public, not Tenant-1, but the migration lock is "
+        f"held on database {database.name} on the server of"
+    ) in unmeasured.stderr
     assert fingerprint(database.engine()) == before
     assert scratch_databases(server) == []
