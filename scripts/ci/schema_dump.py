@@ -7,16 +7,20 @@ Usage: .venv/bin/python scripts/ci/schema_dump.py > schema.txt
 import os
 from pathlib import Path
 
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
 from migrator.config import load_settings
+from migrator.run import version_table_oid
 from migrator.verify import snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
 settings = load_settings(os.environ, {"MIGRATOR_CONFIG": str(ROOT / "alembic.ini")})
 engine = create_engine(settings.connection_url(), poolclass=NullPool)
 with engine.connect() as connection:
-    for name, definition in sorted(snapshot(connection).flat().items()):
+    # The example's version table (Alembic's default), left out as verify leaves it out.
+    version_table = version_table_oid(MigrationContext.configure(connection))
+    for name, definition in sorted(snapshot(connection, version_table).flat().items()):
         print(f"{name}: {definition}")
 engine.dispose()
