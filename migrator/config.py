@@ -120,6 +120,10 @@ class Settings:
             defaults["application_name"] = f"migrator@{socket.gethostname()}"[:63]
         if "connect_timeout" not in given:
             defaults["connect_timeout"] = str(self.connect_timeout)
+        if "client_encoding" not in given:
+            # Text as UTF-8 whatever the database's encoding: psycopg 3 hands an SQL_ASCII
+            # database's text back as bytes (SQLAlchemy's own version check then fails).
+            defaults["client_encoding"] = "UTF8"
         if not any(name in given for name in KEEPALIVES):
             # A stalled network (packets dropped, no reset) ends the connection within
             # MIGRATOR_NETWORK_TIMEOUT instead of never: libpq's TCP keepalives and

@@ -9,6 +9,7 @@ psycopg 3 alike.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import tempfile
@@ -32,7 +33,13 @@ DRIVERS = ["postgresql+psycopg2", "postgresql+psycopg"]
 @pytest.fixture(scope="module", params=sorted(LANGUAGES))
 def speaking(request: pytest.FixtureRequest) -> Iterator[tuple[int, str]]:
     """A server whose messages are in the parameter's language; (port, language)."""
-    language = request.param
+    with local_server(request.param) as port:
+        yield port, request.param
+
+
+@contextlib.contextmanager
+def local_server(language: str, *initdb: str) -> Iterator[int]:
+    """A PostgreSQL server initialised in `language` (and `initdb` options); its port."""
     binaries = server_binaries()
     directory = Path(tempfile.mkdtemp(prefix="migrator-lang-"))
     shutil.chown(directory, "postgres")
@@ -52,6 +59,7 @@ def speaking(request: pytest.FixtureRequest) -> Iterator[tuple[int, str]]:
             "--auth-host=scram-sha-256",
             f"--pwfile={password_file}",
             f"--locale={language}",
+            *initdb,
         ),
         check=True,
         capture_output=True,
@@ -65,7 +73,7 @@ def speaking(request: pytest.FixtureRequest) -> Iterator[tuple[int, str]]:
         capture_output=True,
     )
     try:
-        yield port, language
+        yield port
     finally:
         subprocess.run(
             as_server_user(binaries / "pg_ctl", "-D", data, "-m", "immediate", "stop"),
@@ -151,3 +159,16 @@ def test_the_right_credentials_migrate(
     assert applied.status == 0, applied.output
     assert f"to={rev_id} applied=1" in applied.stderr
     assert current.status == 0 and rev_id in current.stdout, current.output
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_an_sql_ascii_database_migrates_on_either_driver(driver: str, tmp_path: Path) -> None:
+    """initdb on a machine without locales (a fresh container) makes SQL_ASCII databases,
+    whose text psycopg 3 hands back as bytes: the migrator asks for UTF-8 text."""
+    with local_server("C", "--encoding=SQL_ASCII") as port:
+        upgraded = _run(driver, port, "postgres", SECRET, "postgres", "upgrade", "head")
+        current = _run(driver, port, "postgres", SECRET, "postgres", "current")
+
+    assert upgraded.status == 0, upgraded.output
+    assert "status=ok" in upgraded.stderr
+    assert current.status == 0 and "(head)" in current.stdout, current.output
