@@ -221,11 +221,8 @@ def manifest(settings: Settings, summary: Summary) -> None:
     imported = _project_modules_since(loaded)
     base = settings.alembic_ini.parent
     directories = [Path(script.dir), *run.version_directories(script)]
-    files = [
-        path
-        for path in imported
-        if not any(path.is_relative_to(directory.resolve()) for directory in directories)
-    ]
+    hashed = [directory.resolve() for directory in directories]  # whole, already
+    files = [path for path in imported if not any(map(path.is_relative_to, hashed))]
     written = project_manifest.write(
         settings.alembic_ini,
         [os.path.relpath(directory, base) for directory in directories],
