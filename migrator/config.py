@@ -225,7 +225,7 @@ def _optional_schema(values: _Values) -> str | None:
     name = values.raw("MIGRATOR_SCHEMA")
     if name is None:
         return None
-    if len(name.encode()) > 63 or not name.isprintable():
+    if len(name.encode()) > NAME_LIMIT or not name.isprintable():
         raise UsageError(
             f"{values.label('MIGRATOR_SCHEMA')}: {name!r} is not a schema name "
             "(at most 63 bytes, no control characters)"
