@@ -104,6 +104,41 @@ def thirty_runs_on_forty_slots(small: Server) -> float:
     return time.perf_counter() - started
 
 
+def waiting_runs_cost(server: Server, waiters: int = 30, seconds: float = 10.0) -> dict[str, float]:
+    """What `waiters` runs waiting for the migration lock cost the server: new connections
+    per second (pg_stat_database.sessions) and the most of their sessions open at once."""
+    url = server.fresh_database("waiting")
+    holder = server.connect("waiting")
+    holder.cursor().execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+    runs = [start(url, AUDITED, "upgrade", "head") for _ in range(waiters)]
+    for run in runs:
+        read_until(run, "waiting for the migration lock")
+    observer = server.connect("waiting")
+    with observer.cursor() as cursor:
+
+        def sessions() -> int:
+            cursor.execute("SELECT sessions FROM pg_stat_database WHERE datname = 'waiting'")
+            return int(cursor.fetchone()[0])
+
+        def open_now() -> int:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = 'waiting' AND application_name LIKE 'migrator@%%'"
+            )
+            return int(cursor.fetchone()[0])
+
+        first, began, most = sessions(), time.perf_counter(), 0
+        while time.perf_counter() - began < seconds:
+            most = max(most, open_now())
+            time.sleep(0.05)
+        rate = (sessions() - first) / (time.perf_counter() - began)
+    observer.close()
+    holder.close()  # releases the lock: one run applies, the others find nothing to do
+    for run in runs:
+        finish(run, 0)
+    return {"connections per second": rate, "sessions open at once, most": float(most)}
+
+
 def connections_per_run(server: Server, ini: Path, database: str, *arguments: str) -> int:
     """Connections the server saw one run open (its log_connections lines)."""
     url = server.url(database)

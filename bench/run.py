@@ -636,6 +636,11 @@ def conditions(bench: Bench) -> None:
         "| figure | seconds, min / median / max |",
         [f"| {name} | {spread(values)} |" for name, values in seconds.items()],
     )
+    waiting = production.waiting_runs_cost(bench.server)
+    bench.table(
+        "| 30 runs waiting for the migration lock (10 s) | figure |",
+        [f"| {name} | {value:.1f} |" for name, value in waiting.items()],
+    )
     bench.table(
         "| one run | connections opened (server's log) |",
         [

@@ -13,7 +13,11 @@ def main() -> int:
     signals.catch()
     from migrator.fast import main as run  # the no-op fast path, else the full CLI
 
-    return run()
+    status = run()
+    # The run is over and reported: a signal from now on changes nothing (the interpreter's
+    # shutdown would otherwise put the default, dying, handlers back).
+    signals.ignore()
+    return status
 
 
 if __name__ == "__main__":

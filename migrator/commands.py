@@ -15,12 +15,14 @@ from typing import Any
 
 from alembic.config import Config
 from alembic.script import ScriptDirectory
+from tenacity import RetryCallState, retry_if_exception_type, wait_random_exponential
 
-from migrator import errors, fleet, run, signals
+from migrator import errors, fleet, retry, run, signals
 from migrator import manifest as project_manifest
 from migrator import safety as safety_report
 from migrator.config import Settings, load_fleet_settings
 from migrator.errors import (
+    ConnectionLost,
     DifferenceFound,
     FleetFailed,
     MigratorError,
@@ -31,6 +33,7 @@ from migrator.lock import migration_lock
 from migrator.logs import Summary, log
 from migrator.run import Direction, State
 from migrator.session import Session
+from migrator.wait import patient_connections
 
 
 def upgrade(settings: Settings, summary: Summary, target: str, sql: bool = False) -> None:
@@ -60,7 +63,7 @@ def plan(
     run.refuse_unresolvable_target(script, target)
     report = None
     with _database(settings, config) as session:
-        state = run.inspect(config, script, direction, target)
+        state = _inspect(session, config, script, direction, target)
         _accept(state, direction, settings, summary)
         if safety:
             report = _safety_report(settings, script, state, direction, target, session)
@@ -92,8 +95,8 @@ def plan(
 def current(settings: Settings, summary: Summary, as_json: bool = False) -> None:
     """The database's revision(s), and whether that is head."""
     config, script = run.alembic_project(settings)
-    with _database(settings, config):
-        state = run.inspect(config, script, "upgrade", "heads")
+    with _database(settings, config) as session:
+        state = _inspect(session, config, script, "upgrade", "heads")
     heads = script.get_heads()
     at_head = set(state.heads) == set(heads)
     summary.from_revision = run.heads_name(state.heads)
@@ -121,8 +124,8 @@ def history(settings: Settings, summary: Summary, as_json: bool = False) -> None
     config, script = run.alembic_project(settings)
     applied: set[str] | None = None
     if settings.database_url is not None:
-        with _database(settings, config):
-            heads = run.inspect(config, script, "upgrade", "heads").heads
+        with _database(settings, config) as session:
+            heads = _inspect(session, config, script, "upgrade", "heads").heads
         applied = {rev.revision for rev in script.iterate_revisions(heads, "base") if rev}
     revisions = list(reversed(list(script.walk_revisions())))
     script_heads = script.get_heads()
@@ -180,8 +183,8 @@ def check(settings: Settings, summary: Summary, as_json: bool = False) -> None:
     from migrator.verify import model_differences
 
     config, script = run.alembic_project(settings)
-    with _database(settings, config):
-        state = run.inspect(config, script, "upgrade", "heads")
+    with _database(settings, config) as session:
+        state = _inspect(session, config, script, "upgrade", "heads")
         at_head = not state.unknown and not state.steps
         # Like `alembic check`: models are compared only with a database at head.
         models = model_differences(config, script) if at_head else None
@@ -356,7 +359,9 @@ def _migrate(
     run.refuse_unresolvable_target(script, target)
     with _database(settings, config, writable=True) as session:
         # Look, lock, look again: a run with nothing to do never waits on the lock.
-        state = run.inspect(config, script, direction, target)
+        session.idle = True  # env.py's own connection may take its place (a small pool)
+        state = _inspect(session, config, script, direction, target)
+        session.idle = False
         _accept(state, direction, settings, summary)
         if not state.steps:
             return
@@ -384,7 +389,9 @@ def _migrate(
                 # Under the lock: runs queued behind another find nothing to do instead of
                 # each measuring on a scratch database of its own.
                 _weigh_safety(settings, script, now, target, session)
-            config.attributes["connection"] = session.connection  # a new one after a reconnect
+            # A new session after a reconnect while waiting.
+            config.attributes["connection"] = session.connection
+            config.attributes[run.IDENTITY] = replace(session.identity, schema=settings.schema)
             run.apply(
                 config,
                 script,
@@ -508,6 +515,30 @@ def _accept(state: State, direction: Direction, settings: Settings, summary: Sum
         log.info("nothing to do: the database is at %s", run.heads_name(state.heads))
 
 
+def _inspect(
+    session: Session, config: Config, script: ScriptDirectory, direction: Direction, target: str
+) -> State:
+    """Where the database is (env.py reads it); read again on a new session when the session
+    ended meanwhile (a restart, a terminated session), within the wait timeout: before the
+    migration lock is taken, nothing this run did can be lost with it."""
+
+    def reconnect(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        log.warning("the session ended before the migration lock was taken (%s)", error)
+        session.reconnect(announce=False)
+        config.attributes["connection"] = session.connection
+        config.attributes[run.IDENTITY] = replace(session.identity, schema=session.settings.schema)
+
+    retrying = retry.retrying(
+        retry=retry_if_exception_type(ConnectionLost),
+        wait=wait_random_exponential(multiplier=0.05, max=1),
+        stop=retry.before_deadline(session.settings.wait_timeout),
+        before_sleep=reconnect,
+        reraise=True,
+    )
+    return retrying(run.inspect, config, script, direction, target)
+
+
 @contextmanager
 def _database(
     settings: Settings, config: Config | None = None, *, writable: bool = False
@@ -517,12 +548,15 @@ def _database(
     settings.connection_url()  # raises when no database is configured
     log.info("connecting to %s", settings.masked_url())
     session = Session(settings, writable=writable)
+    # The session's connection waits for a busy server; so does every other the run opens.
+    patient = patient_connections(lambda: session.patience, session.make_room)
     if config is not None:
         config.attributes["connection"] = session.connection
         # What env.py's own connection, if it makes one, must reach as well.
         config.attributes[run.IDENTITY] = replace(session.identity, schema=settings.schema)
     try:
-        yield session
+        with patient:
+            yield session
     finally:
         session.dispose()
 

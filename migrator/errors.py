@@ -45,6 +45,13 @@ class DatabaseUnreachable(MigratorError):
     status = "unreachable"
 
 
+class ConnectionLost(DatabaseUnreachable):
+    """A session ended (a restart, a terminated session, a network) where nothing this run
+    did was lost with it: the work in flight, if any, was rolled back by the server."""
+
+    status = "connection lost"
+
+
 class LockTimeout(MigratorError):
     exit_status = 4
     status = "lock timeout"
@@ -121,6 +128,8 @@ _LOST_MESSAGES = (
     "the connection is closed",  # psycopg 3
     "the connection is lost",  # psycopg 3
     "consuming input failed",  # psycopg 3
+    "connection socket closed",  # psycopg 3
+    "results from command",  # psycopg 3: a FATAL error (a restart) after the command's own
 )
 
 
@@ -151,7 +160,7 @@ def refusal(error: BaseException) -> MigratorError | None:
     for pattern, error_type in _connection_refusals():
         if pattern.search(text):
             return error_type(f"the database refused the connection: {text}")
-    if not _is_operational(error):
+    if not _is_operational(error) and not connection_lost(error):
         return UsageError(f"cannot connect: {text}")
     return None
 
@@ -163,7 +172,8 @@ def connection_lost(error: BaseException) -> bool:
     if _sqlstate(error) in _LOST_CODES:
         return True
     text = reason(error).lower()
-    return _is_operational(error) and any(message in text for message in _LOST_MESSAGES)
+    kinds = {"OperationalError", "InterfaceError", "InternalError"}
+    return _is_a(error, kinds) and any(message in text for message in _LOST_MESSAGES)
 
 
 def lock_not_available(error: BaseException) -> bool:
@@ -181,7 +191,7 @@ def failure(error: BaseException, what: str) -> MigratorError:
     if code in _ACCESS_CODES:
         return AccessDenied(f"{what}: permission denied: {reason(error)}")
     if connection_lost(error):
-        return DatabaseUnreachable(f"{what}: the connection was lost: {reason(error)}")
+        return ConnectionLost(f"{what}: the connection was lost: {reason(error)}")
     return MigrationFailed(f"{what}: {failure_detail(error)}")
 
 
@@ -253,9 +263,20 @@ def _sqlstate(error: BaseException) -> str | None:
     return code if isinstance(code, str) else None
 
 
-def _is_operational(error: BaseException) -> bool:
-    """The driver's OperationalError or InterfaceError (psycopg2's or psycopg 3's), read by
-    name so that neither driver need be installed."""
+def database_error(error: BaseException) -> bool:
+    """An error of the driver's (SQLAlchemy's wrapper of one, or the driver's own as a
+    connection attempt raises it), read by attribute so that neither driver need be installed."""
     original = getattr(error, "orig", None) or error
-    names = {kind.__name__ for kind in type(original).__mro__}
-    return bool(names & {"OperationalError", "InterfaceError"})
+    return hasattr(original, "pgcode") or hasattr(original, "sqlstate")
+
+
+def _is_operational(error: BaseException) -> bool:
+    """The driver's OperationalError or InterfaceError (psycopg2's or psycopg 3's)."""
+    return _is_a(error, {"OperationalError", "InterfaceError"})
+
+
+def _is_a(error: BaseException, kinds: set[str]) -> bool:
+    """Whether the driver's error is of one of these kinds, read by name so that neither
+    driver need be installed."""
+    original = getattr(error, "orig", None) or error
+    return bool({kind.__name__ for kind in type(original).__mro__} & kinds)

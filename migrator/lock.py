@@ -13,6 +13,7 @@ a heartbeat watches the lock's session and stops the run within seconds of losin
 
 from __future__ import annotations
 
+import enum
 import threading
 import time
 import zlib
@@ -23,10 +24,18 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import DBAPIError
-from tenacity import RetryCallState, retry_if_result, wait_random_exponential
+from tenacity import retry_if_result, wait_random_exponential
 
-from migrator import retry, signals
-from migrator.errors import LockLost, LockTimeout, connection_lost, reason
+from migrator import retry, signals, wait
+from migrator.errors import (
+    ConnectionLost,
+    DatabaseUnreachable,
+    LockLost,
+    LockTimeout,
+    MigratorError,
+    connection_lost,
+    reason,
+)
 from migrator.logs import log
 from migrator.session import TOKEN_SETTING, Session, transaction_pooling
 
@@ -36,13 +45,22 @@ LOCK_KEY = int.from_bytes(b"migrator", "big")
 HEARTBEAT_SECONDS = 2.0
 # How far past the lock timeout a lock query may stall before the run gives up on it.
 STALL_GRACE_SECONDS = 1.0
-# While waiting for the lock, how often to look whether another run has done the work.
-LOOK_AGAIN_SECONDS = 0.25
+# While waiting for the lock, the longest pause between two looks (each a new connection).
+POLL_SECONDS = 2.0
+REPORT_SECONDS = retry.REPORT_EVERY_SECONDS
+
+
+class _Outcome(enum.Enum):
+    TAKEN = "taken"
+    DONE = "another run did the work"
+    BUSY = "held by another run"
 
 
 def lock_key(schema: str | None) -> int:
-    """The database's key; a schema's own (the tenants of one database run side by side)."""
-    if schema is None:
+    """The key for the schema a session works in, as the server says (current_schema()), not
+    as the target was spelled: the database's own for public; a schema's own (the tenants of
+    one database run side by side, whether named by MIGRATOR_SCHEMA or the URL's options)."""
+    if schema is None or schema == "public":
         return LOCK_KEY
     return (LOCK_KEY >> 32 << 32) | zlib.crc32(schema.encode())
 
@@ -121,50 +139,91 @@ class MigrationLock:
 
     def __init__(self, session: Session) -> None:
         self.session = session
-        self.key = lock_key(session.settings.schema)
+        self.key = lock_key(session.identity.schema)
+        self.holder = "an unknown session"
         self._released = threading.Event()
         self._heartbeat: threading.Thread | None = None
 
     def take(self, timeout: float, still_needed: Callable[[], bool]) -> bool:
         """Wait for the lock; False when, meanwhile, `still_needed` says there is nothing left
-        to do (another run did it), so queued runs do not each take the lock to find that."""
+        to do (another run did it), so queued runs do not each take the lock to find that.
+
+        A waiting run holds no session between two looks: behind a session pool, its
+        server connection is one the run holding the lock may need (env.py's own)."""
         started = time.monotonic()
-        looked = [started]
-
-        def busy(taken: bool) -> bool:
-            if taken or time.monotonic() - looked[0] < LOOK_AGAIN_SECONDS:
-                return not taken
-            looked[0] = time.monotonic()
-            return still_needed()
-
-        def report(state: RetryCallState) -> None:
-            log.info(
-                "waiting for the migration lock (%.0f of %g s), held by %s",
-                time.monotonic() - started,
-                timeout,
-                lock_holder(self.session),
-            )
-
+        give_up_at = started + timeout
+        self._reported_at: float | None = None
         retrying = retry.retrying(
-            retry=retry_if_result(busy),
-            wait=wait_random_exponential(multiplier=0.05, max=0.5),
+            retry=retry_if_result(lambda outcome: outcome is _Outcome.BUSY),
+            wait=wait_random_exponential(multiplier=0.1, max=POLL_SECONDS),
             stop=retry.before_deadline(timeout),
-            before_sleep=retry.Throttled(report),
-            retry_error_callback=lambda state: False,
+            retry_error_callback=lambda state: _Outcome.BUSY,
         )
-        if retrying(self._try, started + timeout):
+        outcome = retrying(self._poll, started, give_up_at, still_needed)
+        if outcome is _Outcome.TAKEN:
+            self.session.patience = wait.Patience(
+                min(wait.UNDER_LOCK_SECONDS, self.session.settings.wait_timeout), under_lock=True
+            )
             log.info(
                 "migration lock taken after %.2f s",
                 time.monotonic() - started,
                 extra={"fields": {"event": "locked"}},
             )
             return True
-        if not signals.stop_requested.is_set() and not still_needed():
+        if outcome is _Outcome.DONE:
             return False
         if signals.stop_requested.is_set():
             raise signals.interrupted(" while waiting for the migration lock")
-        raise LockTimeout(
-            f"migration lock not taken within {timeout:g} s; held by {lock_holder(self.session)}"
+        raise LockTimeout(f"migration lock not taken within {timeout:g} s; held by {self.holder}")
+
+    def _poll(
+        self, started: float, give_up_at: float, still_needed: Callable[[], bool]
+    ) -> _Outcome:
+        """One look: connect (unless connected), try the lock, and when another run holds
+        it, ask whether the work is still needed, then disconnect."""
+        if self.session.closed:
+            try:
+                self.session.reconnect(announce=False, timeout=give_up_at - time.monotonic())
+            except DatabaseUnreachable as error:
+                if signals.stop_requested.is_set():
+                    raise
+                raise LockTimeout(
+                    f"migration lock not taken within {give_up_at - started:g} s: {error}"
+                ) from None
+        outcome = _Outcome.BUSY
+        try:
+            if self._try(give_up_at):
+                outcome = _Outcome.TAKEN
+            elif not still_needed():
+                outcome = _Outcome.DONE
+            else:
+                self._report(started, give_up_at)
+        except MigratorError as error:
+            # A restart or a terminated session while waiting: it held nothing yet.
+            if not isinstance(error, ConnectionLost) or signals.stop_requested.is_set():
+                raise
+            log.warning("the session waiting for the migration lock ended (%s)", error)
+        finally:
+            if outcome is not _Outcome.TAKEN:
+                self.session.close()
+        return outcome
+
+    def _report(self, started: float, give_up_at: float) -> None:
+        """Who holds the lock: said at the first look, then every few seconds, and read at
+        the last look (the lock timeout names the holder)."""
+        now = time.monotonic()
+        last_look = now + POLL_SECONDS >= give_up_at
+        if self._reported_at is not None and now - self._reported_at < REPORT_SECONDS:
+            if last_look:
+                self.holder = lock_holder(self.session)
+            return
+        self._reported_at = now
+        self.holder = lock_holder(self.session)
+        log.info(
+            "waiting for the migration lock (%.0f of %g s), held by %s",
+            now - started,
+            give_up_at - started,
+            self.holder,
         )
 
     def _try(self, give_up_at: float) -> bool:
@@ -175,12 +234,9 @@ class MigrationLock:
             with signals.deadline(give_up_at - time.monotonic() + STALL_GRACE_SECONDS, stalled):
                 row = self.session.query(_TRY_LOCK, token=self.session.token, key=self.key)
         except DBAPIError as error:
-            if not connection_lost(error) or signals.stop_requested.is_set():
-                raise
-            # A restart or a terminated session while waiting: it held nothing yet.
-            log.warning("the session waiting for the migration lock ended (%s)", reason(error))
-            self.session.reconnect()
-            return False
+            if connection_lost(error):
+                raise ConnectionLost(reason(error)) from None
+            raise
         taken = None if row is None else row[0]
         if taken is None:
             raise transaction_pooling()
@@ -198,14 +254,19 @@ class MigrationLock:
         if not row.held:
             raise LockLost(f"the migration lock was lost before {what} committed; rolled back")
 
-    def confirm(self) -> None:
-        """Ask the lock's own session whether it still holds the lock; stop the run if not."""
+    def held(self) -> tuple[bool, str]:
+        """Whether the lock's own session still holds the lock, and if not, why not."""
         try:
             row = self.session.query(_CONFIRM, token=self.session.token, **_key_parts(self.key))
-            held = row is not None and row[0]
-            problem = "it is no longer held" if not held else ""
         except Exception as error:  # whatever went wrong, the lock is not known to be held
-            held, problem = False, f"its session ended: {reason(error)}"
+            return False, f"its session ended: {reason(error)}"
+        if row is None or not row[0]:
+            return False, "it is no longer held"
+        return True, ""
+
+    def confirm(self) -> None:
+        """Stop the run unless the lock's session still holds the lock."""
+        held, problem = self.held()
         if not held:
             signals.stop(LockLost(f"the migration lock was lost ({problem})"))
             raise signals.interrupted()
@@ -228,13 +289,17 @@ class MigrationLock:
 
     def release(self) -> None:
         self._released.set()
-        # A session that is gone released its lock with it.
-        with suppress(Exception), self.session.mutex:
-            self.session.connection.execute(
-                _UNLOCK.execution_options(migrator_cleanup=True),
-                {"token": self.session.token, "key": self.key},
-            )
-            self.session.connection.commit()
+        connection = self.session.connection
+        # A session that is gone released its lock with it (and SQLAlchemy would open a new
+        # one for the statement, through a network that may be what ended the old one).
+        if not (connection.closed or connection.invalidated):
+            with suppress(Exception), self.session.mutex:
+                connection.execute(
+                    _UNLOCK.execution_options(migrator_cleanup=True),
+                    {"token": self.session.token, "key": self.key},
+                )
+                connection.commit()
+        self.session.patience = wait.Patience(self.session.settings.wait_timeout)
 
 
 @contextmanager
@@ -254,7 +319,7 @@ def migration_lock(
 
 def lock_holder(session: Session) -> str:
     try:
-        row = session.query(_LOCK_HOLDER, **_key_parts(lock_key(session.settings.schema)))
+        row = session.query(_LOCK_HOLDER, **_key_parts(lock_key(session.identity.schema)))
     except DBAPIError as error:
         return f"an unknown session ({reason(error)})"
     return "nobody (it was just released)" if row is None else describe_session(row)

@@ -114,6 +114,11 @@ def setup_logging(
     root.setLevel(logging.WARNING)
     log.setLevel(level)
     logging.getLogger("alembic").setLevel(logging.INFO if level == "DEBUG" else logging.WARNING)
+    # The pool logs a traceback when it cannot reset a connection that is gone: the run says
+    # itself what the lost connection meant.
+    logging.getLogger("sqlalchemy.pool").setLevel(
+        logging.DEBUG if level == "DEBUG" else logging.CRITICAL
+    )
 
 
 def report_summary(

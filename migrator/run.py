@@ -39,6 +39,7 @@ from tenacity import (
 from migrator import errors, project_files, retry, signals
 from migrator.config import Settings
 from migrator.errors import (
+    ConnectionLost,
     LockLost,
     MigrationFailed,
     MigratorError,
@@ -372,9 +373,9 @@ def _failure(
             f"{what} could not take its table lock after {settings.ddl_lock_retries + 1} "
             f"tries; rolled back; blocked by {table_lock_holders(lock.session)}"
         )
-    elif connection_lost(error) and progress.own_connection:
-        failure = MigrationFailed(
-            f"{what} failed: env.py's connection was lost ({reason(error)}); "
+    elif connection_lost(error) and progress.own_connection and lock.held()[0]:
+        failure = ConnectionLost(
+            f"env.py's connection was lost during {what} ({reason(error)}); "
             "the server rolled the revision back"
         )
     elif connection_lost(error):

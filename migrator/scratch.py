@@ -70,8 +70,11 @@ class Identity:
         return self.database == other.database and self.same_server(other) and len(schemas) <= 1
 
     def same_server(self, other: Identity) -> bool:
-        systems = {self.system, other.system} - {None}
-        return len(systems) <= 1 and self.started == other.started
+        """By system identifier where both sessions could read it (a restart in between
+        keeps it); else by start time, the one thing left to tell two servers apart."""
+        if self.system is not None and other.system is not None:
+            return self.system == other.system
+        return self.started == other.started
 
     def describe(self) -> str:
         server = f"system {self.system}" if self.system else f"started {self.started}"

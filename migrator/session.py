@@ -24,7 +24,7 @@ from sqlalchemy.pool import NullPool
 
 from migrator import signals, wait
 from migrator.config import Settings, milliseconds, search_path
-from migrator.errors import UsageError
+from migrator.errors import ConnectionLost, UsageError
 from migrator.logs import log
 from migrator.scratch import session_identity
 
@@ -92,6 +92,12 @@ class Session:
         self.writable = writable
         self.token = uuid.uuid4().hex
         self.pid = 0
+        # How long a new connection may wait now (shorter under the migration lock).
+        self.patience = wait.Patience(settings.wait_timeout)
+        # Whether the session holds nothing (no lock, no transaction) and may be closed when
+        # env.py opens a connection of its own: behind a small session pool, runs that each
+        # held one connection and waited for a second would wait for each other.
+        self.idle = False
         # Another thread (the lock's heartbeat) may query while the run waits on env.py.
         self.mutex = threading.RLock()
         try:
@@ -106,16 +112,32 @@ class Session:
         # just used (its idle sessions are reused last-in first-out) with our mark on it.
         self.reconnect(announce=False)
 
-    def reconnect(self, *, announce: bool = True) -> None:
-        """A new session in place of one that ended (within the wait timeout)."""
+    def reconnect(self, *, announce: bool = True, timeout: float | None = None) -> None:
+        """A new session in place of one that ended, within `timeout` (the wait timeout)."""
         self.close()
         self.connection = wait.connect(
-            self.engine, self.settings.wait_timeout, self._prepare, announce=announce
+            self.engine,
+            self.settings.wait_timeout if timeout is None else timeout,
+            self._prepare,
+            announce=announce,
         )
+        self.identity = session_identity(self.connection)  # the server may have restarted
+
+    def make_room(self) -> None:
+        """Before another connection of this run is made: close this one if it is idle."""
+        if self.idle:
+            self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self.connection.closed
 
     def query(self, sql: Any, **params: Any) -> Row[Any] | None:
         """One statement in a transaction of its own; its first row."""
         with self.mutex:
+            if self.connection.invalidated:
+                # SQLAlchemy would run it on a new session, without this run's setup.
+                raise ConnectionLost("the session ended")
             try:
                 row = self.connection.execute(sql, params).first()
                 self.connection.commit()

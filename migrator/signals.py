@@ -52,6 +52,12 @@ def catch() -> None:
         signal.signal(signal_number, _on_signal)
 
 
+def ignore() -> None:
+    """Ignore SIGTERM and SIGINT from now on (the run has reported how it ended)."""
+    for signal_number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signal_number, signal.SIG_IGN)
+
+
 def stop(reason: MigratorError) -> None:
     """Stop the run for `reason`, as a signal would; the first reason is the one reported."""
     if not _reasons:

@@ -9,6 +9,7 @@ import signal
 import time
 from collections.abc import Callable
 
+import pytest
 import sqlalchemy as sa
 from conditions import Bouncer, OtherRole, Proxy, SmallServer
 from conftest import (
@@ -111,9 +112,10 @@ def test_when_env_py_has_its_own_connection_a_heartbeat_notices_the_lost_lock(
     assert "slow_done" not in database.tables()
 
 
-def test_ending_env_pys_own_connection_fails_the_revision_and_frees_the_lock(
+def test_ending_env_pys_own_connection_is_an_outage_exit_3_and_frees_the_lock(
     database: Database,
 ) -> None:
+    # Not 1: the revision did not fail on its own SQL; a pipeline retries an outage.
     env = {**database.env, **OWN_CONNECTION, "SAMPLE_SLEEP": "30"}
     started = time.monotonic()
     first = start_migrator("upgrade", "head", env=env)
@@ -123,8 +125,9 @@ def test_ending_env_pys_own_connection_fails_the_revision_and_frees_the_lock(
     terminate(database, worker)
     failed = finish(first, started)
 
-    assert failed.status == 1, failed.output
-    assert "connection was lost" in failed.stderr
+    assert failed.status == 3, failed.output
+    assert "env.py's connection was lost during [2/3] a2a2a2a2a2a2" in failed.stderr
+    assert "status=connection lost" in failed.stderr
     assert database.advisory_locks() == 0
     assert applied_counts(database) == {"a1a1a1a1a1a1": 1}
 
@@ -261,11 +264,14 @@ def test_transaction_pooling_is_refused_and_never_applies_twice(
     assert database.advisory_locks() == 0
 
 
+@pytest.mark.parametrize("project", [AUDITED, OWN_CONNECTION], ids=["shared", "own_connection"])
 def test_ten_runs_through_a_session_pool_of_five_all_finish(
-    database: Database, pgbouncer: Callable[..., Bouncer]
+    database: Database, pgbouncer: Callable[..., Bouncer], project: dict[str, str]
 ) -> None:
+    # The nine that wait hold no pooled connection: the one holding the lock gets the
+    # second connection its env.py makes.
     bouncer = pgbouncer(database, mode="session", pool_size=5)
-    env = {**bouncer.env, **AUDITED, "SAMPLE_SLEEP": "1"}
+    env = {**bouncer.env, **project, "SAMPLE_SLEEP": "1"}
     results = run_together(10, env)
 
     assert [result.status for result in results] == [0] * 10, [r.stderr for r in results]
@@ -427,8 +433,12 @@ def test_the_lock_timeout_holds_when_the_lock_wait_stalls(
 # -- connection slots, restarts, read-only servers ------------------------------------------
 
 
-def test_thirty_runs_at_once_on_forty_connection_slots(small_server: SmallServer) -> None:
-    env = {**small_server.env, **AUDITED, "SAMPLE_SLEEP": "1"}
+@pytest.mark.parametrize("project", [AUDITED, OWN_CONNECTION], ids=["shared", "own_connection"])
+def test_thirty_runs_at_once_on_forty_connection_slots(
+    small_server: SmallServer, project: dict[str, str]
+) -> None:
+    # With env.py's own connection, each run needs a second slot: that one waits too.
+    env = {**small_server.env, **project, "SAMPLE_SLEEP": "1"}
     results = run_together(30, env)
 
     assert [result.status for result in results] == [0] * 30, [
@@ -437,21 +447,89 @@ def test_thirty_runs_at_once_on_forty_connection_slots(small_server: SmallServer
     assert applied_counts(small_server) == ALL_ONCE
 
 
-def test_a_session_ended_during_the_lock_wait_is_replaced(database: Database) -> None:
+def test_a_waiting_run_holds_no_session_between_looks(database: Database) -> None:
     with holding_the_lock(database) as holder:
         started = time.monotonic()
         run = start_migrator("upgrade", "head", env={**database.env, **AUDITED})
         read_until(run, "waiting for the migration lock")
-        (waiting,) = migrator_sessions(database)
-        terminate(database, waiting)
-        time.sleep(1)
+        samples = []
+        for _ in range(40):
+            samples.append(len(migrator_sessions(database)))
+            time.sleep(0.1)
         holder.execute(sa.text("SELECT pg_advisory_unlock_all()"))
         holder.commit()
         result = finish(run, started)
 
     assert result.status == 0, result.output
-    assert "the session waiting for the migration lock ended" in result.stderr
+    # A look (connect, try the lock, read the revision, disconnect) takes a few ms; the
+    # pauses between looks, hundreds.
+    assert samples.count(0) >= 30, samples
     assert applied_counts(database) == ALL_ONCE
+
+
+def test_a_server_restart_during_the_lock_wait_is_waited_out(small_server: SmallServer) -> None:
+    holder = small_server.superuser_connection()
+    holder.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": LOCK_KEY})
+    started = time.monotonic()
+    run = start_migrator("upgrade", "head", env={**small_server.env, **AUDITED})
+    read_until(run, "waiting for the migration lock")
+    small_server.restart()  # the holder's session, and its lock, end with it
+    result = finish(run, started)
+
+    assert result.status == 0, result.output
+    assert applied_counts(small_server) == ALL_ONCE
+
+
+def test_a_server_restart_during_a_revision_is_exit_7_and_a_rerun_finishes(
+    small_server: SmallServer,
+) -> None:
+    env = {**small_server.env, **AUDITED, "SAMPLE_SLEEP": "30"}
+    started = time.monotonic()
+    run = start_migrator("upgrade", "head", env=env)
+    read_until(run, "applied in")
+    small_server.restart()
+    result = finish(run, started)
+    rerun = run_migrator("upgrade", "head", env={**env, "SAMPLE_SLEEP": "0"})
+
+    # The lock's session ended under the lock: 7, the revision in flight rolled back.
+    assert result.status == 7, result.output
+    assert "migration lock was lost" in result.stderr
+    assert "unexpected" not in result.stderr
+    assert rerun.status == 0, rerun.output
+    assert applied_counts(small_server) == ALL_ONCE
+
+
+def test_a_server_restart_during_env_pys_own_connection_is_an_outage(
+    small_server: SmallServer,
+) -> None:
+    env = {**small_server.env, **OWN_CONNECTION, "SAMPLE_SLEEP": "30"}
+    started = time.monotonic()
+    run = start_migrator("upgrade", "head", env=env)
+    read_until(run, "applied in")
+    small_server.restart()
+    result = finish(run, started)
+
+    # Both sessions ended: the lock was lost (7), never "a migration failed" (1).
+    assert result.status == 7, result.output
+    assert "unexpected" not in result.stderr
+    assert applied_counts(small_server) == {"a1a1a1a1a1a1": 1}
+
+
+def test_no_connection_for_env_py_under_the_lock_is_exit_3_within_seconds(
+    small_server: SmallServer,
+) -> None:
+    # One connection for the role: before the lock the run's session makes room for
+    # env.py's own; under the lock it cannot, and holding the lock the run waits 5 s only.
+    small_server.query(f"ALTER ROLE {ROLE} CONNECTION LIMIT 1")
+    env = {**small_server.env, **OWN_CONNECTION}
+    result = run_migrator("upgrade", "head", env=env)
+
+    assert result.status == 3, result.output
+    assert "while this run held the migration lock (released; nothing more ran)" in result.stderr
+    assert "too many connections for role" in result.stderr
+    assert result.seconds < 20
+    assert "applied" not in small_server.tables()  # the first revision never ran
+    assert small_server.advisory_locks() == 0
 
 
 def test_a_read_only_database_is_waited_for_then_exit_3(database: Database) -> None:
