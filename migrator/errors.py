@@ -185,6 +185,11 @@ def missing_table(error: BaseException) -> bool:
     return _sqlstate(error) == "42P01"
 
 
+def permission_denied(error: BaseException) -> bool:
+    """The role may not do this (insufficient_privilege), an error after connecting."""
+    return _sqlstate(error) == "42501"
+
+
 def failure(error: BaseException, what: str) -> MigratorError:
     """The failure a database error means once connected: `what` says what was being done."""
     code = _sqlstate(error)

@@ -3,8 +3,14 @@
 Each target is a run of its own (its wait, lock, revisions and judgement), in a process of
 its own, because Alembic's `context` is process-global. The processes are forked from a
 server that imported the migrator once, so a target costs its work, not an interpreter's
-start. A target already at the wanted revision is answered here, with one connection and
-one query, and no process.
+start.
+
+Before any target runs, the fleet looks at each, with one connection: what the server says
+it reached (server, database, schema), so that two lines that are one tenant (spelled two
+ways: `localhost` and `127.0.0.1`, `schema=NAME` and a URL whose options set search_path to
+NAME) are refused before either runs under a lock of its own; and, when the command ends at
+a known revision, whether it is there already: such a target is answered here, with no
+process.
 """
 
 from __future__ import annotations
@@ -26,16 +32,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, select
-from sqlalchemy.engine import URL
+from sqlalchemy import create_engine, select, text
+from sqlalchemy.engine import URL, Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from migrator import signals
 from migrator.config import FleetSettings, Settings, parse_url, schema_name
-from migrator.errors import UsageError
+from migrator.errors import UsageError, permission_denied
 from migrator.logs import log
 from migrator.masking import Mask
 from migrator.run import version_table_of
+from migrator.scratch import Identity
 
 # What a target's process may not inherit: the fleet's own connection, command and outputs.
 _NOT_INHERITED = (
@@ -60,8 +68,35 @@ _PRELOAD = [
     "sqlalchemy.dialects.postgresql.psycopg",
     "sqlalchemy.dialects.postgresql.psycopg2",
 ]
-# How often the look at every target before the runs (one query each) says how far it got.
+# How often the look at every target before the runs (one connection each) says how far it
+# got.
 PROGRESS_SECONDS = 5.0
+# What a target reached, by what the server says, in what any role may read:
+# - the server: its start time (pg_postmaster_start_time, as epoch seconds, so the session's
+#   TimeZone does not change it) and its system_identifier (pg_control_system(): PUBLIC may
+#   execute it by default; a managed service may revoke that, and then the start time alone
+#   tells servers apart). Both, because a server cloned from a snapshot keeps its origin's
+#   system_identifier. Not inet_server_addr()/inet_server_port(): NULL over a Unix socket,
+#   and one server has an address per interface (`localhost` may reach it at ::1); not
+#   data_directory: reading it needs pg_read_all_settings.
+# - the database: current_database().
+# - the schema the target's run works in: a schema target's own (when it exists: else its
+#   run stops at once), as the run's search_path makes it, even behind a pooler that drops
+#   libpq's `options`; any other target's current_schema(), its own URL's options applied.
+_REACHED = """
+    SELECT current_database() AS database,
+           CASE WHEN CAST(:schema AS text) IS NULL THEN current_schema()
+                ELSE (SELECT nspname::text FROM pg_namespace WHERE nspname = :schema)
+           END AS schema,
+           extract(epoch FROM pg_postmaster_start_time())::text AS started,
+           {system} AS system
+"""
+_WITH_SYSTEM = text(
+    _REACHED.format(system="(SELECT system_identifier::text FROM pg_control_system())")
+)
+# A role that may not execute pg_control_system() (its permission is checked when the query
+# starts, whichever CASE branch would run): the start time alone.
+_WITHOUT_SYSTEM = text(_REACHED.format(system="CAST(NULL AS text)"))
 # After a stop, how long running targets get to roll back before they are killed: within
 # the fleet's own stop grace, so that the fleet can still report each of them.
 _STOP_WAIT_SECONDS = signals.STOP_GRACE_SECONDS - 1.5
@@ -172,22 +207,24 @@ def run(
     """Run `migrator ARGUMENTS` on each target: the first `fleet.canary` first, the rest only
     when all of those succeeded; no new target once `fleet.max_failures` have failed.
 
-    With `wanted` (the revisions the command ends at) and the version table, a target
-    already there is answered without a process.
+    First a look at every target: two that reach one tenant stop the fleet (UsageError)
+    before any runs. With `wanted` (the revisions the command ends at) and the version
+    table, a target already there is answered without a process.
     """
     temporary = _temporary_directory()
     outcomes = {target: Outcome(target) for target in targets}
-    pending = list(targets)
-    if wanted is not None and version_table is not None:
-        there = _already_there(settings, fleet, pending, wanted, version_table)
-        for target, seconds in there.items():
-            outcome = outcomes[target]
-            outcome.status, outcome.exit_status, outcome.seconds = "ok", 0, seconds
-            outcome.from_revision = outcome.to_revision = ",".join(wanted) or "base"
-            log.info(
-                "[%s] nothing to do: at %s", target.name, outcome.to_revision, extra=_about(target)
-            )
-        pending = [target for target in pending if target not in there]
+    looks = _look(settings, fleet, targets, wanted, version_table)
+    if not signals.stop_requested.is_set():  # else nothing runs: the stop is the report
+        refuse_one_tenant_twice([(target, looks[target].reached) for target in targets])
+    there = {target: look.there for target, look in looks.items() if look.there is not None}
+    for target, seconds in there.items():
+        outcome = outcomes[target]
+        outcome.status, outcome.exit_status, outcome.seconds = "ok", 0, seconds
+        outcome.from_revision = outcome.to_revision = ",".join(wanted or ()) or "base"
+        log.info(
+            "[%s] nothing to do: at %s", target.name, outcome.to_revision, extra=_about(target)
+        )
+    pending = [target for target in targets if target not in there]
     canaries = set(targets[: fleet.canary])
     canary = [target for target in pending if target in canaries]
     rest = [target for target in pending if target not in canaries]
@@ -222,58 +259,104 @@ def _temporary_directory() -> str:
         ) from None
 
 
-def _already_there(
+@dataclass(frozen=True)
+class _Look:
+    """What the look before the runs found at a target: what it reached (None: not
+    reached), and the look's seconds when it is already at the wanted revision."""
+
+    reached: Identity | None = None
+    there: float | None = None
+
+
+def _look(
     settings: Settings,
     fleet: FleetSettings,
     targets: Sequence[Target],
-    wanted: Sequence[str],
-    version_table: tuple[str, str | None],
-) -> dict[Target, float]:
-    """The targets whose version table holds exactly `wanted`: one connection and one query
-    each, several at a time. Any doubt (no table, no connection) leaves a target to its run."""
-    query = select(version_table_of(*version_table).c.version_num)
+    wanted: Sequence[str] | None,
+    version_table: tuple[str, str | None] | None,
+) -> dict[Target, _Look]:
+    """Every target, one connection each, several at a time: what it reached; and, with
+    `wanted`, whether its version table holds exactly that. Any doubt (no connection, no
+    table) leaves a target to its run, which says what is wrong, if anything."""
+    heads_query = None
+    if wanted is not None and version_table is not None:
+        heads_query = select(version_table_of(*version_table).c.version_num)
 
-    def at_wanted(target: Target) -> float | None:
+    def look(target: Target) -> _Look:
         if signals.stop_requested.is_set():
-            return None
+            return _Look()
         started = time.monotonic()
         engine = create_engine(
             target_settings(settings, target).connection_url(), poolclass=NullPool
         )
+        reached = None
         try:
             with engine.connect() as connection:
-                heads = sorted(connection.execute(query).scalars())
-        except Exception as doubt:  # the target's own run says what is wrong, if anything
+                reached = _reached(connection, target)
+                if heads_query is None or wanted is None:
+                    return _Look(reached)
+                heads = sorted(connection.execute(heads_query).scalars())
+        except Exception as doubt:
             log.debug(
                 "[%s] not known to be at the target (%s)",
                 target.name,
                 type(doubt).__name__,
                 extra=_about(target),
             )
-            return None
+            return _Look(reached)
         finally:
             engine.dispose()
-        return time.monotonic() - started if heads == sorted(wanted) else None
+        there = heads == sorted(wanted)
+        return _Look(reached, time.monotonic() - started if there else None)
 
-    answers: list[float | None] = []
+    looks: list[_Look] = []
     reported = time.monotonic()
     with ThreadPoolExecutor(max_workers=max(fleet.parallelism, 4)) as pool:
-        for answer in pool.map(at_wanted, targets):
-            answers.append(answer)
-            if time.monotonic() - reported >= PROGRESS_SECONDS and len(answers) < len(targets):
+        for found in pool.map(look, targets):
+            looks.append(found)
+            if time.monotonic() - reported >= PROGRESS_SECONDS and len(looks) < len(targets):
                 reported = time.monotonic()
-                there = sum(seconds is not None for seconds in answers)
+                there = sum(found.there is not None for found in looks)
                 log.info(
-                    "fleet: looked at %d of %d target(s), %d already at the target",
-                    len(answers),
+                    "fleet: looked at %d of %d target(s)%s",
+                    len(looks),
                     len(targets),
-                    there,
+                    f", {there} already at the target" if wanted is not None else "",
                 )
-    return {
-        target: seconds
-        for target, seconds in zip(targets, answers, strict=True)
-        if seconds is not None
-    }
+    return dict(zip(targets, looks, strict=True))
+
+
+def _reached(connection: Connection, target: Target) -> Identity:
+    """What the target's session reached (`_REACHED`)."""
+    values = {"schema": target.schema}
+    try:
+        row = connection.execute(_WITH_SYSTEM, values).one()
+    except DBAPIError as error:
+        if not permission_denied(error):
+            raise
+        connection.rollback()
+        row = connection.execute(_WITHOUT_SYSTEM, values).one()
+    return Identity(row.database, row.system, row.started, row.schema)
+
+
+def refuse_one_tenant_twice(reached: Sequence[tuple[Target, Identity | None]]) -> None:
+    """Two targets that reach one schema of one database of one server are one tenant, which
+    their runs would migrate at once, under two locks (a schema target's and a database's):
+    a usage error naming both lines. A target not reached, or in no schema, is left to its
+    run."""
+    seen: dict[tuple[str, str, str], list[tuple[Target, Identity]]] = {}
+    for target, identity in reached:
+        if identity is None or identity.schema is None:
+            continue
+        key = (identity.started, identity.database, identity.schema)
+        for earlier, earlier_identity in seen.get(key, []):
+            if earlier_identity.same_server(identity):
+                raise UsageError(
+                    f"MIGRATOR_FLEET_FILE line {target.line}: {target.name} is the tenant of "
+                    f"line {earlier.line} ({earlier.name}) again: both reach schema "
+                    f"{identity.schema} of database {identity.database} on one server"
+                )
+        seen.setdefault(key, []).append((target, identity))
 
 
 def target_settings(settings: Settings, target: Target) -> Settings:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -124,7 +125,7 @@ def test_fifty_databases_and_fifty_schemas_reach_head_then_a_second_run_is_a_no_
     # A schema tenant's tables are its own: nothing was created in the configured schema.
     assert "cars" not in fleet.home.tables()
     # Every line of a target's run names it.
-    assert re.search(rf"\[{fleet.schemas[7]}\] .*migration lock taken", result.stderr) is None
+    assert re.search(rf"\[schema={fleet.schemas[7]}\] migration lock taken", result.stderr)
     assert f"[schema={fleet.schemas[7]}]" in result.stderr
     assert f"[{fleet.databases[7].name}]" in result.stderr
 
@@ -322,6 +323,83 @@ def test_a_bad_targets_file_is_refused_before_anything_runs(
     assert len(result.stderr.strip().splitlines()) == 1
     assert "Sup3r" not in result.output and "Secret@db" not in result.output
     assert database.tables() == set()
+
+
+@pytest.mark.parametrize("system_identifier", ["readable", "revoked"])
+def test_a_schema_target_and_a_url_into_that_schema_are_one_tenant_and_refused(
+    make_fleet: Callable[[int, int], Fleet], system_identifier: str
+) -> None:
+    # Different lines, different lock keys (the schema's, the database's): both would run
+    # at once on one tenant. What the server says they reached is the same.
+    fleet = make_fleet(0, 1)
+    (schema,) = fleet.schemas
+    if system_identifier == "revoked":  # as a managed service may: the start time tells
+        admin = sa.create_engine(fleet.server.admin.url.set(database=fleet.home.name))
+        with admin.begin() as connection:
+            connection.execute(
+                sa.text("REVOKE EXECUTE ON FUNCTION pg_control_system() FROM PUBLIC")
+            )
+        admin.dispose()
+        assert fleet.home.query(
+            "SELECT has_function_privilege('pg_control_system()', 'EXECUTE')"
+        ) == [(False,)]
+    into_schema = f"{fleet.home.url}?options=-csearch_path%3D{schema}"
+    fleet.write([f"schema={schema}", "# the same tenant, spelled as a URL", into_schema])
+    result = run_migrator("fleet", "upgrade", "head", env=fleet.env(), timeout=120)
+
+    assert result.status == 2, result.stderr[-3000:]
+    (error,) = [line for line in result.stderr.splitlines() if "ERROR" in line]
+    masked = f"postgresql://{ROLE}:***@{into_schema.split('@')[1]}"
+    assert f"line 3: {masked} is the tenant of line 1 (schema={schema}) again" in error
+    assert f"schema {schema} of database {fleet.home.name}" in error
+    assert PASSWORD not in result.output  # run_migrator checks every spelling too
+    assert "migration lock" not in result.stderr and "summary" not in result.stderr
+    assert fleet.schema_revision(schema) is None  # its version table is not there
+    assert fleet.home.tables() == set()
+
+
+def test_one_database_spelled_two_ways_is_one_tenant_and_refused(
+    make_fleet: Callable[[int, int], Fleet],
+) -> None:
+    fleet = make_fleet(1, 0)
+    (tenant,) = fleet.databases
+    port = fleet.server.port
+    for host in ("localhost", "127.0.0.1"):
+        try:
+            socket.create_connection((host, port), timeout=2).close()
+        except OSError:
+            pytest.skip(f"the test server is not reachable at {host}:{port}")
+    url = tenant.url.replace(f"@{fleet.server.host}:", "@{}:", 1)
+    first, second = url.format("localhost"), url.format("127.0.0.1") + "?sslmode=prefer"
+    fleet.write([first, second])
+    result = run_migrator("fleet", "upgrade", "head", env=fleet.env(), timeout=120)
+
+    assert result.status == 2, result.stderr[-3000:]
+    first, second = (
+        f"postgresql://{ROLE}:***@{spelled.split('@')[1]}" for spelled in (first, second)
+    )
+    assert f"line 2: {second} is the tenant of line 1 ({first}) again" in result.stderr
+    assert tenant.revision() is None and tenant.tables() == set()
+
+
+def test_schemas_of_one_database_and_databases_of_one_server_are_tenants_of_their_own(
+    make_fleet: Callable[[int, int], Fleet],
+) -> None:
+    # The configured database itself (its public schema), two schemas in it, two databases
+    # beside it: five tenants on one server, none refused, every command runs.
+    fleet = make_fleet(2, 2)
+    lines = [fleet.home.name, *(d.name for d in fleet.databases)]
+    lines += [f"schema={schema}" for schema in fleet.schemas]
+    fleet.write(lines)
+    result = run_migrator("fleet", "upgrade", "head", "--json", env=fleet.env(), timeout=300)
+
+    assert result.status == 0, result.stderr[-3000:]
+    assert "targets=5 ok=5 failed=0 skipped=0" in summary_line(result.stderr)
+    assert [fleet.home.revision(), *(d.revision() for d in fleet.databases)] == [HEAD] * 3
+    assert [fleet.schema_revision(schema) for schema in fleet.schemas] == [HEAD] * 2
+    current = run_migrator("fleet", "current", "--json", env=fleet.env(), timeout=300)
+    assert current.status == 0, current.stderr[-3000:]
+    assert {entry["from"] for entry in targets_of(current.stdout).values()} == {HEAD}
 
 
 def test_sigterm_before_any_target_starts_exits_143_with_the_summary(
