@@ -555,7 +555,7 @@ def _database(
         # What env.py's own connection, if it makes one, must reach as well.
         config.attributes[run.IDENTITY] = replace(session.identity, schema=settings.schema)
     try:
-        with patient:
+        with patient, signals.watching(session.stalled):
             yield session
     finally:
         session.dispose()

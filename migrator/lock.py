@@ -191,13 +191,15 @@ class MigrationLock:
                     f"migration lock not taken within {give_up_at - started:g} s: {error}"
                 ) from None
         outcome = _Outcome.BUSY
+        waited = self.session.settings.network_timeout  # a look's statements are quick
         try:
-            if self._try(give_up_at):
-                outcome = _Outcome.TAKEN
-            elif not still_needed():
-                outcome = _Outcome.DONE
-            else:
-                self._report(started, give_up_at)
+            with signals.deadline(waited, self.session.no_answer(waited)):
+                if self._try(give_up_at):
+                    outcome = _Outcome.TAKEN
+                elif not still_needed():
+                    outcome = _Outcome.DONE
+                else:
+                    self._report(started, give_up_at)
         except MigratorError as error:
             # A restart or a terminated session while waiting: it held nothing yet.
             if not isinstance(error, ConnectionLost) or signals.stop_requested.is_set():

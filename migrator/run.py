@@ -357,6 +357,9 @@ def _failure(
     what = progress.describe()
     if not isinstance(error, MigratorError):
         error = errors.underlying(error)
+    stopping = signals.stop_requested.is_set()
+    if isinstance(error, ConnectionLost) and not stopping and not lock.held()[0]:
+        error = LockLost(f"the migration lock was lost: its session ended during {what} ({error})")
     if isinstance(error, MigratorError) and not progress.outside_transaction:
         return error
     if signals.stop_requested.is_set() and connection_lost(error):
@@ -513,7 +516,14 @@ def _refuse_another_database(config: Config, connection: Connection | None) -> N
     expected: Identity | None = config.attributes.get(IDENTITY)
     if expected is None or connection is None or connection is config.attributes.get("connection"):
         return
-    found = session_identity(connection)
+    try:
+        found = session_identity(connection)
+    except Exception as error:  # the driver's own error: SQLAlchemy does not wrap this call
+        if not errors.database_error(error):
+            raise
+        if connection_lost(error):
+            raise ConnectionLost(f"env.py's connection was lost ({reason(error)})") from None
+        raise errors.failure(error, "reading what env.py's connection reached") from None
     if not found.same_database(expected):
         held = f"the migration lock is held on {expected.describe()}"
         if found.database == expected.database and found.same_server(expected):

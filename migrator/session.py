@@ -24,7 +24,7 @@ from sqlalchemy.pool import NullPool
 
 from migrator import signals, wait
 from migrator.config import Settings, milliseconds, search_path
-from migrator.errors import ConnectionLost, UsageError
+from migrator.errors import ConnectionLost, LockLost, MigratorError, UsageError
 from migrator.logs import log
 from migrator.scratch import session_identity
 
@@ -133,19 +133,50 @@ class Session:
         return self.connection.closed
 
     def query(self, sql: Any, **params: Any) -> Row[Any] | None:
-        """One statement in a transaction of its own; its first row."""
+        """One statement in a transaction of its own; its first row. The run's own
+        statements are all quick: one with no answer within MIGRATOR_NETWORK_TIMEOUT means
+        the network, or a proxy, stopped forwarding."""
         with self.mutex:
             if self.connection.invalidated:
                 # SQLAlchemy would run it on a new session, without this run's setup.
                 raise ConnectionLost("the session ended")
-            try:
-                row = self.connection.execute(sql, params).first()
-                self.connection.commit()
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    self.connection.rollback()
-                raise
-            return row
+            waited = self.settings.network_timeout
+            with signals.deadline(waited, self.no_answer(waited)):
+                return self._query(sql, params)
+
+    def _query(self, sql: Any, params: dict[str, Any]) -> Row[Any] | None:
+        try:
+            row = self.connection.execute(sql, params).first()
+            self.connection.commit()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.connection.rollback()
+            raise
+        return row
+
+    def stalled(self) -> MigratorError | None:
+        """Whether a statement of the run got no answer long after the server would have
+        given one: with MIGRATOR_STATEMENT_TIMEOUT, the server answers every statement
+        within it, so no answer for longer than that and MIGRATOR_NETWORK_TIMEOUT is a
+        network or a proxy that stopped forwarding (behind a proxy that still acknowledges
+        the packets, keepalives do not notice)."""
+        limit = self.settings.statement_timeout
+        waited = signals.longest_in_flight()
+        if limit is None or waited <= limit + self.settings.network_timeout:
+            return None
+        return self.no_answer(waited)
+
+    def no_answer(self, seconds: float) -> MigratorError:
+        what = (
+            f"the database did not answer for {seconds:.0f} s (a stalled network, or a proxy "
+            "that stopped forwarding)"
+        )
+        if self.patience.under_lock:
+            return LockLost(
+                f"the migration lock cannot be known to be held: {what}; the server rolls back "
+                "the revision in flight when it ends the session"
+            )
+        return ConnectionLost(what)
 
     @contextlib.contextmanager
     def kept_busy(self) -> Iterator[None]:

@@ -43,6 +43,11 @@ _reasons: list[MigratorError] = []
 _signals_received: list[int] = []
 _deadlines: list[tuple[float, MigratorError]] = []
 _open_connections: weakref.WeakSet[Connection] = weakref.WeakSet()
+# Since when each connection has had a command in flight (a statement, a COMMIT), as seen
+# every few tenths of a second: what watchers judge a stall by.
+_in_flight: weakref.WeakKeyDictionary[Connection, float] = weakref.WeakKeyDictionary()
+_COMMAND_ACTIVE = 1  # libpq's PQTRANS_ACTIVE, in psycopg2's and psycopg 3's info
+_watchers: list[Callable[[], MigratorError | None]] = []
 
 
 def catch() -> None:
@@ -86,6 +91,23 @@ def deadline(seconds: float, error: MigratorError) -> Iterator[None]:
         yield
     finally:
         _deadlines.remove(entry)
+
+
+@contextmanager
+def watching(check: Callable[[], MigratorError | None]) -> Iterator[None]:
+    """While the block runs, `check()` every few tenths of a second; the run is stopped for
+    the error it returns (a statement that got no answer for too long)."""
+    _watchers.append(check)
+    try:
+        yield
+    finally:
+        _watchers.remove(check)
+
+
+def longest_in_flight() -> float:
+    """Seconds the oldest statement now in flight has waited for its answer."""
+    now = time.monotonic()
+    return max((now - sent for sent in list(_in_flight.values())), default=0.0)
 
 
 def run_interruptibly(work: Callable[[], T]) -> T:
@@ -164,9 +186,27 @@ def _on_signal(signal_number: int, frame: object) -> None:
 
 def _check_deadlines() -> None:
     now = time.monotonic()
+    _note_commands_in_flight(now)
     for when, error in list(_deadlines):
         if now >= when:
             stop(error)
+    for check in list(_watchers):
+        found = check()
+        if found is not None:
+            stop(found)
+
+
+def _note_commands_in_flight(now: float) -> None:
+    for connection in list(_open_connections):
+        try:  # libpq's own state: a command sent and not yet answered
+            status = connection.connection.dbapi_connection.info.transaction_status  # type: ignore[union-attr]
+            active = int(status) == _COMMAND_ACTIVE
+        except Exception:  # closed, or never connected: nothing in flight
+            active = False
+        if not active:
+            _in_flight.pop(connection, None)
+        elif connection not in _in_flight:
+            _in_flight[connection] = now
 
 
 def _track_connection(connection: Connection) -> None:

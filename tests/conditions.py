@@ -273,6 +273,8 @@ class Proxy:
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._forwarding = threading.Event()
+        self._forwarding.set()
         threading.Thread(target=self._accept, daemon=True, name=f"proxy-{self.port}").start()
 
     @property
@@ -292,7 +294,14 @@ class Proxy:
             subprocess.run([*self._iptables, "-I", *rule], check=True, capture_output=True)
             self._rules.append(rule)
 
+    def wedge(self) -> None:
+        """Stop forwarding, keeping every socket open: the kernel still acknowledges what
+        the client sends, and keepalives pass (a userspace proxy, PgBouncer, a cloud SQL
+        proxy that hangs)."""
+        self._forwarding.clear()
+
     def resume(self) -> None:
+        self._forwarding.set()
         while self._rules:
             rule = self._rules.pop()
             subprocess.run([*self._iptables, "-D", *rule], check=True, capture_output=True)
@@ -327,10 +336,10 @@ class Proxy:
             for source, sink in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
 
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while data := source.recv(65536):
+                self._forwarding.wait()
                 sink.sendall(data)
             sink.shutdown(socket.SHUT_WR)
         except OSError:

@@ -407,6 +407,56 @@ def test_a_stall_during_a_revision_ends_the_run_within_the_network_timeout(
     assert "migration lock was lost" in result.stderr
 
 
+def test_a_proxy_that_stops_forwarding_ends_the_run_by_the_statement_timeout(
+    database: Database, stall_proxy: Callable[..., Proxy]
+) -> None:
+    # The proxy keeps every socket open and its kernel acknowledges every packet: keepalives
+    # and tcp_user_timeout see nothing wrong. The server answers every statement within
+    # MIGRATOR_STATEMENT_TIMEOUT; no answer by then plus MIGRATOR_NETWORK_TIMEOUT is a stall.
+    proxy = stall_proxy(database)
+    env = {
+        **proxy.env,
+        **AUDITED,
+        "SAMPLE_SLEEP": "4",
+        "MIGRATOR_STATEMENT_TIMEOUT": "5",
+        "MIGRATOR_NETWORK_TIMEOUT": "3",
+    }
+    started = time.monotonic()
+    run = start_migrator("upgrade", "head", env=env)
+    read_until(run, "applied in")
+    proxy.wedge()
+    wedged = time.monotonic()
+    result = finish(run, started, timeout=60)
+
+    assert result.status == 7, result.output
+    assert "the database did not answer for" in result.stderr
+    # 5 + 3 s to notice, then at most the stop grace (8 s) for a cancel that cannot arrive.
+    assert time.monotonic() - wedged < 5 + 3 + 8 + 4
+    # The first revision's COMMIT may be what the proxy held: then the server rolled it back.
+    applied = applied_counts(database) if "applied" in database.tables() else {}
+    assert applied in ({}, {"a1a1a1a1a1a1": 1}), applied
+
+
+def test_a_proxy_that_stops_forwarding_is_noticed_by_the_heartbeat(
+    database: Database, stall_proxy: Callable[..., Proxy]
+) -> None:
+    # With env.py's own connection the lock's session answers a heartbeat every 2 s: its
+    # own statements are quick, so no answer within MIGRATOR_NETWORK_TIMEOUT is a stall,
+    # with no statement timeout set.
+    proxy = stall_proxy(database)
+    env = {**proxy.env, **OWN_CONNECTION, "SAMPLE_SLEEP": "60", "MIGRATOR_NETWORK_TIMEOUT": "3"}
+    started = time.monotonic()
+    run = start_migrator("upgrade", "head", env=env)
+    read_until(run, "applied in")
+    proxy.wedge()
+    wedged = time.monotonic()
+    result = finish(run, started, timeout=60)
+
+    assert result.status == 7, result.output
+    assert "the database did not answer for" in result.stderr
+    assert time.monotonic() - wedged < 2 + 3 + 8 + 4
+
+
 def test_the_lock_timeout_holds_when_the_lock_wait_stalls(
     database: Database, stall_proxy: Callable[..., Proxy]
 ) -> None:
