@@ -48,6 +48,7 @@ def test_the_bench_runs_every_part_on_a_tiny_chain(tmp_path) -> None:  # type: i
         "| SIGTERM to exit 143, network stalled |",
         "| 30 runs at once, max_connections=40 (wall) |",
         "| upgrade, nothing to do | 2 |",
+        "| connections per second |",  # 30 runs waiting for the lock
         "| migrator verify |",
         "| 2 fresh databases: `migrator fleet upgrade head` |",
         "| 2 fresh databases: the shell loop |",
