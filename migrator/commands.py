@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -25,6 +25,7 @@ from migrator.errors import (
     ConnectionLost,
     DifferenceFound,
     FleetFailed,
+    LockLost,
     MigratorError,
     SafetyRefused,
     UsageError,
@@ -384,7 +385,9 @@ def _migrate(
             if lock is None:
                 return
             # Where the database is under the lock: from here on, only this run moves it.
-            now = run.look_again(session.connection, script, state, direction, target)
+            now = _under_the_lock(
+                lambda: run.look_again(session.connection, script, state, direction, target)
+            )
             if direction == "upgrade" and settings.safety != "off" and now.steps:
                 # Under the lock: runs queued behind another find nothing to do instead of
                 # each measuring on a scratch database of its own.
@@ -404,7 +407,9 @@ def _migrate(
                 heads=now.heads,
             )
             # The summary says where the database is, read from it, not inferred.
-            done = run.look_again(session.connection, script, state, direction, target)
+            done = _under_the_lock(
+                lambda: run.look_again(session.connection, script, state, direction, target)
+            )
             summary.to_revision = run.heads_name(done.heads)
     log.info("%s done: at %s", direction, summary.to_revision)
 
@@ -513,6 +518,15 @@ def _accept(state: State, direction: Direction, settings: Settings, summary: Sum
     elif not state.steps and summary.applied == 0:
         summary.to_revision = run.heads_name(state.heads)
         log.info("nothing to do: the database is at %s", run.heads_name(state.heads))
+
+
+def _under_the_lock(read: Callable[[], State]) -> State:
+    """`read()` on the lock's session: that session lost is the lock lost (7), not an
+    outage met before any work (3)."""
+    try:
+        return read()
+    except ConnectionLost as error:
+        raise LockLost(f"the migration lock was lost: its session ended ({error})") from None
 
 
 def _inspect(

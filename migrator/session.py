@@ -26,7 +26,7 @@ from migrator import signals, wait
 from migrator.config import Settings, milliseconds, search_path
 from migrator.errors import ConnectionLost, LockLost, MigratorError, UsageError
 from migrator.logs import log
-from migrator.scratch import session_identity
+from migrator.scratch import Identity, session_identity
 
 TOKEN_SETTING = "migrator.session"
 KEEP_BUSY_SECONDS = 2.0
@@ -104,9 +104,10 @@ class Session:
             self.engine = create_engine(settings.connection_url(), poolclass=NullPool)
         except (NoSuchModuleError, ImportError):
             raise missing_driver(settings.connection_url()) from None
+        # The database and server reached, by what the server says (migrator.scratch); read
+        # by _prepare on each new session (the server may have restarted in between).
+        self.identity: Identity
         self.connection = wait.connect(self.engine, settings.wait_timeout, self._prepare)
-        # The database and server reached, by what the server says (migrator.scratch).
-        self.identity = session_identity(self.connection)
         # A pooler shows itself on a second connection: PostgreSQL starts a new session, a
         # session pool resets the one it hands out, a transaction pool hands back the one
         # just used (its idle sessions are reused last-in first-out) with our mark on it.
@@ -121,7 +122,6 @@ class Session:
             self._prepare,
             announce=announce,
         )
-        self.identity = session_identity(self.connection)  # the server may have restarted
 
     def make_room(self) -> None:
         """Before another connection of this run is made: close this one if it is idle."""
@@ -250,6 +250,8 @@ class Session:
             )
             raise wait.NotReady(f"the database is read-only: {why}")
         self.pid = row.pid
+        # Here, not after: a session lost while it is read is then waited out as any other.
+        self.identity = session_identity(connection)
 
     def _server_settings(self) -> dict[str, str]:
         settings = self.settings
