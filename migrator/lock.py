@@ -191,7 +191,7 @@ class MigrationLock:
                     f"migration lock not taken within {give_up_at - started:g} s: {error}"
                 ) from None
         outcome = _Outcome.BUSY
-        waited = self.session.settings.network_timeout  # a look's statements are quick
+        waited = self.session.answer_deadline  # a look's statements are quick
         try:
             with signals.deadline(waited, self.session.no_answer(waited)):
                 if self._try(give_up_at):

@@ -132,15 +132,22 @@ class Session:
     def closed(self) -> bool:
         return self.connection.closed
 
+    @property
+    def answer_deadline(self) -> float:
+        """How long one of the run's own statements (all quick) may go unanswered before the
+        run stops: past when TCP itself gives up on a dead link (keepalives and
+        tcp_user_timeout, within MIGRATOR_NETWORK_TIMEOUT), which ends just the session and
+        lets the run reconnect. Only a proxy that stops forwarding but still acknowledges
+        every packet gets this far."""
+        return 2 * self.settings.network_timeout + 1
+
     def query(self, sql: Any, **params: Any) -> Row[Any] | None:
-        """One statement in a transaction of its own; its first row. The run's own
-        statements are all quick: one with no answer within MIGRATOR_NETWORK_TIMEOUT means
-        the network, or a proxy, stopped forwarding."""
+        """One statement in a transaction of its own; its first row."""
         with self.mutex:
             if self.connection.invalidated:
                 # SQLAlchemy would run it on a new session, without this run's setup.
                 raise ConnectionLost("the session ended")
-            waited = self.settings.network_timeout
+            waited = self.answer_deadline
             with signals.deadline(waited, self.no_answer(waited)):
                 return self._query(sql, params)
 

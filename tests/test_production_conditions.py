@@ -441,8 +441,9 @@ def test_a_proxy_that_stops_forwarding_is_noticed_by_the_heartbeat(
     database: Database, stall_proxy: Callable[..., Proxy]
 ) -> None:
     # With env.py's own connection the lock's session answers a heartbeat every 2 s: its
-    # own statements are quick, so no answer within MIGRATOR_NETWORK_TIMEOUT is a stall,
-    # with no statement timeout set.
+    # own statements are quick, so no answer within twice MIGRATOR_NETWORK_TIMEOUT (plus
+    # 1 s; TCP would have noticed a dead link by then) is a stall, with no statement
+    # timeout set.
     proxy = stall_proxy(database)
     env = {**proxy.env, **OWN_CONNECTION, "SAMPLE_SLEEP": "60", "MIGRATOR_NETWORK_TIMEOUT": "3"}
     started = time.monotonic()
@@ -454,7 +455,7 @@ def test_a_proxy_that_stops_forwarding_is_noticed_by_the_heartbeat(
 
     assert result.status == 7, result.output
     assert "the database did not answer for" in result.stderr
-    assert time.monotonic() - wedged < 2 + 3 + 8 + 4
+    assert time.monotonic() - wedged < 2 + (2 * 3 + 1) + 8 + 4
 
 
 def test_the_lock_timeout_holds_when_the_lock_wait_stalls(
