@@ -546,6 +546,9 @@ def run_env(
     **options: Any,
 ) -> None:
     connection = config.attributes.get("connection")
+    if connection is not None and (connection.closed or connection.invalidated):
+        # The run's session ended (SQLAlchemy would reopen it without the run's setup).
+        raise ConnectionLost("the session ended")
     if connection is not None and connection.in_transaction():
         # Alembic commits nothing on a connection that is already in a transaction.
         connection.rollback()

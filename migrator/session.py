@@ -123,9 +123,10 @@ class Session:
             announce=announce,
         )
 
-    def make_room(self) -> None:
-        """Before another connection of this run is made: close this one if it is idle."""
-        if self.idle:
+    def make_room(self, dialect: Any) -> None:
+        """Before another engine's connection is made (env.py's own): close this one if it
+        is idle. Not for this engine's own (SQLAlchemy replacing a lost one)."""
+        if self.idle and dialect is not self.engine.dialect:
             self.close()
 
     @property

@@ -83,16 +83,16 @@ def connect(
 
 @contextmanager
 def patient_connections(
-    patience: Callable[[], Patience], make_room: Callable[[], None]
+    patience: Callable[[], Patience], make_room: Callable[[Any], None]
 ) -> Iterator[None]:
     """While the block runs, every new connection any engine makes (env.py's own
     create_engine included) is retried as the run's first one is, for `patience()`, after
-    `make_room()` (which may close a connection the run does not need meanwhile)."""
+    `make_room(dialect)` (which may close a connection the run does not need meanwhile)."""
 
     def do_connect(dialect: Any, record: Any, cargs: Any, cparams: Any) -> Any:
         if getattr(_own, "connecting", False):
             return None  # connect() retries its own
-        make_room()
+        make_room(dialect)
         return _patiently(
             lambda: dialect.connect(*cargs, **cparams), patience(), "waiting for a connection"
         )
