@@ -114,6 +114,10 @@ _LOST_CODES = {
     "57P02",  # crash_shutdown
     "57P05",  # idle_session_timeout (PostgreSQL 14)
     "25P03",  # idle_in_transaction_session_timeout
+    "08000",  # connection_exception
+    "08003",  # connection_does_not_exist
+    "08006",  # connection_failure
+    "08P01",  # protocol_violation: PgBouncer's "server conn crashed?"
 }
 _LOST_MESSAGES = (
     "server closed the connection unexpectedly",
@@ -129,6 +133,7 @@ _LOST_MESSAGES = (
     "the connection is lost",  # psycopg 3
     "consuming input failed",  # psycopg 3
     "connection socket closed",  # psycopg 3
+    "server conn crashed",  # PgBouncer, when its server connection ended
     "results from command",  # psycopg 3: a FATAL error (a restart) after the command's own
 )
 
