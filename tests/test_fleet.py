@@ -364,11 +364,10 @@ def test_one_database_spelled_two_ways_is_one_tenant_and_refused(
     fleet = make_fleet(1, 0)
     (tenant,) = fleet.databases
     port = fleet.server.port
+    # Docker publishes the test server's port on every address of this machine: both
+    # spellings reach it, here and on a bare CI machine (a failure here is the fixture's).
     for host in ("localhost", "127.0.0.1"):
-        try:
-            socket.create_connection((host, port), timeout=2).close()
-        except OSError:
-            pytest.skip(f"the test server is not reachable at {host}:{port}")
+        socket.create_connection((host, port), timeout=2).close()
     url = tenant.url.replace(f"@{fleet.server.host}:", "@{}:", 1)
     first, second = url.format("localhost"), url.format("127.0.0.1") + "?sslmode=prefer"
     fleet.write([first, second])
