@@ -392,9 +392,7 @@ def _migrate(
                 # Under the lock: runs queued behind another find nothing to do instead of
                 # each measuring on a scratch database of its own.
                 _weigh_safety(settings, script, now, target, session)
-            # A new session after a reconnect while waiting.
-            config.attributes["connection"] = session.connection
-            config.attributes[run.IDENTITY] = replace(session.identity, schema=settings.schema)
+            _hand_over(session, config)  # a new session after a reconnect while waiting
             run.apply(
                 config,
                 script,
@@ -540,8 +538,7 @@ def _inspect(
         error = state.outcome.exception() if state.outcome else None
         log.warning("the session ended before the migration lock was taken (%s)", error)
         session.reconnect(announce=False)
-        config.attributes["connection"] = session.connection
-        config.attributes[run.IDENTITY] = replace(session.identity, schema=session.settings.schema)
+        _hand_over(session, config)
 
     retrying = retry.retrying(
         retry=retry_if_exception_type(ConnectionLost),
@@ -565,14 +562,19 @@ def _database(
     # The session's connection waits for a busy server; so does every other the run opens.
     patient = patient_connections(lambda: session.patience, session.make_room)
     if config is not None:
-        config.attributes["connection"] = session.connection
-        # What env.py's own connection, if it makes one, must reach as well.
-        config.attributes[run.IDENTITY] = replace(session.identity, schema=settings.schema)
+        _hand_over(session, config)
     try:
         with patient, signals.watching(session.stalled):
             yield session
     finally:
         session.dispose()
+
+
+def _hand_over(session: Session, config: Config) -> None:
+    """Give env.py the session's connection, and the identity of what it reached: what
+    env.py's own connection, if it makes one, must reach as well."""
+    config.attributes["connection"] = session.connection
+    config.attributes[run.IDENTITY] = replace(session.identity, schema=session.settings.schema)
 
 
 def _emit(as_json: bool, payload: Any, lines: list[str]) -> None:
