@@ -780,7 +780,7 @@ def leftover_locks(server: LocalServer, patience: float) -> int:
 
 
 def scratch_databases(server: LocalServer) -> int:
-    rows = server.query("SELECT count(*) FROM pg_database WHERE datname LIKE 'migrator_verify_%'")
+    rows = server.query("SELECT count(*) FROM pg_database WHERE datname LIKE 'migrator_scratch_%'")
     return int(rows[0][0])
 
 

@@ -101,8 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument(
         "--safety",
         action="store_true",
-        help="measure what each revision locks, rewrites and scans (on a scratch database) "
-        "and weigh it with this database's table sizes",
+        help="weigh what each revision locks, rewrites and scans (as measured where the "
+        "project was built: verify) with this database's table sizes",
     )
     plan.add_argument("--markdown", dest="as_markdown", action="store_true", help="Markdown output")
     verify = add(
@@ -157,6 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
         commands.manifest,
         "manifest",
         "write the project's manifest (at image build time: fast no-op deploys)",
+    ).add_argument(
+        "--measure",
+        action="store_true",
+        help="also measure each revision's effects on a scratch database on the configured "
+        "server and record them, for the deploys' safety report (as verify does)",
     )
     return parser
 

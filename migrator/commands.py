@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from alembic.config import Config
-from alembic.script import ScriptDirectory
+from alembic.script import Script, ScriptDirectory
 from tenacity import RetryCallState, retry_if_exception_type, wait_random_exponential
 
 from migrator import errors, fleet, retry, run, signals
@@ -35,6 +35,9 @@ from migrator.logs import Summary, log
 from migrator.run import Direction, State
 from migrator.session import Session
 from migrator.wait import patient_connections
+
+# How the safety report's note on pending revisions it could not weigh begins.
+UNWEIGHED = "not weighed"
 
 
 def upgrade(settings: Settings, summary: Summary, target: str, sql: bool = False) -> None:
@@ -58,8 +61,8 @@ def plan(
     as_markdown: bool = False,
 ) -> None:
     """The revisions an upgrade or downgrade would run, in order; changes nothing. With
-    `safety`, what each would lock, rewrite and scan, measured on a scratch database and
-    weighed with this database's table sizes."""
+    `safety`, what each would lock, rewrite and scan (as measured where the project was
+    built), weighed with this database's table sizes."""
     config, script = run.alembic_project(settings)
     run.refuse_unresolvable_target(script, target)
     report = None
@@ -67,7 +70,8 @@ def plan(
         state = _inspect(session, config, script, direction, target)
         _accept(state, direction, settings, summary)
         if safety:
-            report = _safety_report(settings, script, state, direction, target, session)
+            measured = _measured(settings, state, direction, target, session)
+            report = _safety_report(settings, script, state.steps, measured, session)
     steps = [{"revision": step.revision, "message": step.doc} for step in state.steps]
     summary.revisions = steps
     source = run.heads_name(state.heads)
@@ -88,9 +92,8 @@ def plan(
         print(_plan_markdown(direction, source, target, steps, report))
     else:
         _emit(as_json, payload, lines)
-    refused = report.refused() if report is not None else []
-    if refused and settings.safety == "block":
-        raise SafetyRefused(_refusal(refused))
+    if report is not None and settings.safety == "block":
+        _refuse(report)
 
 
 def current(settings: Settings, summary: Summary, as_json: bool = False) -> None:
@@ -155,11 +158,14 @@ def history(settings: Settings, summary: Summary, as_json: bool = False) -> None
 def verify(
     settings: Settings, summary: Summary, target: str | None = None, as_json: bool = False
 ) -> None:
-    """On a scratch database: one head; every downgrade undoes its upgrade; models match."""
+    """On a scratch database: one head; every downgrade undoes its upgrade; models match.
+    What each revision measurably did is recorded in the manifest, for the deploys' safety
+    report."""
     # Imported here, not at the top: a deploy's upgrade should not pay for autogenerate.
     from migrator.verify import stairway
 
     report = stairway(settings, target)
+    recorded = _record_effects(settings, [s.effects for s in report.stairs if s.effects])
     models = "models match" if report.models is not None else "no models to compare"
     _emit(
         as_json,
@@ -172,11 +178,37 @@ def verify(
         },
         ["verify found problems:", *(f"  - {problem}" for problem in report.problems)]
         if report.problems
-        else [f"verified: {len(report.stairs)} revision(s) up, down and up again; {models}"],
+        else [
+            f"verified: {len(report.stairs)} revision(s) up, down and up again; {models}"
+            + (f"; their measured effects recorded in {recorded}" if recorded else "")
+        ],
     )
     summary.applied = len(report.stairs)
     if report.problems:
         raise DifferenceFound(f"verify: {report.problems[0]}")
+
+
+def _record_effects(settings: Settings, effects: list[safety_report.Effects]) -> Path | None:
+    """Record measured effects in the manifest, by revision and its file's hash; a project
+    directory the migrator cannot write to is said in a warning (measuring was not the
+    command's only work)."""
+    if not effects:
+        return None
+    _, script = run.alembic_project(settings)
+    measured = {
+        found.revision: {
+            "file": project_manifest.revision_hash(script.get_revision(found.revision).path),
+            "effects": asdict(found),
+        }
+        for found in effects
+    }
+    try:
+        return project_manifest.record_effects(
+            settings.alembic_ini, settings.schema or "public", measured
+        )
+    except MigratorError as error:
+        log.warning("measured effects not recorded: %s", error)
+        return None
 
 
 def check(settings: Settings, summary: Summary, as_json: bool = False) -> None:
@@ -215,9 +247,16 @@ def check(settings: Settings, summary: Summary, as_json: bool = False) -> None:
         raise DifferenceFound(f"check: {problems[0]}")
 
 
-def manifest(settings: Settings, summary: Summary) -> None:
+def manifest(settings: Settings, summary: Summary, measure: bool = False) -> None:
     """Write the project's manifest beside alembic.ini (at image build time), so that a
-    no-op deploy is answered without importing SQLAlchemy or Alembic; no database needed."""
+    no-op deploy is answered without importing SQLAlchemy or Alembic; no database needed.
+    With `measure`, each revision's effects are measured on a scratch database on the
+    configured server and recorded too (as `verify` does)."""
+    if measure:
+        from migrator.verify import measure as measure_upgrades
+
+        effects = measure_upgrades(settings, (), "upgrade", "heads", made_by="manifest")
+        _record_effects(settings, effects)
     config, script = run.alembic_project(settings)
     loaded = set(sys.modules)
     name, schema = run.version_table(config, script)
@@ -374,6 +413,8 @@ def _migrate(
             target,
         )
 
+        measured = _measured_for_upgrade(settings, state, direction, target, session)
+
         def still_needed() -> bool:
             # Queued behind another run: has it done the work meanwhile?
             now = run.look_again(session.connection, script, state, direction, target)
@@ -389,9 +430,8 @@ def _migrate(
                 lambda: run.look_again(session.connection, script, state, direction, target)
             )
             if direction == "upgrade" and settings.safety != "off" and now.steps:
-                # Under the lock: runs queued behind another find nothing to do instead of
-                # each measuring on a scratch database of its own.
-                _weigh_safety(settings, script, now, target, session)
+                # Weighed under the lock, with the sizes of the tables as they run.
+                _weigh_safety(settings, script, now.steps, measured, session)
             _hand_over(session, config)  # a new session after a reconnect while waiting
             run.apply(
                 config,
@@ -412,53 +452,101 @@ def _migrate(
     log.info("%s done: at %s", direction, summary.to_revision)
 
 
+def _measured(
+    settings: Settings, state: State, direction: Direction, target: str, session: Session
+) -> dict[str, safety_report.Effects]:
+    """What each pending revision measurably does (locks, rewrites, scans), by revision: as
+    recorded in the manifest where the project was built, for each revision whose file is
+    unchanged since; or, with MIGRATOR_SAFETY_MEASURE=deploy, measured now on a scratch
+    database made on this server (never under the migration lock: this runs before it)."""
+    if not state.steps:
+        return {}
+    if settings.safety_measure == "deploy":
+        from migrator.verify import measure  # as in `verify`: autogenerate only when asked
+
+        started = time.monotonic()
+        with session.kept_busy():  # the measurement may take longer than idle_session_timeout
+            effects = measure(settings, state.heads, direction, target, session.identity)
+        log.info(
+            "safety: %d revision(s) measured on a scratch database in %.2f s",
+            len(effects),
+            time.monotonic() - started,
+        )
+        return {measured.revision: measured for measured in effects}
+    if direction != "upgrade":
+        return {}  # the build records upgrades only
+    schema = session.identity.schema or "public"
+    recorded = project_manifest.recorded_effects(settings.alembic_ini, schema)
+    return {
+        step.revision: safety_report.Effects(**recorded[step.revision]["effects"])
+        for step in state.steps
+        if step.revision in recorded
+        and recorded[step.revision]["file"] == project_manifest.revision_hash(step.path)
+    }
+
+
+def _measured_for_upgrade(
+    settings: Settings, state: State, direction: Direction, target: str, session: Session
+) -> dict[str, safety_report.Effects]:
+    """What MIGRATOR_SAFETY weighs before an upgrade; under `warn`, a measurement that failed
+    is said and skipped (the run's own revisions will say what fails)."""
+    if direction != "upgrade" or settings.safety == "off":
+        return {}
+    try:
+        return _measured(settings, state, direction, target, session)
+    except MigratorError as error:
+        if settings.safety == "block" or signals.stop_requested.is_set():
+            raise
+        log.warning("safety report skipped (MIGRATOR_SAFETY=warn): %s", error)
+        return {}
+
+
 def _safety_report(
     settings: Settings,
     script: ScriptDirectory,
-    state: State,
-    direction: Direction,
-    target: str,
+    steps: tuple[Script, ...],
+    measured: dict[str, safety_report.Effects],
     session: Session,
 ) -> safety_report.Report:
-    """Measure the pending revisions on a scratch database at the database's revision, and
-    weigh what they do with the live size of each table."""
-    from migrator.verify import measure  # as in `verify`: autogenerate only when asked
-
-    if not state.steps:
-        return safety_report.Report([], [], [])
-    started = time.monotonic()
-    with session.kept_busy():  # the measurement may take longer than idle_session_timeout
-        effects = measure(settings, state.heads, direction, target, session.identity)
+    """The measured effects of `steps` weighed with the live size of each table they touch
+    (read-only catalog reads on the run's session); the steps with none are named in a note."""
+    effects = [measured[step.revision] for step in steps if step.revision in measured]
     sizes = safety_report.live_sizes(
         session.connection, safety_report.touched_tables(effects), settings.safety_error_rows
     )
     report = safety_report.weigh(
         effects,
         sizes,
-        safety_report.allowances(script, [measured.revision for measured in effects]),
+        safety_report.allowances(script, [found.revision for found in effects]),
         settings.safety_warn_rows,
         settings.safety_error_rows,
     )
-    log.info(
-        "safety: %d revision(s) measured on a scratch database in %.2f s",
-        len(effects),
-        time.monotonic() - started,
-    )
+    unmeasured = [step.revision for step in steps if step.revision not in measured]
+    if unmeasured:
+        report.notes.insert(0, f"{UNWEIGHED}: {_unmeasured(settings, unmeasured)}")
     return report
 
 
+def _unmeasured(settings: Settings, revisions: list[str]) -> str:
+    if settings.safety_measure == "deploy":
+        return f"their measurement failed: {', '.join(revisions)}"
+    return (
+        f"no effects measured for these revision files as they are now (in "
+        f"{project_manifest.path_for(settings.alembic_ini).name}: run `migrator verify` where "
+        f"the project is built, or set MIGRATOR_SAFETY_MEASURE=deploy): {', '.join(revisions)}"
+    )
+
+
 def _weigh_safety(
-    settings: Settings, script: ScriptDirectory, state: State, target: str, session: Session
+    settings: Settings,
+    script: ScriptDirectory,
+    steps: tuple[Script, ...],
+    measured: dict[str, safety_report.Effects],
+    session: Session,
 ) -> None:
-    """MIGRATOR_SAFETY for an upgrade: log the findings; with `block`, refuse error-level ones
-    before anything runs."""
-    try:
-        report = _safety_report(settings, script, state, "upgrade", target, session)
-    except MigratorError as error:
-        if settings.safety == "block" or signals.stop_requested.is_set():
-            raise
-        log.warning("safety report skipped (MIGRATOR_SAFETY=warn): %s", error)
-        return
+    """MIGRATOR_SAFETY for an upgrade: log the findings; with `block`, refuse error-level ones,
+    and revisions with no measured effects, before anything runs."""
+    report = _safety_report(settings, script, steps, measured, session)
     for finding in report.findings:
         log.log(
             logging.INFO if finding.severity == "info" else logging.WARNING,
@@ -466,19 +554,29 @@ def _weigh_safety(
             finding.line(),
         )
     for note in report.notes:
-        log.info("safety: note: %s", note)
+        log.log(
+            logging.WARNING if note.startswith(UNWEIGHED) else logging.INFO,
+            "safety: note: %s",
+            note,
+        )
+    if settings.safety == "block":
+        _refuse(report)
+
+
+def _refuse(report: safety_report.Report) -> None:
+    """MIGRATOR_SAFETY=block: nothing runs past an error-level finding the revision does not
+    accept, or a revision whose effects were never measured."""
     refused = report.refused()
-    if refused and settings.safety == "block":
-        raise SafetyRefused(_refusal(refused))
-
-
-def _refusal(refused: list[safety_report.Finding]) -> str:
-    named = "; ".join(f"{f.rule} on {f.table} in {f.revision}" for f in refused)
-    return (
-        f"MIGRATOR_SAFETY=block: {len(refused)} error-level finding(s), nothing ran: {named}; "
-        "make the revision safer, or accept the risk in it: "
-        'migrator_safety = {"allow": ["RULE:TABLE"]}'
-    )
+    if refused:
+        named = "; ".join(f"{f.rule} on {f.table} in {f.revision}" for f in refused)
+        raise SafetyRefused(
+            f"MIGRATOR_SAFETY=block: {len(refused)} error-level finding(s), nothing ran: "
+            f"{named}; make the revision safer, or accept the risk in it: "
+            'migrator_safety = {"allow": ["RULE:TABLE"]}'
+        )
+    unweighed = [note for note in report.notes if note.startswith(UNWEIGHED)]
+    if unweighed:
+        raise SafetyRefused(f"MIGRATOR_SAFETY=block: nothing ran: {unweighed[0]}")
 
 
 def _plan_markdown(

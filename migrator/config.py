@@ -29,6 +29,10 @@ DEFAULT_TARGET = "head"
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 SAFETY_MODES = ("off", "warn", "block")  # MIGRATOR_SAFETY: what upgrade does with the report
+# MIGRATOR_SAFETY_MEASURE: where the effects weighed come from. `build`: the manifest's,
+# measured where the project is built (`verify`); `deploy`: measured again at deploy, on a
+# scratch database made on the server being migrated (the old way, opt-in).
+SAFETY_MEASURES = ("build", "deploy")
 KEEPALIVES = (
     "keepalives",
     "keepalives_idle",
@@ -75,6 +79,7 @@ class Settings:
     verify_url: URL | None
     passwords: tuple[str, ...]  # every password the configuration carries, to hide
     safety: str = "warn"
+    safety_measure: str = "build"
     # A finding on a table with this many live rows is a warning, an error (migrator.safety).
     safety_warn_rows: int = 10_000
     safety_error_rows: int = 100_000
@@ -178,6 +183,7 @@ def load_settings(
         verify_url=verify_url,
         passwords=(*passwords_in(database_url), *passwords_in(verify_url)),
         safety=_choice(values, "MIGRATOR_SAFETY", SAFETY_MODES, "warn"),
+        safety_measure=_choice(values, "MIGRATOR_SAFETY_MEASURE", SAFETY_MEASURES, "build"),
         safety_warn_rows=_count(values, "MIGRATOR_SAFETY_WARN_ROWS", 10_000),
         safety_error_rows=_count(values, "MIGRATOR_SAFETY_ERROR_ROWS", 100_000),
         schema=_optional_schema(values),

@@ -2,6 +2,10 @@
 version table env.py names), written once at image build time (`migrator manifest`) and
 keyed by a hash of the project's files, so that a run can trust it by hashing the files,
 without importing them.
+
+Beside it, under "effects", what each revision measurably does (migrator.safety), recorded
+by `verify` where the project is built, each keyed by its own file's hash: a deploy weighs
+the effects of the revisions whose files are unchanged, without a scratch database.
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ from migrator import __version__, project_files
 from migrator.errors import AccessDenied, UsageError
 
 NAME = "migrator-manifest.json"
+# The shape of a recorded effect (safety.Effects as a dict): a manifest with another is not
+# read, so a newer migrator never misreads an older one's effects.
+EFFECTS_FORMAT = 1
 
 
 def path_for(alembic_ini: Path) -> Path:
@@ -49,6 +56,7 @@ def write(
     version_table_schema: str | None,
 ) -> Path:
     document = {
+        **_kept_effects(alembic_ini),
         "migrator": __version__,
         "hash": fingerprint(alembic_ini, directories, files),
         "directories": sorted(directories),
@@ -57,6 +65,10 @@ def write(
         "version_table": version_table,
         "version_table_schema": version_table_schema,
     }
+    return _save(alembic_ini, document)
+
+
+def _save(alembic_ini: Path, document: dict[str, Any]) -> Path:
     target = path_for(alembic_ini)
     try:
         target.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
@@ -73,8 +85,84 @@ def read(alembic_ini: Path) -> dict[str, Any]:
     """The manifest, if it still describes this project exactly; raises ValueError (or an
     OSError) saying why not."""
     document: dict[str, Any] = json.loads(path_for(alembic_ini).read_text(encoding="utf-8"))
+    if "hash" not in document:
+        raise ValueError("it holds only measured effects: `migrator manifest` was not run")
     if document.get("migrator") != __version__:
         raise ValueError(f"it was written by migrator {document.get('migrator')}")
     if fingerprint(alembic_ini, document["directories"], document["files"]) != document["hash"]:
         raise ValueError("the project's files changed since it was written")
     return document
+
+
+def revision_hash(path: str | Path) -> str:
+    """What a recorded effect is keyed by: the revision file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def record_effects(alembic_ini: Path, schema: str, measured: dict[str, dict[str, Any]]) -> Path:
+    """Add `measured` (revision: {"file": its hash, "effects": ...}) to the manifest, keeping
+    the rest of it and what other revisions recorded. `schema` is the one the revisions were
+    measured in: a deploy into another (MIGRATOR_SCHEMA, a fleet's schema target) reads the
+    names of its tables as its own."""
+    document = _existing(alembic_ini)
+    kept = _kept_effects(alembic_ini).get("effects", {}).get("revisions", {})
+    measured = {revision: {**record, "schema": schema} for revision, record in measured.items()}
+    document["effects"] = {"format": EFFECTS_FORMAT, "revisions": {**kept, **measured}}
+    return _save(alembic_ini, document)
+
+
+def recorded_effects(alembic_ini: Path, schema: str) -> dict[str, dict[str, Any]]:
+    """The recorded effects (revision: {"file": hash, "effects": ...}), with the tables of the
+    schema they were measured in named as in `schema`; none when there is no manifest, or
+    one of another format."""
+    revisions = _kept_effects(alembic_ini).get("effects", {}).get("revisions", {})
+    return {
+        revision: {
+            **record,
+            "effects": _renamed(
+                record["effects"], _qualified(record["schema"]), _qualified(schema)
+            ),
+        }
+        for revision, record in revisions.items()
+    }
+
+
+def _existing(alembic_ini: Path) -> dict[str, Any]:
+    try:
+        document = json.loads(path_for(alembic_ini).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return document if isinstance(document, dict) else {}
+
+
+def _kept_effects(alembic_ini: Path) -> dict[str, Any]:
+    """{"effects": ...} as recorded, if it is of this format; else {}."""
+    effects = _existing(alembic_ini).get("effects")
+    if not isinstance(effects, dict) or effects.get("format") != EFFECTS_FORMAT:
+        return {}
+    return {"effects": effects}
+
+
+def _qualified(schema: str) -> str:
+    """A schema's prefix as PostgreSQL's format('%I.%I') spells it: the names measured are."""
+    plain = schema == schema.lower() and schema.isidentifier() and schema.isascii()
+    return f"{schema}." if plain else '"' + schema.replace('"', '""') + '".'
+
+
+def _renamed(effects: dict[str, Any], old: str, new: str) -> dict[str, Any]:
+    """`effects` with every table, index and constraint named with prefix `old` named with
+    `new` instead (what the revision is and says is left as it is)."""
+    if old == new:
+        return effects
+
+    def renamed(value: Any) -> Any:
+        if isinstance(value, str):
+            return new + value.removeprefix(old) if value.startswith(old) else value
+        if isinstance(value, dict):
+            return {renamed(key): renamed(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [renamed(item) for item in value]
+        return value
+
+    own = ("revision", "message", "direction")
+    return {key: value if key in own else renamed(value) for key, value in effects.items()}

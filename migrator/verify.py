@@ -9,9 +9,7 @@ stair costs what its revision touched, not the whole schema.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -20,19 +18,20 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import Script, ScriptDirectory
 from sqlalchemy import create_engine, inspect, text
-from sqlalchemy.engine import URL, Connection
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
-from migrator import run, signals, wait
+from migrator import run, scratch_database, signals
 from migrator import scratch as scratch_process
 from migrator.config import Settings
-from migrator.errors import MigrationFailed, MigratorError, UsageError, reason, refusal
+from migrator.errors import MigrationFailed, MigratorError, UsageError, reason
 from migrator.logs import log
 from migrator.safety import Effects, Recorder
 from migrator.scratch import Identity
 
 SYSTEM_SCHEMAS = ("information_schema",)
+# How long a measurement at deploy waits for its scratch database's connection.
+SCRATCH_PATIENCE_SECONDS = 5.0
 Snapshot = dict[str, str]
 
 
@@ -81,7 +80,7 @@ class Report:
 
 def stairway(settings: Settings, target: str | None) -> Report:
     """On a scratch database: each revision up, down (schema as before?), up again; then models."""
-    scratch = scratch_settings(settings)
+    scratch = scratch_database.settings_for(settings, "verify")
     _, script = run.alembic_project(scratch)
     heads = script.get_heads()
     if target is None and len(heads) > 1:
@@ -93,8 +92,8 @@ def stairway(settings: Settings, target: str | None) -> Report:
             ],
         )
     _in_order(script, target or "heads")  # an unknown target is a usage error before any work
-    with scratch_database(settings, scratch) as migrated:
-        report: Report = scratch_process.run(scratch, climb, target, forbidden=migrated)
+    with scratch_database.made(settings, scratch, settings.wait_timeout) as configured:
+        report: Report = scratch_process.run(scratch, climb, target, forbidden=configured)
     return report
 
 
@@ -409,70 +408,27 @@ def describe_model_difference(difference: Any) -> str:
     return str(difference)
 
 
-@contextmanager
-def scratch_database(settings: Settings, scratch: Settings) -> Iterator[Identity | None]:
-    """The scratch database: created for the run and always dropped after it, on the server
-    the configuration names; or MIGRATOR_VERIFY_URL's, which is neither created nor dropped.
-    Yields the identity of the database the configuration names, which the scratch must
-    never be (None when only MIGRATOR_VERIFY_URL is configured)."""
-    if settings.verify_url is not None:
-        yield _configured_identity(settings)
-        return
-    assert scratch.database_url is not None
-    name = scratch.database_url.database
-    engine = create_engine(
-        settings.connection_url(), poolclass=NullPool, isolation_level="AUTOCOMMIT"
-    )
-    with wait.connect(engine, settings.wait_timeout) as connection:
-        migrated = scratch_process.session_identity(connection)
-        try:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-        except DBAPIError as error:
-            raise refusal(error) or UsageError(
-                f"cannot create a scratch database: {reason(error)}"
-            ) from None
-    log.info("scratch database %s created", name)
-    try:
-        yield migrated
-    finally:
-        # Also after SIGTERM: this connection is exempt from the stop.
-        with signals.cleanup_connection(engine) as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        engine.dispose()
-        log.info("scratch database %s dropped", name)
-
-
-def _configured_identity(settings: Settings) -> Identity | None:
-    """What DATABASE_URL (or DB_*) names, when it is configured beside MIGRATOR_VERIFY_URL."""
-    if settings.database_url is None:
-        return None
-    engine = create_engine(settings.connection_url(), poolclass=NullPool)
-    try:
-        with wait.connect(engine, settings.wait_timeout, announce=False) as connection:
-            return scratch_process.session_identity(connection)
-    finally:
-        engine.dispose()
-
-
-def scratch_settings(settings: Settings) -> Settings:
-    """The settings with MIGRATOR_VERIFY_URL's database, or a new scratch database's name."""
-    return replace(settings, database_url=settings.verify_url or _scratch_url(settings))
-
-
 def measure(
     settings: Settings,
     heads: tuple[str, ...],
     direction: run.Direction,
     target: str,
-    migrated: Identity,
+    migrated: Identity | None = None,
+    made_by: str = "safety",
 ) -> list[Effects]:
     """On a scratch database brought to `heads` (where the real database is), run the
     revisions to `target` and measure what each one does (migrator.safety). `migrated` is
-    the database being migrated, which the scratch must never be."""
-    scratch = scratch_settings(settings)
-    with scratch_database(settings, scratch):
+    the database being migrated, which the scratch must never be (the configured one when
+    None). At a deploy the scratch is waited for a few seconds at most: its server is the
+    one the run already reached."""
+    patience = settings.wait_timeout if migrated is None else SCRATCH_PATIENCE_SECONDS
+    scratch = replace(
+        scratch_database.settings_for(settings, made_by),
+        wait_timeout=min(patience, settings.wait_timeout),
+    )
+    with scratch_database.made(settings, scratch, scratch.wait_timeout) as configured:
         effects: list[Effects] = scratch_process.run(
-            scratch, measure_here, heads, direction, target, forbidden=migrated
+            scratch, measure_here, heads, direction, target, forbidden=migrated or configured
         )
     return effects
 
@@ -501,13 +457,6 @@ def measure_here(
     finally:
         engine.dispose()
     return recorder.effects
-
-
-def _scratch_url(settings: Settings) -> URL:
-    if settings.database_url is None:
-        settings.connection_url()  # raises: no database configured
-    assert settings.database_url is not None
-    return settings.database_url.set(database=f"migrator_verify_{uuid.uuid4().hex[:12]}")
 
 
 def _in_order(script: ScriptDirectory, target: str) -> list[Script]:

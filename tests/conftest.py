@@ -60,6 +60,14 @@ def start_postgres(port: int | None = None, dbname: str = "test") -> PostgresCon
     return container
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_recorded_effects() -> None:
+    """`verify` records what it measured in the project's manifest: none is left in this
+    checkout's projects from an earlier session, where a test would weigh what it recorded."""
+    for manifest in [ROOT / "migrator-manifest.json", *PROJECTS.glob("*/migrator-manifest.json")]:
+        manifest.unlink(missing_ok=True)
+
+
 @dataclass
 class Server:
     host: str

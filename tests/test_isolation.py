@@ -77,12 +77,14 @@ def test_verify_and_plan_safety_leave_the_real_database_as_it_was(
     assert verified.status == 0, verified.output
     assert "verified: 2 revision(s) up, down and up again; models match" in verified.stdout
     assert _fingerprint(server, real) == before
-    planned = _migrator(
-        projects[shape], _env(server, real, shape), "plan", "--safety", "upgrade", "head"
-    )
-    assert planned.status == 0, planned.output
-    assert "index-without-concurrently public.cars" in planned.stdout, planned.stdout
-    assert _fingerprint(server, real) == before
+    # Weighed from what verify recorded; then measured again at deploy, on a scratch database.
+    for measure in ("build", "deploy"):
+        env = _env(server, real, shape, MIGRATOR_SAFETY_MEASURE=measure)
+        planned = _migrator(projects[shape], env, "plan", "--safety", "upgrade", "head")
+        assert planned.status == 0, planned.output
+        assert "index-without-concurrently public.cars" in planned.stdout, planned.stdout
+        assert ("scratch database" in planned.stderr) == (measure == "deploy")
+        assert _fingerprint(server, real) == before
     assert scratch_databases(server) == []
 
 
@@ -91,7 +93,14 @@ def test_an_upgrade_refused_by_the_safety_gate_changes_nothing(
     server: Server, projects: dict[str, Path], real: str, shape: str
 ) -> None:
     before = _fingerprint(server, real)
-    env = _env(server, real, shape, MIGRATOR_SAFETY="block", MIGRATOR_SAFETY_ERROR_ROWS="500")
+    env = _env(
+        server,
+        real,
+        shape,
+        MIGRATOR_SAFETY="block",
+        MIGRATOR_SAFETY_ERROR_ROWS="500",
+        MIGRATOR_SAFETY_MEASURE="deploy",
+    )
     result = _migrator(projects[shape], env, "upgrade", "head")
     assert result.status == 8, result.output
     first = tutorial.revisions(projects[shape])[0]
@@ -131,13 +140,19 @@ def test_env_py_with_a_url_only_the_application_knows_stops_scratch_work(
 ) -> None:
     """The migrator cannot point APP_DATABASE_URL at the scratch database: the guard sees
     the connection reach the real one and stops before its first statement."""
-    env = _env(server, real, "app_url", APP_DATABASE_URL=_url(server, real))
+    env = _env(
+        server,
+        real,
+        "app_url",
+        APP_DATABASE_URL=_url(server, real),
+        MIGRATOR_SAFETY_MEASURE="deploy",
+    )
     before = _fingerprint(server, real)
     for args in (["verify"], ["plan", "--safety", "upgrade", "head"]):
         result = _migrator(projects["app_url"], env, *args)
         assert result.status == 2, result.output
         assert f"the project connected to database {real}" in result.stderr
-        assert "not to the scratch database migrator_verify_" in result.stderr
+        assert "not to the scratch database migrator_scratch_" in result.stderr
         assert "Traceback" not in result.output
         assert _fingerprint(server, real) == before
     blocked = _migrator(projects["app_url"], {**env, "MIGRATOR_SAFETY": "block"}, "upgrade", "head")

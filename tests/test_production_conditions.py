@@ -333,15 +333,16 @@ def test_sigterm_ends_a_run_on_a_stalled_network_within_10_s(
     assert "slow_done" not in database.tables()
 
 
-def test_a_measurement_longer_than_the_idle_timeout_keeps_the_lock_session(
+def test_a_measurement_longer_than_the_idle_timeout_keeps_the_session(
     database: Database,
 ) -> None:
-    # The safety measurement runs a2's 8 s sleep on a scratch database while the lock's
-    # session waits: longer than its idle_session_timeout (twice the network timeout).
+    # The safety measurement at deploy runs a2's 8 s sleep on a scratch database while the
+    # run's session waits: longer than its idle_session_timeout (twice the network timeout).
     env = {
         **database.env,
         **AUDITED,
         "MIGRATOR_SAFETY": "warn",
+        "MIGRATOR_SAFETY_MEASURE": "deploy",
         "SAMPLE_SLEEP": "8",
         "MIGRATOR_NETWORK_TIMEOUT": "3",
     }
@@ -352,17 +353,18 @@ def test_a_measurement_longer_than_the_idle_timeout_keeps_the_lock_session(
     assert applied_counts(database) == ALL_ONCE
 
 
-def test_a_vanished_clients_lock_session_is_ended_between_transactions(
+def test_a_vanished_clients_session_is_ended_between_transactions(
     database: Database, stall_proxy: Callable[..., Proxy]
 ) -> None:
-    # While the safety measurement runs the lock's session is idle outside a transaction;
+    # While the safety measurement runs the run's session is idle outside a transaction;
     # the proxy still answers for the client after it is gone, so only the session's own
-    # idle_session_timeout (twice the network timeout) can end it and release the lock.
+    # idle_session_timeout (twice the network timeout) can end it.
     proxy = stall_proxy(database)
     env = {
         **proxy.env,
         **AUDITED,
         "MIGRATOR_SAFETY": "warn",
+        "MIGRATOR_SAFETY_MEASURE": "deploy",
         "SAMPLE_SLEEP": "8",
         "MIGRATOR_NETWORK_TIMEOUT": "3",
     }
@@ -374,9 +376,11 @@ def test_a_vanished_clients_lock_session_is_ended_between_transactions(
     result = finish(run, started, timeout=30)
     assert result.status == 143, result.output
 
+    # The run's session, idle while the measurement went on, is ended by the server.
     deadline = time.monotonic() + 20
-    while database.advisory_locks() and time.monotonic() < deadline:
+    while migrator_sessions(database) and time.monotonic() < deadline:
         time.sleep(0.5)
+    assert migrator_sessions(database) == []
     assert database.advisory_locks() == 0
     assert "applied" not in database.tables()
     # The scratch database could not be dropped over the stalled network: later tests on
@@ -384,7 +388,7 @@ def test_a_vanished_clients_lock_session_is_ended_between_transactions(
     proxy.resume()
     with database.server.admin.connect() as connection:
         names = connection.execute(
-            sa.text("SELECT datname FROM pg_database WHERE datname LIKE 'migrator_verify_%'")
+            sa.text("SELECT datname FROM pg_database WHERE datname LIKE 'migrator_scratch_%'")
         ).scalars()
         for name in list(names):
             connection.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))

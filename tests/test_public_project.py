@@ -128,7 +128,8 @@ def test_plan_weighs_pending_revisions_on_a_database_with_rows_and_leaves_it_unt
 ) -> None:
     before = migrate_and_fill(database, env, EARLIER)
 
-    plan = run_migrator("plan", "--safety", "upgrade", "head", env=env)
+    measured = {**env, "MIGRATOR_SAFETY_MEASURE": "deploy"}
+    plan = run_migrator("plan", "--safety", "upgrade", "head", env=measured)
     assert plan.status == 0, plan.output
     assert f"upgrade from {EARLIER} to head: 5 revision(s)" in plan.stdout
     assert f"5. {HEAD}  streaming" in plan.stdout

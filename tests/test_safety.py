@@ -1,5 +1,7 @@
 """The safety report against a real PostgreSQL: what each revision locks, rewrites and scans,
 measured on a scratch database and weighed with the live tables (tests/projects/safety_probe).
+Here measured at deploy (MIGRATOR_SAFETY_MEASURE=deploy), the measurement itself under test;
+measured at build and weighed at deploy: tests/test_safety_build.py.
 
 The lock modes asserted are the ones PostgreSQL documents for each statement ("Explicit
 Locking", ALTER TABLE, CREATE INDEX): the measurement must agree with them.
@@ -22,13 +24,18 @@ ROWS = 200_000
 
 
 def probe_env(database: Database, **extra: str) -> dict[str, str]:
-    return {**database.env, "MIGRATOR_CONFIG": str(PROBE), **extra}
+    return {
+        **database.env,
+        "MIGRATOR_CONFIG": str(PROBE),
+        "MIGRATOR_SAFETY_MEASURE": "deploy",
+        **extra,
+    }
 
 
 def scratch_databases(server: Server) -> list[str]:
     with server.admin.connect() as connection:
         rows = connection.execute(
-            sa.text("SELECT datname FROM pg_database WHERE datname LIKE 'migrator_verify_%'")
+            sa.text("SELECT datname FROM pg_database WHERE datname LIKE 'migrator_scratch_%'")
         )
         return [row[0] for row in rows]
 
@@ -244,14 +251,15 @@ def test_a_bad_safety_setting_is_refused() -> None:
 
 
 def test_the_example_tree_reads_as_a_reviewer_expects(database: Database) -> None:
-    assert run_migrator("upgrade", "0d25ea6c8183", env=database.env).status == 0
+    env = {**database.env, "MIGRATOR_SAFETY_MEASURE": "deploy"}
+    assert run_migrator("upgrade", "0d25ea6c8183", env=env).status == 0
     database.query(
         "INSERT INTO cars (id, make, model) SELECT g, 'Make', 'model ' || g "
         "FROM generate_series(1, 20000) g"
     )
     database.query("ANALYZE cars")
 
-    result = run_migrator("plan", "upgrade", "head", "--safety", "--json", env=database.env)
+    result = run_migrator("plan", "upgrade", "head", "--safety", "--json", env=env)
 
     found = findings(result)
     summary = {key: (f["table"], f["lock"], f["severity"]) for key, f in found.items()}
@@ -263,7 +271,7 @@ def test_the_example_tree_reads_as_a_reviewer_expects(database: Database) -> Non
         # services' foreign key locks cars against writes while it is created (empty: brief).
         ("c3f9b7d21a58", "exclusive-lock"): ("public.cars", "ShareRowExclusiveLock", "info"),
     }
-    markdown = run_migrator("plan", "upgrade", "head", "--safety", "--markdown", env=database.env)
+    markdown = run_migrator("plan", "upgrade", "head", "--safety", "--markdown", env=env)
     assert markdown.status == 0, markdown.output
     assert "| severity | rule | table | rows | size | lock (blocks) |" in markdown.stdout
     assert "| warning | `data-change` | `public.cars` | 20,000 rows |" in markdown.stdout
@@ -272,7 +280,12 @@ def test_the_example_tree_reads_as_a_reviewer_expects(database: Database) -> Non
 def test_a_revision_that_fails_on_the_scratch_database_is_named(
     server: Server, database: Database
 ) -> None:
-    env = {**database.env, "MIGRATOR_CONFIG": str(AUDITED), "SAMPLE_FAIL": "1"}
+    env = {
+        **database.env,
+        "MIGRATOR_CONFIG": str(AUDITED),
+        "MIGRATOR_SAFETY_MEASURE": "deploy",
+        "SAMPLE_FAIL": "1",
+    }
 
     planned = run_migrator("plan", "upgrade", "head", "--safety", env=env)
     warned = run_migrator("upgrade", "head", env=env)  # warn: skipped, then the real failure
@@ -291,6 +304,7 @@ def test_the_scratch_database_is_dropped_after_sigterm(server: Server, database:
     env = {
         **database.env,
         "MIGRATOR_CONFIG": str(AUDITED),
+        "MIGRATOR_SAFETY_MEASURE": "deploy",
         "SAMPLE_SLEEP": "60",
     }
     process = start_migrator("plan", "upgrade", "head", "--safety", env=env)

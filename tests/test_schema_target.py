@@ -50,6 +50,9 @@ class Tenant:
             **self.database.env,
             "MIGRATOR_CONFIG": str(ini or self.ini),
             "MIGRATOR_SCHEMA": self.schema,
+            # Measured at deploy, in the tenant's schema of a scratch database (measured at
+            # build and weighed in a schema: tests/test_safety_build.py).
+            "MIGRATOR_SAFETY_MEASURE": "deploy",
             **extra,
         }
 

@@ -145,7 +145,7 @@ def make_tree(directory: Path, revisions: list[tuple[str, str, str]], extra_colu
 def scratch_databases(server: Server) -> list[str]:
     with server.admin.connect() as connection:
         rows = connection.execute(
-            sa.text("SELECT datname FROM pg_database WHERE datname LIKE 'migrator_verify_%'")
+            sa.text("SELECT datname FROM pg_database WHERE datname LIKE 'migrator_scratch_%'")
         )
         return [row[0] for row in rows]
 
