@@ -4,10 +4,12 @@ one `migrator upgrade head` process per database, one after another.
 
 - 200 fresh tenant databases: the fleet (MIGRATOR_FLEET_PARALLELISM=4) and the loop take
   turns, each on 200 databases of its own, dropped and created again before every run (not
-  timed). The loop keeps MIGRATOR_SAFETY's default (warn: each run first measures its
-  revisions on a scratch database), as users' loops do today; the fleet turns it off for its
-  targets, so the loop's own log tells the seconds it spent measuring, and the ratio is also
-  given without them;
+  timed). The loop keeps MIGRATOR_SAFETY's default (warn: each run weighs its revisions'
+  effects recorded where the project was built; this project records none, so a note names
+  them and nothing is measured at deploy); the fleet turns it off for its targets. The
+  loop's own log tells any seconds it spent measuring on a scratch database
+  (MIGRATOR_SAFETY_MEASURE=deploy, the default before), and the ratio is also given without
+  them;
 - the same 200 databases, now at head: the fleet again (at least 3 runs: they are cheap);
 - 1,000 fresh tenant schemas (`schema=NAME`) in one database: the fleet once, its whole
   process tree's memory sampled from /proc meanwhile (the fleet, its forkserver and resource
@@ -340,7 +342,7 @@ def part(bench: Any, migrator: Path, env: Mapping[str, str], spread: Callable[..
     safety_s = median(figures.loop_safety)
     databases, schemas = figures.databases, figures.schemas
     bench.say(
-        f"## 10. Fleets: `migrator fleet upgrade head`, {PARALLELISM} at a time, over tenants "
+        f"## 11. Fleets: `migrator fleet upgrade head`, {PARALLELISM} at a time, over tenants "
         f"of the example project ({EXAMPLE.name}, {len(revisions())} revisions); "
         f"{os.cpu_count()} CPUs"
     )
@@ -349,9 +351,9 @@ def part(bench: Any, migrator: Path, env: Mapping[str, str], spread: Callable[..
         "The loop is `for db in ...; do DB_NAME=$db migrator upgrade head; done`: one process "
         "per database, one after another. Each measured run starts from databases created "
         "afresh (not timed); the fleet and the loop take turns, each on databases of its own. "
-        "The loop's runs keep MIGRATOR_SAFETY's default (warn: each first measures its "
-        "revisions on a scratch database), as users' loops do; the fleet turns it off for its "
-        "targets."
+        "The loop's runs keep MIGRATOR_SAFETY's default (warn: the revisions' effects "
+        "recorded at build are weighed; this project records none, so nothing is measured at "
+        "deploy); the fleet turns it off for its targets."
     )
     bench.say()
     bench.table(

@@ -475,14 +475,22 @@ def _measured(
         return {measured.revision: measured for measured in effects}
     if direction != "upgrade":
         return {}  # the build records upgrades only
+    started = time.monotonic()
     schema = session.identity.schema or "public"
     recorded = project_manifest.recorded_effects(settings.alembic_ini, schema)
-    return {
+    found = {
         step.revision: safety_report.Effects(**recorded[step.revision]["effects"])
         for step in state.steps
         if step.revision in recorded
         and recorded[step.revision]["file"] == project_manifest.revision_hash(step.path)
     }
+    log.info(
+        "safety: %d of %d pending revision(s) found measured in the manifest in %.3f s",
+        len(found),
+        len(state.steps),
+        time.monotonic() - started,
+    )
+    return found
 
 
 def _measured_for_upgrade(
@@ -510,6 +518,7 @@ def _safety_report(
 ) -> safety_report.Report:
     """The measured effects of `steps` weighed with the live size of each table they touch
     (read-only catalog reads on the run's session); the steps with none are named in a note."""
+    started = time.monotonic()
     effects = [measured[step.revision] for step in steps if step.revision in measured]
     sizes = safety_report.live_sizes(
         session.connection, safety_report.touched_tables(effects), settings.safety_error_rows
@@ -524,6 +533,11 @@ def _safety_report(
     unmeasured = [step.revision for step in steps if step.revision not in measured]
     if unmeasured:
         report.notes.insert(0, f"{UNWEIGHED}: {_unmeasured(settings, unmeasured)}")
+    log.info(
+        "safety: %d revision(s) weighed with the live table sizes in %.3f s",
+        len(effects),
+        time.monotonic() - started,
+    )
     return report
 
 

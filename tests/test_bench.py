@@ -23,7 +23,7 @@ def test_the_bench_runs_every_part_on_a_tiny_chain(tmp_path) -> None:  # type: i
     result = subprocess.run(
         ["scripts/bench.sh", *arguments],
         cwd=ROOT,
-        # Part 10's fleets, shrunk (the issue's figures are for 200 databases, 1,000 schemas).
+        # Part 11's fleets, shrunk (the issue's figures are for 200 databases, 1,000 schemas).
         env={**os.environ, "BENCH_FLEET_DATABASES": "2", "BENCH_FLEET_SCHEMAS": "3"},
         capture_output=True,
         text=True,
@@ -35,7 +35,7 @@ def test_the_bench_runs_every_part_on_a_tiny_chain(tmp_path) -> None:  # type: i
     text = report.read_text()
     assert text == result.stdout
     headings = re.findall(r"^## (\d+)\.", text, flags=re.MULTILINE)
-    assert headings == ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10"]
+    assert headings == ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11"]
     for row in (
         "| migrator upgrade head |",  # the no-op
         "| 12 | migrator upgrade head |",
@@ -50,6 +50,7 @@ def test_the_bench_runs_every_part_on_a_tiny_chain(tmp_path) -> None:  # type: i
         "| upgrade, nothing to do | 2 |",
         "| connections per second |",  # 30 runs waiting for the lock
         "| migrator verify |",
+        "| MIGRATOR_SAFETY=warn (the default), weighed from the manifest |",
         "| 2 fresh databases: `migrator fleet upgrade head` |",
         "| 2 fresh databases: the shell loop |",
         "| of which the loop's safety measurements (its log) |",
