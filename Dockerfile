@@ -45,12 +45,14 @@ CMD ["upgrade", "head"]
 # The example application (alembic.ini, alembic/, persistence/), built FROM the migrator
 # exactly as a team builds its own: compose, the demo and the tests run this one.
 FROM migrator AS example
-COPY alembic.ini /project/
+# With the manifest `migrator verify` leaves beside alembic.ini where it runs (CI, before
+# this build), when there is one: each revision's measured effects, weighed at every deploy.
+COPY alembic.ini migrator-manifest.jso[n] /project/
 COPY alembic/ /project/alembic/
 COPY persistence/ /project/persistence/
 # Compiled now, so a read-only root filesystem costs nothing at start (as root: the
 # copied files belong to root; the migrator only reads them); and the manifest that
-# answers a no-op deploy without importing SQLAlchemy or Alembic.
+# answers a no-op deploy without importing SQLAlchemy or Alembic (keeping the effects).
 USER 0
 RUN python3 -m compileall -q /project && migrator manifest
 USER 10001:0

@@ -108,8 +108,20 @@ def migrator_image() -> str:
 
 
 @pytest.fixture(scope="session")
-def example_image(migrator_image: str) -> str:
-    """The example application's image: the Dockerfile's `example` stage, FROM the migrator."""
+def example_image(migrator_image: str, server: Server) -> str:
+    """The example application's image: the Dockerfile's `example` stage, FROM the migrator,
+    built as a team's CI builds it: after `migrator verify`, whose measured effects the
+    image's manifest carries."""
+    env = {
+        "DB_HOST": server.host,
+        "DB_PORT": str(server.port),
+        "DB_NAME": "postgres",
+        "DB_USER": ROLE,
+        "DB_PASSWORD": PASSWORD,
+        "MIGRATOR_CONFIG": str(ROOT / "alembic.ini"),
+    }
+    verified = run_migrator("verify", env=env)
+    assert verified.status == 0, verified.output
     docker_build(EXAMPLE_IMAGE, ROOT, f"PYTHON_IMAGE={PYTHON_IMAGE}", target="example")
     return EXAMPLE_IMAGE
 

@@ -114,6 +114,10 @@
             {{- end }}
             - name: MIGRATOR_DDL_LOCK_RETRIES
               value: {{ .Values.migrator.ddlLockRetries | quote }}
+            - name: MIGRATOR_SAFETY
+              value: {{ .Values.migrator.safety | quote }}
+            - name: MIGRATOR_SAFETY_MEASURE
+              value: {{ .Values.migrator.safetyMeasure | quote }}
             - name: MIGRATOR_LOG_FORMAT
               value: {{ .Values.migrator.logFormat | quote }}
             - name: MIGRATOR_LOG_LEVEL
