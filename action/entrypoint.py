@@ -37,15 +37,19 @@ def register_masks(url: str) -> None:
                 print(f"::add-mask::{line}", flush=True)
 
 
-def command_line(command: str, target: str, dry_run: bool) -> tuple[list[str], dict[str, str]]:
+def command_line(
+    command: str, target: str, dry_run: bool, safety: str
+) -> tuple[list[str], dict[str, str]]:
     """The migrator's arguments and the variables that say what to run. A dry run (`command:
-    plan`, or `dry-run: true` with upgrade/downgrade) is `migrator plan DIRECTION TARGET`:
-    the revisions that would run, nothing changed. Everything else goes through
+    plan`, or `dry-run: true` with upgrade/downgrade) is `migrator plan DIRECTION TARGET
+    --markdown`: the revisions that would run, nothing changed, and for an upgrade the safety
+    report (unless `safety: off`). Everything else goes through
     MIGRATOR_COMMAND/MIGRATOR_TARGET, as a Job runs it (a downgrade then needs
     allow-downgrade)."""
     if command == "plan" or (dry_run and command in ("upgrade", "downgrade")):
         direction = "upgrade" if command == "plan" else command
-        return ["plan", direction, target], {}
+        weighed = ["--safety"] if direction == "upgrade" and safety != "off" else []
+        return ["plan", direction, target, "--markdown", *weighed], {}
     return [], {"MIGRATOR_COMMAND": command, "MIGRATOR_TARGET": target}
 
 
@@ -81,10 +85,17 @@ def cell(value: Any) -> str:
 
 
 def step_summary(
-    summary: dict[str, Any], status: int, requested: str, direction: str, target: str, config: str
+    summary: dict[str, Any],
+    status: int,
+    requested: str,
+    direction: str,
+    target: str,
+    config: str,
+    plan: str = "",
 ) -> str:
     """The Markdown the job's summary page shows: where the database was and is, each
-    revision with its duration, or the plan."""
+    revision with its duration, or the plan (`plan`: the migrator's own Markdown, with the
+    safety report)."""
     revisions = summary.get("revisions") or []
     command = summary.get("command") or requested
     outcome = "ok" if status == 0 else f"failed (exit {status})"
@@ -123,14 +134,9 @@ def step_summary(
         "",
     ]
     if command == "plan":
-        if revisions:
-            lines += ["| # | revision | message |", "| --- | --- | --- |"]
-            lines += [
-                f"| {position} | `{cell(step.get('revision'))}` | {cell(step.get('message'))} |"
-                for position, step in enumerate(revisions, start=1)
-            ]
-        else:
-            lines += ["Nothing would run: the database is at the target."]
+        lines += [
+            plan.strip() if revisions else "Nothing would run: the database is at the target."
+        ]
     elif revisions:
         lines += [
             "| # | revision | message | direction | seconds |",
@@ -161,7 +167,8 @@ def main() -> int:
     target = given("target", "head")
     dry_run = given("dry-run", "false").lower() in TRUE
     config = given("config", "alembic.ini")
-    arguments, chosen = command_line(command, target, dry_run)
+    safety = given("safety", "warn")
+    arguments, chosen = command_line(command, target, dry_run, safety)
     direction = arguments[1] if arguments else command
 
     handle, name = tempfile.mkstemp(prefix="migrator-summary-", suffix=".json")
@@ -181,11 +188,18 @@ def main() -> int:
         "MIGRATOR_WAIT_TIMEOUT": given("wait-timeout", "60"),
         "MIGRATOR_LOCK_TIMEOUT": given("lock-timeout", "300"),
         "MIGRATOR_ALLOW_DOWNGRADE": given("allow-downgrade", "false"),
+        "MIGRATOR_SAFETY": safety,
         "MIGRATOR_CONFIG": str(Path(config).absolute()),
         "MIGRATOR_SUMMARY_FILE": str(summary_file),
     }
     try:
-        status = subprocess.run(["migrator", *arguments], env=environment, check=False).returncode
+        # A plan's Markdown goes to the job summary, and to the log as well.
+        capture = subprocess.PIPE if arguments else None
+        ran = subprocess.run(
+            ["migrator", *arguments], env=environment, stdout=capture, text=True, check=False
+        )
+        status, plan = ran.returncode, ran.stdout or ""
+        print(plan, end="", flush=True)
         summary = read_summary(summary_file)
     finally:
         summary_file.unlink(missing_ok=True)
@@ -195,7 +209,7 @@ def main() -> int:
     append("GITHUB_OUTPUT", "".join(f"{key}={value}\n" for key, value in outputs.items()))
     append(
         "GITHUB_STEP_SUMMARY",
-        step_summary(summary, status, requested, direction, target, config),
+        step_summary(summary, status, requested, direction, target, config, plan),
     )
     return status
 

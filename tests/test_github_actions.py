@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -14,7 +15,15 @@ from urllib.parse import quote
 
 import pytest
 import yaml
-from conftest import PASSWORD, PASSWORD_FORMS, ROOT, Database, docker_build, docker_env_flags
+from conftest import (
+    PASSWORD,
+    PASSWORD_FORMS,
+    ROOT,
+    Database,
+    docker_build,
+    docker_env_flags,
+    run_migrator,
+)
 
 BIN = Path(sys.executable).parent
 WORKFLOWS = sorted(str(path) for path in (ROOT / ".github" / "workflows").glob("*.yml"))
@@ -125,7 +134,11 @@ class ActionRun:
 
 
 def run_action(
-    image: str, tmp_path: Path, inputs: dict[str, str], env: dict[str, str] | None = None
+    image: str,
+    tmp_path: Path,
+    inputs: dict[str, str],
+    env: dict[str, str] | None = None,
+    checkout: Path = ROOT,
 ) -> ActionRun:
     """As the runner runs a container action: the checkout mounted as the working
     directory, inputs as INPUT_<NAME> (upper-cased, dashes kept), GITHUB_OUTPUT and
@@ -143,7 +156,7 @@ def run_action(
             "--workdir",
             "/github/workspace",
             "-v",
-            f"{ROOT}:/github/workspace:ro",
+            f"{checkout}:/github/workspace:ro",
             "-v",
             f"{commands}:/github/file_commands",
             "-e",
@@ -242,9 +255,43 @@ def test_the_action_plans_without_changing_anything(
     assert run.outputs["from-revision"] == "base"
     assert planned[-1]["revision"] == HEAD
     assert "4 revision(s) would run" in run.step_summary.splitlines()[0]
-    plan_rows = [row for row in table_rows(run.step_summary) if row[0].isdigit()]
-    assert [row[1].strip("`") for row in plan_rows] == [step["revision"] for step in planned]
-    assert [row[2] for row in plan_rows] == [step["message"] for step in planned]
+    listed = re.findall(r"^\d+\. `(\w+)` (.*)$", run.step_summary, flags=re.MULTILINE)
+    assert listed == [(step["revision"], step["message"]) for step in planned]
+    assert "### Safety report: upgrade from base to head" in run.step_summary
+
+
+def test_the_action_plan_weighs_what_verify_recorded_in_the_checkout(
+    action_image: str, database: Database, tmp_path: Path
+) -> None:
+    """A workflow's two steps: `command: verify` records the effects in the checkout's
+    manifest (here on the host: the test's checkout is mounted read-only), then a dry run
+    against the database weighs them with its rows, in the job summary."""
+    checkout = tmp_path / "checkout"
+    for part in ("alembic", "persistence"):
+        shutil.copytree(ROOT / part, checkout / part, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "alembic.ini", checkout / "alembic.ini")
+    env = {**database.env, "MIGRATOR_CONFIG": str(checkout / "alembic.ini")}
+    assert run_migrator("verify", env=env).status == 0
+    assert run_migrator("upgrade", "0d25ea6c8183", env=env).status == 0
+    database.query(
+        "INSERT INTO cars (id, make, model) "
+        "SELECT g, 'Make', 'm' || g FROM generate_series(1, 20000) g"
+    )
+    database.query("ANALYZE cars")
+
+    run = run_action(
+        action_image,
+        tmp_path / "plan",
+        {"command": "upgrade", "dry-run": "true", "database-url": database.url},
+        checkout=checkout,
+    )
+
+    assert run.status == 0, run.log
+    assert "### Safety report: upgrade from 0d25ea6c8183 to head" in run.step_summary
+    rows = {(row[1], row[2], row[3]) for row in table_rows(run.step_summary) if len(row) == 9}
+    assert ("`data-change`", "`public.cars`", "20,000 rows") in rows
+    assert "not weighed" not in run.step_summary
+    assert database.revision() == "0d25ea6c8183"
 
 
 def test_the_action_plans_a_downgrade_and_reports_a_downgrade_with_json_logs(
