@@ -45,13 +45,13 @@ _UNUSED = text(
 
 def settings_for(settings: Settings, made_by: str) -> Settings:
     """The settings with MIGRATOR_VERIFY_URL's database, or a new scratch database's name."""
+    if settings.verify_url is not None:
+        return replace(settings, database_url=settings.verify_url)
     if settings.database_url is None:
         settings.connection_url()  # raises: no database configured
     assert settings.database_url is not None
     name = f"{PREFIX}{made_by}_{int(time.time())}_{uuid.uuid4().hex[:8]}"
-    return replace(
-        settings, database_url=settings.verify_url or settings.database_url.set(database=name)
-    )
+    return replace(settings, database_url=settings.database_url.set(database=name))
 
 
 @contextmanager
