@@ -23,7 +23,7 @@ from sqlalchemy.pool import NullPool
 
 from migrator import signals, wait
 from migrator.config import Settings
-from migrator.errors import UsageError, reason, refusal
+from migrator.errors import AccessDenied, UsageError, reason, refusal
 from migrator.logs import log
 from migrator.scratch import Identity, session_identity
 
@@ -74,9 +74,13 @@ def made(settings: Settings, scratch: Settings, patience: float) -> Iterator[Ide
         try:
             connection.execute(text(f'CREATE DATABASE "{name}"'))
         except DBAPIError as error:
-            raise refusal(error) or UsageError(
-                f"cannot create a scratch database: {reason(error)}"
-            ) from None
+            problem = f"cannot create a scratch database: {reason(error)}"
+            if isinstance(refusal(error), AccessDenied):
+                raise AccessDenied(
+                    f"{problem}: grant the role CREATEDB, or set MIGRATOR_VERIFY_URL to a "
+                    "database of its own for the scratch work"
+                ) from None
+            raise refusal(error) or UsageError(problem) from None
     log.info("scratch database %s created", name)
     try:
         yield configured

@@ -258,3 +258,26 @@ def ended_sessions_of(server: Server, name: str) -> None:
                 return
             time.sleep(0.2)
     raise AssertionError(f"sessions of {name} still there")
+
+
+def test_verify_without_createdb_names_the_grant_and_the_setting(
+    server: Server, database: Database, checkout: Path
+) -> None:
+    with server.admin.connect() as connection:
+        connection.execute(sa.text("DROP ROLE IF EXISTS no_createdb"))
+        connection.execute(sa.text("CREATE ROLE no_createdb LOGIN PASSWORD 'plain'"))
+    env = {
+        **database.env_with(user="no_createdb", password="plain"),
+        "MIGRATOR_CONFIG": str(checkout),
+    }
+
+    result = run_migrator("verify", env=env)
+
+    assert result.status == 6, result.output
+    error = result.stderr.strip().splitlines()[-2]  # the last is the summary
+    assert error.endswith(
+        "cannot create a scratch database: permission denied to create database: grant the "
+        "role CREATEDB, or set MIGRATOR_VERIFY_URL to a database of its own for the "
+        "scratch work"
+    ), result.stderr
+    assert "Traceback" not in result.output
