@@ -70,8 +70,8 @@ def plan(
         state = _inspect(session, config, script, direction, target)
         _accept(state, direction, settings, summary)
         if safety:
-            measured = _measured(settings, state, direction, target, session)
-            report = _safety_report(settings, script, state.steps, measured, session)
+            measured = _measured_at_deploy(settings, state, direction, target, session)
+            report = _safety_report(settings, script, state.steps, session, measured)
     steps = [{"revision": step.revision, "message": step.doc} for step in state.steps]
     summary.revisions = steps
     source = run.heads_name(state.heads)
@@ -431,7 +431,7 @@ def _migrate(
             )
             if direction == "upgrade" and settings.safety != "off" and now.steps:
                 # Weighed under the lock, with the sizes of the tables as they run.
-                _weigh_safety(settings, script, now.steps, measured, session)
+                _weigh_safety(settings, script, now.steps, session, measured)
             _hand_over(session, config)  # a new session after a reconnect while waiting
             run.apply(
                 config,
@@ -452,56 +452,36 @@ def _migrate(
     log.info("%s done: at %s", direction, summary.to_revision)
 
 
-def _measured(
+def _measured_at_deploy(
     settings: Settings, state: State, direction: Direction, target: str, session: Session
-) -> dict[str, safety_report.Effects]:
-    """What each pending revision measurably does (locks, rewrites, scans), by revision: as
-    recorded in the manifest where the project was built, for each revision whose file is
-    unchanged since; or, with MIGRATOR_SAFETY_MEASURE=deploy, measured now on a scratch
-    database made on this server (never under the migration lock: this runs before it)."""
-    if not state.steps:
-        return {}
-    if settings.safety_measure == "deploy":
-        from migrator.verify import measure  # as in `verify`: autogenerate only when asked
+) -> dict[str, safety_report.Effects] | None:
+    """With MIGRATOR_SAFETY_MEASURE=deploy, what each pending revision measurably does (locks,
+    rewrites, scans), measured now on a scratch database made on this server, by revision;
+    None otherwise (the manifest's effects are weighed). Called before the migration lock."""
+    if settings.safety_measure != "deploy" or not state.steps:
+        return None
+    from migrator.verify import measure  # as in `verify`: autogenerate only when asked
 
-        started = time.monotonic()
-        with session.kept_busy():  # the measurement may take longer than idle_session_timeout
-            effects = measure(settings, state.heads, direction, target, session.identity)
-        log.info(
-            "safety: %d revision(s) measured on a scratch database in %.2f s",
-            len(effects),
-            time.monotonic() - started,
-        )
-        return {measured.revision: measured for measured in effects}
-    if direction != "upgrade":
-        return {}  # the build records upgrades only
     started = time.monotonic()
-    schema = session.identity.schema or "public"
-    recorded = project_manifest.recorded_effects(settings.alembic_ini, schema)
-    found = {
-        step.revision: safety_report.Effects(**recorded[step.revision]["effects"])
-        for step in state.steps
-        if step.revision in recorded
-        and recorded[step.revision]["file"] == project_manifest.revision_hash(step.path)
-    }
+    with session.kept_busy():  # the measurement may take longer than idle_session_timeout
+        effects = measure(settings, state.heads, direction, target, session.identity)
     log.info(
-        "safety: %d of %d pending revision(s) found measured in the manifest in %.3f s",
-        len(found),
-        len(state.steps),
+        "safety: %d revision(s) measured on a scratch database in %.2f s",
+        len(effects),
         time.monotonic() - started,
     )
-    return found
+    return {measured.revision: measured for measured in effects}
 
 
 def _measured_for_upgrade(
     settings: Settings, state: State, direction: Direction, target: str, session: Session
-) -> dict[str, safety_report.Effects]:
-    """What MIGRATOR_SAFETY weighs before an upgrade; under `warn`, a measurement that failed
-    is said and skipped (the run's own revisions will say what fails)."""
+) -> dict[str, safety_report.Effects] | None:
+    """The measurement MIGRATOR_SAFETY weighs before an upgrade; under `warn`, one that
+    failed is said and skipped (the run's own revisions will say what fails)."""
     if direction != "upgrade" or settings.safety == "off":
-        return {}
+        return None
     try:
-        return _measured(settings, state, direction, target, session)
+        return _measured_at_deploy(settings, state, direction, target, session)
     except MigratorError as error:
         if settings.safety == "block" or signals.stop_requested.is_set():
             raise
@@ -509,16 +489,34 @@ def _measured_for_upgrade(
         return {}
 
 
+def _recorded(
+    settings: Settings, steps: tuple[Script, ...], session: Session
+) -> dict[str, safety_report.Effects]:
+    """The effects the manifest records (measured where the project was built) of each step
+    whose file is unchanged since, by revision; named in the schema the run is in."""
+    schema = session.identity.schema or "public"
+    recorded = project_manifest.recorded_effects(settings.alembic_ini, schema)
+    return {
+        step.revision: safety_report.Effects(**recorded[step.revision]["effects"])
+        for step in steps
+        if step.revision in recorded
+        and recorded[step.revision]["file"] == project_manifest.revision_hash(step.path)
+    }
+
+
 def _safety_report(
     settings: Settings,
     script: ScriptDirectory,
     steps: tuple[Script, ...],
-    measured: dict[str, safety_report.Effects],
     session: Session,
+    measured: dict[str, safety_report.Effects] | None = None,
 ) -> safety_report.Report:
-    """The measured effects of `steps` weighed with the live size of each table they touch
-    (read-only catalog reads on the run's session); the steps with none are named in a note."""
+    """The effects of `steps`, `measured` at deploy or else the manifest's, weighed with the
+    live size of each table they touch (read-only catalog reads on the run's session); the
+    steps with none are named in a note."""
     started = time.monotonic()
+    if measured is None:
+        measured = _recorded(settings, steps, session)
     effects = [measured[step.revision] for step in steps if step.revision in measured]
     sizes = safety_report.live_sizes(
         session.connection, safety_report.touched_tables(effects), settings.safety_error_rows
@@ -533,11 +531,13 @@ def _safety_report(
     unmeasured = [step.revision for step in steps if step.revision not in measured]
     if unmeasured:
         report.notes.insert(0, f"{UNWEIGHED}: {_unmeasured(settings, unmeasured)}")
-    log.info(
-        "safety: %d revision(s) weighed with the live table sizes in %.3f s",
-        len(effects),
-        time.monotonic() - started,
-    )
+    if effects:
+        log.info(
+            "safety: %d of %d pending revision(s) weighed with the live table sizes in %.3f s",
+            len(effects),
+            len(steps),
+            time.monotonic() - started,
+        )
     return report
 
 
@@ -555,12 +555,12 @@ def _weigh_safety(
     settings: Settings,
     script: ScriptDirectory,
     steps: tuple[Script, ...],
-    measured: dict[str, safety_report.Effects],
     session: Session,
+    measured: dict[str, safety_report.Effects] | None,
 ) -> None:
     """MIGRATOR_SAFETY for an upgrade: log the findings; with `block`, refuse error-level ones,
     and revisions with no measured effects, before anything runs."""
-    report = _safety_report(settings, script, steps, measured, session)
+    report = _safety_report(settings, script, steps, session, measured)
     for finding in report.findings:
         log.log(
             logging.INFO if finding.severity == "info" else logging.WARNING,

@@ -488,7 +488,7 @@ def test_the_rendered_job_runs(example_image: str, database: Database, tmp_path:
     assert database.revision() == "c3f9b7d21a58"
     assert '"event": "summary"' in ran.stderr.splitlines()[-1]  # JSON logs by default
     # MIGRATOR_SAFETY=warn, weighed from the image's manifest: no scratch database.
-    assert "safety: 4 of 4 pending revision(s) found measured in the manifest" in ran.stderr
+    assert "safety: 4 of 4 pending revision(s) weighed with the live table sizes" in ran.stderr
     assert "scratch database migrator_" not in ran.stderr and "not weighed" not in ran.stderr
     assert refused.returncode == 6, refused.stderr
     assert fail_job["action"] == "FailJob" and 6 in fail_job["onExitCodes"]["values"]
