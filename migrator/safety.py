@@ -55,7 +55,12 @@ _RELATIONS = text(
 )
 _COLUMNS = text(
     """
-    SELECT a.attrelid, a.attnum, a.attname, a.attnotnull
+    SELECT a.attrelid, a.attnum, a.attname, a.attnotnull,
+           -- NOT NULL, and nothing fills the rows there are: no default, no value kept for
+           -- them (attmissingval: a default added with the column, even if dropped since),
+           -- no identity, no generation expression
+           a.attnotnull AND NOT a.atthasdef AND NOT a.atthasmissing
+           AND a.attidentity = '' AND a.attgenerated = ''
     FROM pg_attribute a
     JOIN pg_class c ON c.oid = a.attrelid
     JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -109,6 +114,7 @@ class _Catalog:
     relations: dict[int, tuple[str, str, int, int]]  # oid: name, relkind, relfilenode, table
     columns: dict[tuple[int, int], str]  # (table oid, attnum): name
     nullable: set[tuple[int, str]]  # (table oid, column)
+    unfilled: set[tuple[int, int]]  # (table oid, attnum): NOT NULL, nothing fills it
     proven_not_null: set[tuple[int, str]]
     constraints: dict[tuple[int, int], tuple[str, bool]]  # (oid, table oid): name, validated
 
@@ -117,11 +123,12 @@ class _Catalog:
         relations = {
             row[0]: (row[1], row[2], row[3], row[4]) for row in connection.execute(_RELATIONS)
         }
-        columns = [(row[0], row[1], row[2], row[3]) for row in connection.execute(_COLUMNS)]
+        columns = list(connection.execute(_COLUMNS))
         return cls(
             relations=relations,
-            columns={(table, number): name for table, number, name, _ in columns},
-            nullable={(table, name) for table, _, name, not_null in columns if not not_null},
+            columns={(row[0], row[1]): row[2] for row in columns},
+            nullable={(row[0], row[2]) for row in columns if not row[3]},
+            unfilled={(row[0], row[1]) for row in columns if row[4]},
             proven_not_null={(row[0], row[1]) for row in connection.execute(_PROVEN_NOT_NULL)},
             constraints={
                 (row[0], row[2]): (row[1], row[3]) for row in connection.execute(_CONSTRAINTS)
@@ -158,6 +165,8 @@ class Effects:
     renamed: list[dict[str, str]] = field(default_factory=list)  # {table, to}
     dropped_columns: list[dict[str, str]] = field(default_factory=list)  # {table, column}
     renamed_columns: list[dict[str, str]] = field(default_factory=list)  # {table, column, to}
+    # Columns added NOT NULL with nothing to fill the rows there are: {table, column}
+    required_columns: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -253,6 +262,16 @@ class _Comparison:
                 renamed.append({"table": self.old[table], "column": name, "to": now})
         return dropped, renamed
 
+    def required_columns(self, rewritten: list[str]) -> list[dict[str, str]]:
+        """Columns added NOT NULL with no default: that works on the empty scratch table, and
+        fails on one with rows. Not on a table it rewrote, which may have filled them (a
+        volatile default, dropped in the same revision)."""
+        return [
+            {"table": self.old[table], "column": self.after.columns[table, number]}
+            for table, number in sorted(self.after.unfilled - set(self.before.columns))
+            if table in self.old and self.old[table] not in rewritten
+        ]
+
 
 class Recorder:
     """Measures each revision a run applies: hand `track` to run.step as the steps and
@@ -306,6 +325,7 @@ class Recorder:
         effects.indexes, effects.reindexed = change.indexes(effects.rewritten)
         effects.dropped, effects.renamed = change.tables()
         effects.dropped_columns, effects.renamed_columns = change.columns()
+        effects.required_columns = change.required_columns(effects.rewritten)
         effects.changed_rows = sorted(
             name for oid, name in old_tables.items() if "RowExclusiveLock" in modes.get(oid, ())
         )
@@ -367,9 +387,9 @@ class Rule:
     what: str  # what the revision did, formatted with the item's fields
     safer: str
     ceiling: str = "error"  # the most it is, however large the table
-    # It removes or renames what the running release may still read: a warning on a table
-    # with rows, however few (the application breaks, not the database).
-    breaks_readers: bool = False
+    # Its severity on a table with any rows, however few, when its risk is not the time it
+    # takes: what it removes or renames breaks the running release, or it fails.
+    with_rows: str | None = None
     blocks: str | None = None  # in place of what its lock blocks
 
     def found(self, measured: Effects) -> Iterator[tuple[str, str]]:
@@ -434,7 +454,7 @@ RULE_TABLE = (
         "dropped",
         "drops the table",
         f"drop it {_AFTER_THE_DEPLOY}",
-        breaks_readers=True,
+        with_rows="warning",
     ),
     Rule(
         "rename-table",
@@ -442,21 +462,29 @@ RULE_TABLE = (
         "renames the table to {to}",
         "rename it after the deploy, in a later revision, once no running release uses the old "
         "name (or leave a view by the old name for it)",
-        breaks_readers=True,
+        with_rows="warning",
     ),
     Rule(
         "drop-column",
         "dropped_columns",
         "drops column {column}",
         f"drop it {_AFTER_THE_DEPLOY}",
-        breaks_readers=True,
+        with_rows="warning",
     ),
     Rule(
         "rename-column",
         "renamed_columns",
         "renames column {column} to {to}",
         f"add the new column and write both; drop the old one {_AFTER_THE_DEPLOY}",
-        breaks_readers=True,
+        with_rows="warning",
+    ),
+    Rule(
+        "required-column",
+        "required_columns",
+        "adds column {column} NOT NULL without a default: fails on a table with rows (it works "
+        "on the empty scratch table)",
+        "add it with a DEFAULT; or nullable, backfill it, then SET NOT NULL (see set-not-null)",
+        with_rows="error",
     ),
     Rule(
         "data-change",
@@ -510,8 +538,8 @@ class _Scale:
         if table not in self.sizes:
             return "info"  # not on the real database: created by an earlier pending revision
         rows = self.sizes[table][0]
-        if rule.breaks_readers:
-            return "info" if rows == 0 else "warning"
+        if rule.with_rows:
+            return "info" if rows == 0 else "warning" if rows is None else rule.with_rows
         level = (
             "warning"
             if rows is None  # unknown: not assumed small
