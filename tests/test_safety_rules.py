@@ -18,12 +18,14 @@ import ast
 import json
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import PROJECTS, Database, run_migrator
+
+from migrator.safety import Effects, weigh
 
 PROJECT = PROJECTS / "risky_changes"
 SQUAWK = Path(sys.executable).with_name("squawk")  # squawk-cli, in the test extra
@@ -270,3 +272,37 @@ def test_concurrently_in_the_transaction_fails_on_the_scratch_database(filled: D
     assert result.status == 1, result.output
     assert "measuring on the scratch database: r37 failed" in result.stderr
     assert filled.revision() == "r00"
+
+
+# In-process: the weighing alone, on effects as a manifest carries them (JSON).
+
+
+def test_effects_survive_json_and_weigh_the_same() -> None:
+    measured = Effects(
+        "r1",
+        "contract",
+        "upgrade",
+        locks={"public.a": "AccessExclusiveLock", "public.b": "ShareUpdateExclusiveLock"},
+        dropped_columns=[{"table": "public.a", "column": "old"}],
+        renamed=[{"table": "public.c", "to": "public.d"}],
+        validated_existing=[{"table": "public.b", "constraint": "b_check"}],
+    )
+    record = json.loads(json.dumps(asdict(measured)))
+    sizes = {"public.a": (5, 8192), "public.b": (10**9, 8192), "public.c": (0, 8192)}
+
+    report = weigh([Effects(**record)], sizes, {}, warn_rows=10_000, error_rows=100_000)
+
+    assert Effects(**record) == measured
+    assert {(f.rule, f.table): f.severity for f in report.findings} == {
+        ("drop-column", "public.a"): "warning",  # 5 rows: the running release still reads it
+        ("validate-constraint", "public.b"): "info",  # a billion rows, writes going on
+        ("rename-table", "public.c"): "info",  # empty
+    }
+
+
+def test_rows_not_known_are_not_assumed_small() -> None:
+    measured = Effects("r1", "", "upgrade", dropped=["public.a"], reindexed=[])
+
+    report = weigh([measured], {"public.a": (None, 8192)}, {}, 10_000, 100_000)
+
+    assert [(f.rule, f.severity) for f in report.findings] == [("drop-table", "warning")]
