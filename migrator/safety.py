@@ -439,7 +439,8 @@ RULE_TABLE = (
         "indexes",
         "builds index {index} in the transaction",
         "CREATE INDEX CONCURRENTLY in an autocommit block "
-        "(op.get_context().autocommit_block(), postgresql_concurrently=True)",
+        "(op.get_context().autocommit_block(), postgresql_concurrently=True); for a PRIMARY "
+        "KEY or UNIQUE constraint, its unique index so, then ADD CONSTRAINT ... USING INDEX",
     ),
     Rule(
         "index-rebuild",
