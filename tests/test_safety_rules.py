@@ -4,7 +4,8 @@ tests/projects/risky_changes holds one revision per risky change, at least one f
 squawk documents that applies to an Alembic revision (its rules about transactions a tool
 manages, `BEGIN` and `COMMIT` in the file, `DROP DATABASE` and the opt-in ones do not). The
 tables are filled first, so sizes matter. Each change is run through both: the migrator
-measures it on a scratch database (`plan --safety`), squawk reads its SQL. CHANGES holds, per
+measures it on a scratch database (`plan --safety`, measured at deploy; and recorded by
+`manifest --measure`, then weighed at deploy), squawk reads its SQL. CHANGES holds, per
 change, what each of them is expected to say, so the table is the comparison.
 
 squawk's `require-lock-timeout` and `require-statement-timeout` ask every file for its own
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import json
+import shutil
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
@@ -134,7 +136,13 @@ MEASURED = [change for change in CHANGES if change.revision <= LAST_MEASURED]
 
 
 def risky_env(database: Database, **extra: str) -> dict[str, str]:
-    return {**database.env, "MIGRATOR_CONFIG": str(PROJECT / "alembic.ini"), **extra}
+    """Measured at deploy, on a scratch database (the measurement itself under test)."""
+    return {
+        **database.env,
+        "MIGRATOR_CONFIG": str(PROJECT / "alembic.ini"),
+        "MIGRATOR_SAFETY_MEASURE": "deploy",
+        **extra,
+    }
 
 
 @pytest.fixture
@@ -224,6 +232,19 @@ def test_each_risky_change_through_squawk_and_the_safety_report(
     report = json.loads(planned.stdout)["safety"]
     assert any("r33 runs statements outside a transaction" in n for n in report["notes"])
     assert filled.revision() == "r00"  # read-only on the real database
+
+
+def test_effects_recorded_at_build_are_weighed_the_same(filled: Database, tmp_path: Path) -> None:
+    checkout = tmp_path / "project"  # as CI holds it, less r37, which no measurement passes
+    shutil.copytree(PROJECT, checkout)
+    (checkout / "alembic" / "versions" / "r37_concurrently_in_transaction.py").unlink()
+    env = {**filled.env, "MIGRATOR_CONFIG": str(checkout / "alembic.ini")}
+
+    recorded = run_migrator("manifest", "--measure", env=env)
+    planned = run_migrator("plan", "upgrade", LAST_MEASURED, "--safety", "--json", env=env)
+
+    assert recorded.status == 0, recorded.output
+    assert migrator_verdicts(planned) == {change.revision: change.migrator for change in MEASURED}
 
 
 def test_what_the_new_rules_say(filled: Database) -> None:
