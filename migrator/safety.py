@@ -41,29 +41,6 @@ BLOCKS = {
     "ShareLock": "writes",
 }
 SEVERITIES = ("info", "warning", "error")
-RULES = (
-    "table-rewrite",
-    "validated-constraint",
-    "set-not-null",
-    "index-without-concurrently",
-    "data-change",
-    "exclusive-lock",
-)
-SAFER = {
-    "table-rewrite": "add a new column, backfill it in batches, then switch over, instead of "
-    "changing a column's type (or adding a column with a volatile default)",
-    "validated-constraint": "ADD CONSTRAINT ... NOT VALID, then VALIDATE CONSTRAINT in a later "
-    "revision (it takes SHARE UPDATE EXCLUSIVE: reads and writes go on)",
-    "set-not-null": "ADD CONSTRAINT ... CHECK (column IS NOT NULL) NOT VALID, VALIDATE it in a "
-    "later revision, then SET NOT NULL, which uses the check instead of a scan",
-    "index-without-concurrently": "CREATE INDEX CONCURRENTLY in an autocommit block "
-    "(op.get_context().autocommit_block(), postgresql_concurrently=True)",
-    "data-change": "update in batches, each in its own transaction (an autocommit block), "
-    "or outside the deploy",
-    "exclusive-lock": "set MIGRATOR_DDL_LOCK_TIMEOUT: the change is brief once the lock is "
-    "granted, but waiting for it (behind running queries, with every query queued behind it) "
-    "is then bounded",
-}
 # Catalog readings. Names are schema-qualified and quoted as SQL needs them (format %I.%I).
 _RELATIONS = text(
     """
@@ -78,7 +55,12 @@ _RELATIONS = text(
 )
 _COLUMNS = text(
     """
-    SELECT a.attrelid, a.attname, a.attnotnull
+    SELECT a.attrelid, a.attnum, a.attname, a.attnotnull,
+           -- NOT NULL, and nothing fills the rows there are: no default, no value kept for
+           -- them (attmissingval: a default added with the column, even if dropped since),
+           -- no identity, no generation expression
+           a.attnotnull AND NOT a.atthasdef AND NOT a.atthasmissing
+           AND a.attidentity = '' AND a.attgenerated = ''
     FROM pg_attribute a
     JOIN pg_class c ON c.oid = a.attrelid
     JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -97,10 +79,17 @@ _PROVEN_NOT_NULL = text(
       AND pg_get_constraintdef(k.oid) = format('CHECK ((%s IS NOT NULL))', quote_ident(a.attname))
     """
 )
-_VALIDATED = text(
+# Each foreign key and CHECK with the table it is checked on, and whether it is validated. A
+# domain's CHECK is checked on every table with a column of the domain.
+_CONSTRAINTS = text(
     """
-    SELECT oid, conname, conrelid FROM pg_constraint
-    WHERE contype IN ('f', 'c') AND convalidated AND conrelid <> 0
+    SELECT oid, conname, conrelid, convalidated FROM pg_constraint
+    WHERE contype IN ('f', 'c') AND conrelid <> 0
+    UNION ALL
+    SELECT k.oid, k.conname, a.attrelid, k.convalidated
+    FROM pg_constraint k
+    JOIN pg_attribute a ON a.atttypid = k.contypid AND a.attnum > 0 AND NOT a.attisdropped
+    WHERE k.contype = 'c' AND k.contypid <> 0
     """
 )
 _LOCKS = text(
@@ -123,23 +112,27 @@ class _Catalog:
     """One reading of the catalogs: what a revision's effects are measured against."""
 
     relations: dict[int, tuple[str, str, int, int]]  # oid: name, relkind, relfilenode, table
-    columns: set[tuple[int, str]]  # (table oid, column)
-    nullable: set[tuple[int, str]]
+    columns: dict[tuple[int, int], str]  # (table oid, attnum): name
+    nullable: set[tuple[int, str]]  # (table oid, column)
+    unfilled: set[tuple[int, int]]  # (table oid, attnum): NOT NULL, nothing fills it
     proven_not_null: set[tuple[int, str]]
-    validated: dict[int, tuple[str, int]]  # constraint oid: name, table oid
+    constraints: dict[tuple[int, int], tuple[str, bool]]  # (oid, table oid): name, validated
 
     @classmethod
     def read(cls, connection: Connection) -> _Catalog:
         relations = {
             row[0]: (row[1], row[2], row[3], row[4]) for row in connection.execute(_RELATIONS)
         }
-        columns = [(row[0], row[1], row[2]) for row in connection.execute(_COLUMNS)]
+        columns = list(connection.execute(_COLUMNS))
         return cls(
             relations=relations,
-            columns={(table, name) for table, name, _ in columns},
-            nullable={(table, name) for table, name, not_null in columns if not not_null},
+            columns={(row[0], row[1]): row[2] for row in columns},
+            nullable={(row[0], row[2]) for row in columns if not row[3]},
+            unfilled={(row[0], row[1]) for row in columns if row[4]},
             proven_not_null={(row[0], row[1]) for row in connection.execute(_PROVEN_NOT_NULL)},
-            validated={row[0]: (row[1], row[2]) for row in connection.execute(_VALIDATED)},
+            constraints={
+                (row[0], row[2]): (row[1], row[3]) for row in connection.execute(_CONSTRAINTS)
+            },
         )
 
     def tables(self) -> dict[int, str]:
@@ -148,7 +141,9 @@ class _Catalog:
 
 @dataclass
 class Effects:
-    """What one revision did, measured in its own transaction just before it committed."""
+    """What one revision did, measured in its own transaction just before it committed.
+
+    Tables are named as they were before the revision (a renamed table by its old name)."""
 
     revision: str
     message: str
@@ -163,6 +158,119 @@ class Effects:
     indexes: list[dict[str, str]] = field(default_factory=list)  # {table, index}
     changed_rows: list[str] = field(default_factory=list)  # tables it inserted/updated/deleted in
     outside_transaction: bool = False
+    # Constraints added NOT VALID earlier that it validated, writes going on: {table, constraint}
+    validated_existing: list[dict[str, str]] = field(default_factory=list)
+    reindexed: list[dict[str, str]] = field(default_factory=list)  # {table, index} rebuilt
+    dropped: list[str] = field(default_factory=list)  # tables it dropped
+    renamed: list[dict[str, str]] = field(default_factory=list)  # {table, to}
+    dropped_columns: list[dict[str, str]] = field(default_factory=list)  # {table, column}
+    renamed_columns: list[dict[str, str]] = field(default_factory=list)  # {table, column, to}
+    # Columns added NOT NULL with nothing to fill the rows there are: {table, column}
+    required_columns: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Comparison:
+    """Two readings of the catalogs around one revision, and the locks it holds: its effects.
+
+    Objects are followed by their oid (a column by its attnum), so a rename is told from a
+    drop and a create. Only tables that existed before are considered (`old`)."""
+
+    before: _Catalog
+    after: _Catalog
+    old: dict[int, str]  # oid: name before the revision
+    locks: dict[str, str]  # table: strongest mode held
+
+    def rewritten(self) -> list[str]:
+        after, before = self.after.relations, self.before.relations
+        return sorted(
+            name
+            for oid, name in self.old.items()
+            if oid in after and after[oid][2] != before[oid][2]
+        )
+
+    def indexes(self, rewritten: list[str]) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+        """Indexes built, and indexes rebuilt (REINDEX: a new relfilenode, same oid), inside
+        the transaction on a table it did not rewrite (a rewrite rebuilds its indexes)."""
+        built: list[dict[str, str]] = []
+        rebuilt: list[dict[str, str]] = []
+        for oid, (name, kind, relfilenode, table) in self.after.relations.items():
+            if kind not in ("i", "I") or table not in self.old or self.old[table] in rewritten:
+                continue
+            item = {"table": self.old[table], "index": name}
+            if oid not in self.before.relations:
+                # Still holds the table's SHARE lock (CONCURRENTLY takes SHARE UPDATE
+                # EXCLUSIVE, and only outside a transaction).
+                if _at_least(self.locks.get(self.old[table]), "ShareLock"):
+                    built.append(item)
+            elif relfilenode != self.before.relations[oid][2]:
+                rebuilt.append(item)
+        return built, rebuilt
+
+    def validated(self, rewritten: list[str]) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+        """Constraints validated in the transaction: those that scanned the table while writes
+        waited (added validated, or validated under SHARE or more), and those validated with
+        writes going on (VALIDATE CONSTRAINT of a NOT VALID one: SHARE UPDATE EXCLUSIVE). A
+        table it rewrote checked them in the same pass (a type change rebuilds a CHECK)."""
+        before = {oid: valid for (oid, _), (_, valid) in self.before.constraints.items()}
+        blocking: list[dict[str, str]] = []
+        concurrent: list[dict[str, str]] = []
+        for (oid, table), (name, valid) in sorted(self.after.constraints.items()):
+            if not valid or table not in self.old or self.old[table] in rewritten:
+                continue
+            if before.get(oid, False):
+                continue  # validated before the revision
+            item = {"table": self.old[table], "constraint": name}
+            writes_went_on = oid in before and not _at_least(
+                self.locks.get(item["table"]), "ShareLock"
+            )
+            (concurrent if writes_went_on else blocking).append(item)
+        return blocking, concurrent
+
+    def not_null(self) -> list[dict[str, str]]:
+        names = set((table, name) for (table, _), name in self.after.columns.items())
+        return [
+            {"table": self.old[table], "column": column}
+            for table, column in sorted(self.before.nullable - self.after.nullable)
+            if table in self.old
+            and (table, column) in names
+            and (table, column) not in self.before.proven_not_null
+        ]
+
+    def tables(self) -> tuple[list[str], list[dict[str, str]]]:
+        """Tables dropped, and tables renamed (or moved to another schema)."""
+        after = self.after.relations
+        dropped = sorted(name for oid, name in self.old.items() if oid not in after)
+        renamed = [
+            {"table": name, "to": after[oid][0]}
+            for oid, name in sorted(self.old.items(), key=lambda item: item[1])
+            if oid in after and after[oid][0] != name
+        ]
+        return dropped, renamed
+
+    def columns(self) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+        """Columns dropped, and columns renamed, of tables that are still there."""
+        dropped: list[dict[str, str]] = []
+        renamed: list[dict[str, str]] = []
+        for (table, number), name in sorted(self.before.columns.items()):
+            if table not in self.old or table not in self.after.relations:
+                continue
+            now = self.after.columns.get((table, number))
+            if now is None:
+                dropped.append({"table": self.old[table], "column": name})
+            elif now != name:
+                renamed.append({"table": self.old[table], "column": name, "to": now})
+        return dropped, renamed
+
+    def required_columns(self, rewritten: list[str]) -> list[dict[str, str]]:
+        """Columns added NOT NULL with no default: that works on the empty scratch table, and
+        fails on one with rows. Not on a table it rewrote, which may have filled them (a
+        volatile default, dropped in the same revision)."""
+        return [
+            {"table": self.old[table], "column": self.after.columns[table, number]}
+            for table, number in sorted(self.after.unfilled - set(self.before.columns))
+            if table in self.old and self.old[table] not in rewritten
+        ]
 
 
 class Recorder:
@@ -207,35 +315,17 @@ class Recorder:
         for oid, held in modes.items():
             if oid in old_tables:
                 effects.locks[old_tables[oid]] = max(held, key=MODES.index)
-        effects.created = sorted(set(after.tables().values()) - set(before.tables().values()))
-        effects.rewritten = sorted(
-            name
-            for oid, name in old_tables.items()
-            if oid in after.relations and after.relations[oid][2] != before.relations[oid][2]
+        change = _Comparison(before, after, old_tables, effects.locks)
+        effects.created = sorted(
+            name for oid, name in after.tables().items() if oid not in before.relations
         )
-        effects.validated = [
-            {"table": old_tables[table], "constraint": name}
-            for oid, (name, table) in after.validated.items()
-            if oid not in before.validated and table in old_tables
-        ]
-        effects.not_null = [
-            {"table": old_tables[table], "column": column}
-            for table, column in sorted(before.nullable - after.nullable)
-            if table in old_tables
-            and (table, column) in after.columns
-            and (table, column) not in before.proven_not_null
-        ]
-        effects.indexes = [
-            # Built inside the revision's transaction: it still holds the table's SHARE lock
-            # (CONCURRENTLY takes SHARE UPDATE EXCLUSIVE, and only outside a transaction).
-            {"table": old_tables[table], "index": name}
-            for oid, (name, kind, _, table) in after.relations.items()
-            if kind in ("i", "I")
-            and oid not in before.relations
-            and table in old_tables
-            and old_tables[table] not in effects.rewritten  # a rewrite rebuilds its indexes
-            and _at_least(effects.locks.get(old_tables[table]), "ShareLock")
-        ]
+        effects.rewritten = change.rewritten()
+        effects.validated, effects.validated_existing = change.validated(effects.rewritten)
+        effects.not_null = change.not_null()
+        effects.indexes, effects.reindexed = change.indexes(effects.rewritten)
+        effects.dropped, effects.renamed = change.tables()
+        effects.dropped_columns, effects.renamed_columns = change.columns()
+        effects.required_columns = change.required_columns(effects.rewritten)
         effects.changed_rows = sorted(
             name for oid, name in old_tables.items() if "RowExclusiveLock" in modes.get(oid, ())
         )
@@ -288,6 +378,181 @@ class Report:
         return [f for f in self.findings if f.severity == "error" and not f.allowed]
 
 
+@dataclass(frozen=True)
+class Rule:
+    """One kind of finding: the effect it reads, what is safer, and how severe it can be."""
+
+    name: str
+    effect: str  # the Effects field it reads: tables, or items {table, ...}
+    what: str  # what the revision did, formatted with the item's fields
+    safer: str
+    ceiling: str = "error"  # the most it is, however large the table
+    # Its severity on a table with any rows, however few, when its risk is not the time it
+    # takes: what it removes or renames breaks the running release, or it fails.
+    with_rows: str | None = None
+    blocks: str | None = None  # in place of what its lock blocks
+
+    def found(self, measured: Effects) -> Iterator[tuple[str, str]]:
+        for item in getattr(measured, self.effect):
+            fields = {"table": item} if isinstance(item, str) else item
+            yield fields["table"], self.what.format(**fields)
+
+
+_AFTER_THE_DEPLOY = (
+    "after the deploy, in a later revision, once no running release reads it (deploy the "
+    "code that stops using it first)"
+)
+# One entry per rule, in the order a revision's findings are listed; `exclusive-lock` is the
+# remainder: a table locked against the application that no other rule explains.
+RULE_TABLE = (
+    Rule(
+        "table-rewrite",
+        "rewritten",
+        "rewrites the table and its indexes",
+        "add a new column, backfill it in batches, then switch over, instead of changing a "
+        "column's type (or adding a column with a volatile default)",
+    ),
+    Rule(
+        "validated-constraint",
+        "validated",
+        "adds constraint {constraint} validated: scans the table",
+        "ADD CONSTRAINT ... NOT VALID, then VALIDATE CONSTRAINT in a later revision (it takes "
+        "SHARE UPDATE EXCLUSIVE: reads and writes go on)",
+    ),
+    Rule(
+        "validate-constraint",
+        "validated_existing",
+        "validates constraint {constraint}: scans the table, reads and writes go on",
+        "nothing to change: this is the safe second step after ADD CONSTRAINT ... NOT VALID "
+        "(while it scans, VACUUM and other schema changes of the table wait)",
+        ceiling="info",
+    ),
+    Rule(
+        "set-not-null",
+        "not_null",
+        "SET NOT NULL on {column}: scans the table",
+        "ADD CONSTRAINT ... CHECK (column IS NOT NULL) NOT VALID, VALIDATE it in a later "
+        "revision, then SET NOT NULL, which uses the check instead of a scan",
+    ),
+    Rule(
+        "index-without-concurrently",
+        "indexes",
+        "builds index {index} in the transaction",
+        "CREATE INDEX CONCURRENTLY in an autocommit block "
+        "(op.get_context().autocommit_block(), postgresql_concurrently=True); for a PRIMARY "
+        "KEY or UNIQUE constraint, its unique index so, then ADD CONSTRAINT ... USING INDEX",
+    ),
+    Rule(
+        "index-rebuild",
+        "reindexed",
+        "rebuilds index {index} in the transaction (REINDEX; the table is not rewritten)",
+        "REINDEX INDEX CONCURRENTLY in an autocommit block",
+        blocks="writes, and nearly all reads (the index is held ACCESS EXCLUSIVE, and planning "
+        "any query on the table locks each of its indexes)",
+    ),
+    Rule(
+        "drop-table",
+        "dropped",
+        "drops the table",
+        f"drop it {_AFTER_THE_DEPLOY}",
+        with_rows="warning",
+    ),
+    Rule(
+        "rename-table",
+        "renamed",
+        "renames the table to {to}",
+        "rename it after the deploy, in a later revision, once no running release uses the old "
+        "name (or leave a view by the old name for it)",
+        with_rows="warning",
+    ),
+    Rule(
+        "drop-column",
+        "dropped_columns",
+        "drops column {column}",
+        f"drop it {_AFTER_THE_DEPLOY}",
+        with_rows="warning",
+    ),
+    Rule(
+        "rename-column",
+        "renamed_columns",
+        "renames column {column} to {to}",
+        f"add the new column and write both; drop the old one {_AFTER_THE_DEPLOY}",
+        with_rows="warning",
+    ),
+    Rule(
+        "required-column",
+        "required_columns",
+        "adds column {column} NOT NULL without a default: fails on a table with rows (it works "
+        "on the empty scratch table)",
+        "add it with a DEFAULT; or nullable, backfill it, then SET NOT NULL (see set-not-null)",
+        with_rows="error",
+    ),
+    Rule(
+        "data-change",
+        "changed_rows",
+        "changes rows in its transaction: how many depends on the data (the scratch database "
+        "has none), at most the table's rows",
+        "update in batches, each in its own transaction (an autocommit block), or outside the "
+        "deploy",
+        ceiling="warning",  # not measured, so never an error on its own
+        blocks="writes to the rows it changes, until it commits",
+    ),
+)
+CATALOG_ONLY = Rule(
+    "exclusive-lock",
+    "locks",
+    "changes the catalog only (no rewrite, no scan)",
+    "set MIGRATOR_DDL_LOCK_TIMEOUT: the change is brief once the lock is granted, but waiting "
+    "for it (behind running queries, with every query queued behind it) is then bounded",
+    ceiling="info",
+)
+RULES = tuple(rule.name for rule in (*RULE_TABLE, CATALOG_ONLY))
+
+
+@dataclass(frozen=True)
+class _Scale:
+    """The live sizes a finding is weighed with, and what each revision accepts."""
+
+    sizes: dict[str, tuple[int | None, int]]  # table: live rows, bytes
+    allowances: dict[str, list[str]]
+    warn_rows: int
+    error_rows: int
+
+    def finding(self, measured: Effects, rule: Rule, table: str, what: str) -> Finding:
+        lock = measured.locks.get(table)
+        rows, size = self.sizes.get(table, (0, None))
+        return Finding(
+            revision=measured.revision,
+            rule=rule.name,
+            table=table,
+            severity=self.severity(rule, table),
+            lock=lock,
+            blocks=rule.blocks or BLOCKS.get(lock or "", "nothing"),
+            rows=rows,
+            bytes=size,
+            what=what,
+            safer=rule.safer,
+            allowed=_allows(self.allowances.get(measured.revision, []), rule.name, table),
+        )
+
+    def severity(self, rule: Rule, table: str) -> str:
+        if table not in self.sizes:
+            return "info"  # not on the real database: created by an earlier pending revision
+        rows = self.sizes[table][0]
+        if rule.with_rows:
+            return "info" if rows == 0 else "warning" if rows is None else rule.with_rows
+        level = (
+            "warning"
+            if rows is None  # unknown: not assumed small
+            else "error"
+            if rows >= self.error_rows
+            else "warning"
+            if rows >= self.warn_rows
+            else "info"
+        )
+        return min(level, rule.ceiling, key=SEVERITIES.index)
+
+
 def weigh(
     effects: list[Effects],
     sizes: dict[str, tuple[int | None, int]],
@@ -296,81 +561,22 @@ def weigh(
     error_rows: int,
 ) -> Report:
     """The findings of measured effects, sized by `sizes` (table: live rows, bytes)."""
-
-    def severity(table: str, ceiling: str = "error") -> str:
-        if table not in sizes:
-            return "info"  # not on the real database: created by an earlier pending revision
-        rows = sizes[table][0]
-        level = (
-            "warning"
-            if rows is None  # unknown: not assumed small
-            else "error"
-            if rows >= error_rows
-            else "warning"
-            if rows >= warn_rows
-            else "info"
-        )
-        return min(level, ceiling, key=SEVERITIES.index)
-
+    scale = _Scale(sizes, allowances, warn_rows, error_rows)
     findings: list[Finding] = []
     notes: list[str] = []
     for measured in effects:
-
-        def add(
-            rule: str, table: str, what: str, ceiling: str = "error", blocks: str | None = None
-        ) -> None:
-            lock = measured.locks.get(table)  # noqa: B023 (used at once, in this iteration)
-            rows, size = sizes.get(table, (0, None))
-            findings.append(
-                Finding(
-                    revision=measured.revision,  # noqa: B023
-                    rule=rule,
-                    table=table,
-                    severity=severity(table, ceiling),
-                    lock=lock,
-                    blocks=blocks or BLOCKS.get(lock or "", "nothing"),
-                    rows=rows,
-                    bytes=size,
-                    what=what,
-                    safer=SAFER[rule],
-                    allowed=_allows(allowances.get(measured.revision, []), rule, table),  # noqa: B023
-                )
-            )
-
-        for table in measured.rewritten:
-            add("table-rewrite", table, "rewrites the table and its indexes")
-        for item in measured.validated:
-            add(
-                "validated-constraint",
-                item["table"],
-                f"adds constraint {item['constraint']} validated: scans the table",
-            )
-        for item in measured.not_null:
-            add("set-not-null", item["table"], f"SET NOT NULL on {item['column']}: scans the table")
-        for item in measured.indexes:
-            add(
-                "index-without-concurrently",
-                item["table"],
-                f"builds index {item['index']} in the transaction",
-            )
-        for table in measured.changed_rows:
-            add(
-                "data-change",
-                table,
-                "changes rows in its transaction: how many depends on the data (the scratch "
-                "database has none), at most the table's rows",
-                ceiling="warning",  # not measured, so never an error on its own
-                blocks="writes to the rows it changes, until it commits",
-            )
-        explained = {f.table for f in findings if f.revision == measured.revision}
-        for table, mode in measured.locks.items():
-            if table not in explained and table in sizes and mode in BLOCKS:
-                add(
-                    "exclusive-lock",
-                    table,
-                    "changes the catalog only (no rewrite, no scan)",
-                    "info",
-                )
+        own = [
+            scale.finding(measured, rule, table, what)
+            for rule in RULE_TABLE
+            for table, what in rule.found(measured)
+        ]
+        explained = {finding.table for finding in own}
+        own += [
+            scale.finding(measured, CATALOG_ONLY, table, what)
+            for table, what in CATALOG_ONLY.found(measured)
+            if table not in explained and table in sizes and measured.locks[table] in BLOCKS
+        ]
+        findings += own
         if measured.outside_transaction:
             notes.append(
                 f"{measured.revision} runs statements outside a transaction: their locks end "
