@@ -35,7 +35,9 @@ THRESHOLDS = {"MIGRATOR_SAFETY_WARN_ROWS": "10", "MIGRATOR_SAFETY_ERROR_ROWS": "
 @pytest.fixture
 def checkout(tmp_path: Path) -> Path:
     """The project as a team's checkout holds it: alembic.ini, env.py and the revisions."""
-    shutil.copytree(PROJECTS / "safety_probe", tmp_path / "project")
+    # Without a manifest another test's verify may have left in the repository's copy.
+    ignored = shutil.ignore_patterns("migrator-manifest.json", "__pycache__")
+    shutil.copytree(PROJECTS / "safety_probe", tmp_path / "project", ignore=ignored)
     return tmp_path / "project" / "alembic.ini"
 
 
