@@ -560,15 +560,21 @@ def weigh(
     warn_rows: int,
     error_rows: int,
 ) -> Report:
-    """The findings of measured effects, sized by `sizes` (table: live rows, bytes)."""
+    """The findings of measured effects, sized by `sizes` (table: live rows, bytes), in the
+    order the revisions run. A table an earlier one of them created has no finding (it is
+    new and empty when they run); one an earlier one renamed is weighed with the size it has
+    on the database under its old name."""
+    sizes = dict(sizes)
     scale = _Scale(sizes, allowances, warn_rows, error_rows)
     findings: list[Finding] = []
     notes: list[str] = []
+    created: set[str] = set()  # by the revisions weighed so far
     for measured in effects:
         own = [
             scale.finding(measured, rule, table, what)
             for rule in RULE_TABLE
             for table, what in rule.found(measured)
+            if table not in created
         ]
         explained = {finding.table for finding in own}
         own += [
@@ -577,6 +583,12 @@ def weigh(
             if table not in explained and table in sizes and measured.locks[table] in BLOCKS
         ]
         findings += own
+        created |= set(measured.created)
+        for renamed in measured.renamed:
+            if renamed["table"] in created:
+                created.add(renamed["to"])
+            elif renamed["table"] in sizes:
+                sizes[renamed["to"]] = sizes[renamed["table"]]
         if measured.outside_transaction:
             notes.append(
                 f"{measured.revision} runs statements outside a transaction: their locks end "

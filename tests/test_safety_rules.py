@@ -327,3 +327,31 @@ def test_rows_not_known_are_not_assumed_small() -> None:
     report = weigh([measured], {"public.a": (None, 8192)}, {}, 10_000, 100_000)
 
     assert [(f.rule, f.severity) for f in report.findings] == [("drop-table", "warning")]
+
+
+def test_a_table_the_run_creates_has_no_finding_and_a_renamed_one_keeps_its_size() -> None:
+    """In the order the revisions run: r1 creates public.n and renames public.big; r2 then
+    rewrites both. The new table is empty when r2 runs; the renamed one is the big one."""
+    first = Effects(
+        "r1",
+        "",
+        "upgrade",
+        locks={"public.big": "AccessExclusiveLock"},
+        created=["public.n"],
+        renamed=[{"table": "public.big", "to": "public.bigger"}],
+    )
+    second = Effects(
+        "r2",
+        "",
+        "upgrade",
+        locks={"public.n": "AccessExclusiveLock", "public.bigger": "AccessExclusiveLock"},
+        rewritten=["public.bigger", "public.n"],
+    )
+    sizes = {"public.big": (10**6, 8192)}
+
+    report = weigh([first, second], sizes, {}, warn_rows=10_000, error_rows=100_000)
+
+    assert {(f.revision, f.rule, f.table): f.severity for f in report.findings} == {
+        ("r1", "rename-table", "public.big"): "warning",
+        ("r2", "table-rewrite", "public.bigger"): "error",
+    }
