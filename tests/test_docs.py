@@ -1,0 +1,350 @@
+"""Every example in README.md and docs/ is kept true: run here as written (against a real
+PostgreSQL, the built image, or the chart rendered by Helm's engine), or named below with
+the test or CI step that runs it, or with the reason it cannot run. A new example that is
+none of these fails `test_every_example_is_accounted_for`.
+
+Where an example is changed to run here, the change is named: the image tag the session
+built (`migrator:test` for `migrator`), and `--network` to reach the test server.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import helm_python
+import pytest
+import yaml
+from conftest import ROOT, Database, docker_build, run_migrator
+
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+CHART = ROOT / "helm" / "migrator"
+HEAD = "c3f9b7d21a58"
+
+
+@dataclass(frozen=True)
+class Example:
+    page: str  # README.md, docs/safety.md
+    line: int
+    language: str
+    text: str
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """The page and the example's first line: what the tables below name it by."""
+        return self.page, self.text.splitlines()[0] if self.text else ""
+
+
+def examples() -> list[Example]:
+    found = []
+    for page in PAGES:
+        lines = page.read_text().splitlines()
+        index = 0
+        while index < len(lines):
+            opening = re.match(r"^```(\S*)", lines[index])
+            if opening:
+                end = next(i for i in range(index + 1, len(lines)) if lines[i].startswith("```"))
+                name = str(page.relative_to(ROOT))
+                text = "\n".join(lines[index + 1 : end])
+                found.append(Example(name, index + 1, opening.group(1), text))
+                index = end
+            index += 1
+    return found
+
+
+def example(page: str, first_line: str) -> Example:
+    (found,) = [e for e in examples() if e.key == (page, first_line)]
+    return found
+
+
+# Run by this file: (page, first line) -> the test here that runs it.
+RUN_HERE = {
+    ("README.md", "docker build -t migrator .     # the migrator image, from this checkout"): (
+        "test_the_readme_image_path"
+    ),
+    ("README.md", "FROM migrator"): "test_the_readme_image_path",
+    ("README.md", "docker run --rm -e DATABASE_URL myapp-migrations upgrade head"): (
+        "test_the_readme_image_path"
+    ),
+    (
+        "README.md",
+        "migrator verify     # every downgrade undoes its upgrade, models match; writes "
+        "migrator-manifest.json",
+    ): "test_the_readme_image_path",
+    ("README.md", "helm install shop-migrations helm/migrator --timeout 16m \\"): (
+        "test_helm_install_examples_render"
+    ),
+    ("docs/kubernetes.md", "helm install shop-migrations helm/migrator --timeout 16m \\"): (
+        "test_helm_install_examples_render"
+    ),
+    (
+        "docs/fleets.md",
+        "database: {host: db.internal, name: shop, user: shop, existingSecret: {name: shop-db}}",
+    ): "test_the_fleet_values_render",
+    ("README.md", "- uses: migrator/migrator@<commit-sha> # v0.1.0"): (
+        "test_action_steps_use_only_the_actions_inputs"
+    ),
+    ("docs/github-actions.md", "- uses: migrator/migrator@<commit-sha> # v0.1.0"): (
+        "test_action_steps_use_only_the_actions_inputs"
+    ),
+    (
+        "README.md",
+        "pip install '.[psycopg]'      # psycopg 3: postgresql:// on SQLAlchemy 2.1; '.[binary]' "
+        "for psycopg2",
+    ): "test_the_readme_pip_path (the install itself: scripts/ci/package.sh)",
+    ("docs/your-project.md", "FROM migrator"): "test_the_readme_image_path (the same lines)",
+}
+# Run elsewhere: (page, first line) -> the test or CI step that runs what it shows.
+RUN_ELSEWHERE = {
+    (
+        "README.md",
+        "scripts/demo.sh     # the main job: a throwaway PostgreSQL, `migrator upgrade "
+        "head`, `migrator current`",
+    ): "scripts/ci/fresh-machine.sh (.ci/run), tests/test_demo.py",
+    (
+        "docs/development.md",
+        "scripts/demo.sh     # the main job: a throwaway PostgreSQL, "
+        "`migrator upgrade head`, `migrator current`",
+    ): "scripts/ci/fresh-machine.sh (.ci/run)",
+    (
+        "docs/development.md",
+        "pip install '.[binary]'   # or: pip install -r requirements.lock "
+        "&& pip install --no-deps .",
+    ): "scripts/ci/package.sh (.ci/run)",
+    ("docs/fleets.md", "# a database on the configured server (DATABASE_URL or DB_*)"): (
+        "tests/test_fleet.py (the targets file's every form)"
+    ),
+    ("docs/fleets.md", "docker run --rm --network host --read-only --tmpfs /tmp \\"): (
+        "tests/test_image.py::test_fleet_on_a_read_only_root_needs_a_writable_tmp_and_says_so"
+    ),
+    ("docs/github-actions.md", "services:"): (
+        ".github/workflows/roundtrip.yml (actionlint, zizmor and GitHub's schema in "
+        "tests/test_github_actions.py)"
+    ),
+    ("docs/github-actions.md", "jobs:"): (
+        "tests/test_github_actions.py::"
+        "test_the_reusable_roundtrip_installs_the_locked_migrator_at_its_own_commit"
+    ),
+    (
+        "docs/performance.md",
+        "scripts/bench.sh --output bench/RESULTS.md    # parts 1 to 9: about 25 minutes on 2 CPUs",
+    ): "tests/test_bench.py (every part, tiny chains)",
+    (
+        "docs/safety.md",
+        "# In CI, before the image build (a throwaway PostgreSQL; needs CREATEDB there):",
+    ): "tests/test_safety_build.py",
+    (
+        "docs/safety.md",
+        'migrator_safety = {"allow": ["table-rewrite:accounts"]}  # at the top '
+        "level of the revision file",
+    ): ("tests/test_safety.py::test_the_revision_opts_out_of_exactly_its_rule_and_table"),
+    (
+        "docs/verify.md",
+        "migrator verify          # on a scratch database next to the configured one",
+    ): "tests/test_verify.py",
+    ("docs/your-project.md", "from migrator.alembic_env import run_migrations"): (
+        "alembic/env.py is exactly this; every test of the example project runs it"
+    ),
+    (
+        "docs/your-project.md",
+        "pip install 'migrator-job[psycopg]'  # once published; until "
+        "then, from a checkout: pip install '.[psycopg]'",
+    ): "scripts/ci/package.sh (each extra)",
+    (
+        "docs/your-project.md",
+        "docker build -t migrator .                            # the "
+        "released image: the tool, no migrations",
+    ): "tests/conftest.py (both targets, every run)",
+    (
+        "docs/your-project.md",
+        "scripts/build-base-images.sh            # local/debian:bookworm, "
+        "local/python:3.11-slim, local/postgres:15",
+    ): ("scripts/test.sh and scripts/demo.sh where no registry answers (tests/test_demo.py)"),
+}
+# Not commands: what a command prints, or what a user types in their own project.
+NOT_RUN = {
+    ("docs/safety.md", "upgrade from 0d25ea6c8183 to head: 3 revision(s)"): (
+        "output of plan --safety; its findings are asserted in "
+        "tests/test_safety.py::test_the_example_tree_reads_as_a_reviewer_expects"
+    ),
+    ("docs/safety.md", "safety: 4 error, 1 warning, 2 info"): (
+        "output of plan --safety on the probe; asserted in tests/test_safety.py"
+    ),
+    ("docs/development.md", 'alembic revision --autogenerate -m "add mileage"'): (
+        "a developer's own change to the models: plain Alembic, untouched by the migrator"
+    ),
+}
+
+
+def test_every_example_is_accounted_for() -> None:
+    known = RUN_HERE.keys() | RUN_ELSEWHERE.keys() | NOT_RUN.keys()
+    found = {e.key for e in examples()}
+    assert sorted(found - known) == []  # a new example: run it, or say who does, or why not
+    assert sorted(known - found) == []  # an example changed: this file names it anew
+    assert all(reason.strip() for reason in [*RUN_ELSEWHERE.values(), *NOT_RUN.values()])
+
+
+def commands(text: str) -> list[str]:
+    """The example's commands: comments dropped, continued lines joined."""
+    joined = text.replace("\\\n", " ")
+    return [line.split(" #")[0].strip() for line in joined.splitlines() if line.strip()]
+
+
+def test_the_readme_image_path(
+    migrator_image: str, database: Database, tmp_path: Path, server: Any
+) -> None:
+    """A team's project (the example application, its package called myapp), CI's
+    `migrator verify`, the README's Dockerfile, and `docker run` against the database."""
+    project = tmp_path / "project"
+    (project / "alembic").mkdir(parents=True)
+    shutil.copytree(ROOT / "alembic", project / "alembic", dirs_exist_ok=True)
+    shutil.copytree(ROOT / "persistence", project / "myapp")
+    shutil.copy(ROOT / "alembic.ini", project / "alembic.ini")
+    for module in [project / "alembic" / "env.py", *(project / "myapp").glob("*.py")]:
+        module.write_text(module.read_text().replace("persistence", "myapp"))
+    verify = commands(
+        example(
+            "README.md",
+            "migrator verify     # every downgrade undoes its "
+            "upgrade, models match; writes migrator-manifest.json",
+        ).text
+    )
+    assert verify == ["migrator verify"]
+    verified = run_migrator(
+        "verify", env={**database.env, "MIGRATOR_CONFIG": str(project / "alembic.ini")}
+    )
+    assert verified.status == 0, verified.output
+    assert (project / "migrator-manifest.json").exists()
+
+    build = commands(
+        example(
+            "README.md", "docker build -t migrator .     # the migrator image, from this checkout"
+        ).text
+    )
+    assert build == ["docker build -t migrator ."]  # built by the session: migrator_image
+    dockerfile = example("README.md", "FROM migrator").text
+    assert dockerfile == example("docs/your-project.md", "FROM migrator").text
+    (project / "Dockerfile").write_text(
+        dockerfile.replace("FROM migrator", f"FROM {migrator_image}", 1)
+    )
+    docker_build("myapp-migrations:test", project)
+
+    (run,) = commands(
+        example("README.md", "docker run --rm -e DATABASE_URL myapp-migrations upgrade head").text
+    )
+    arguments = shlex.split(run)
+    assert arguments[:5] == ["docker", "run", "--rm", "-e", "DATABASE_URL"]
+    url = database.url.replace(
+        "@" + server.host + ":" + str(server.port), f"@127.0.0.1:{server.port}"
+    )
+    ran = subprocess.run(
+        [
+            *arguments[:3],
+            "--network",
+            "host",
+            *arguments[3:5],
+            "myapp-migrations:test",
+            *arguments[6:],
+        ],
+        env={**os.environ, "DATABASE_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+    assert ran.returncode == 0, ran.stderr
+    assert database.revision() == HEAD
+    # The effects CI recorded travelled with the image: weighed, nothing measured here.
+    assert "safety: 4 of 4 pending revision(s) weighed with the live table sizes" in ran.stderr
+    assert "not weighed" not in ran.stderr
+
+
+def test_the_readme_pip_path(database: Database, tmp_path: Path) -> None:
+    """The commands after the install (the install itself, each extra in a fresh venv, is
+    scripts/ci/package.sh's), on the example project."""
+    lines = commands(
+        example(
+            "README.md",
+            "pip install '.[psycopg]'      # psycopg 3: postgresql:// on SQLAlchemy 2.1; "
+            "'.[binary]' for psycopg2",
+        ).text
+    )
+    assert lines[0] == "pip install '.[psycopg]'"
+    assert lines[1].startswith("export DATABASE_URL=")
+    env = {"DATABASE_URL": database.url, "MIGRATOR_CONFIG": str(ROOT / "alembic.ini")}
+    results = [run_migrator(*shlex.split(line)[1:], env=env) for line in lines[2:]]
+
+    assert [r.status for r in results] == [0, 0], [r.output for r in results]
+    assert "upgrade from base to head: 4 revision(s)" in results[0].stdout
+    assert database.revision() == HEAD
+
+
+def helm_values(arguments: list[str]) -> dict[str, Any]:
+    """The values `--set a.b=c` flags give, as Helm reads them (numbers stay strings here)."""
+    values: dict[str, Any] = {}
+    for flag, setting in itertools.pairwise(arguments):
+        if flag != "--set":
+            continue
+        path, _, value = setting.partition("=")
+        *parents, leaf = path.split(".")
+        node = values
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    return values
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/kubernetes.md"])
+def test_helm_install_examples_render(page: str) -> None:
+    (line,) = commands(
+        example(page, "helm install shop-migrations helm/migrator --timeout 16m \\").text
+    )
+    arguments = shlex.split(line)
+    assert arguments[:4] == ["helm", "install", "shop-migrations", "helm/migrator"]
+    rendered = helm_python.Chart.load(str(ROOT / arguments[3])).render(
+        helm_values(arguments), name=arguments[2], namespace="prod", is_install=True
+    )
+    documents = [
+        d
+        for path, text in rendered.items()
+        if path.endswith(".yaml")
+        for d in yaml.safe_load_all(text)
+        if d
+    ]
+    (job,) = [d for d in documents if d["kind"] == "Job"]
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == "registry.example/shop-migrations:1.4.0"
+
+
+def test_the_fleet_values_render() -> None:
+    text = example(
+        "docs/fleets.md",
+        "database: {host: db.internal, name: shop, user: shop, existingSecret: {name: shop-db}}",
+    ).text
+    rendered = helm_python.Chart.load(str(CHART)).render(
+        yaml.safe_load(text), name="shop", namespace="prod", is_install=True
+    )
+    kinds = [
+        d["kind"]
+        for path, t in rendered.items()
+        if path.endswith(".yaml")
+        for d in yaml.safe_load_all(t)
+        if d
+    ]
+    assert kinds.count("Job") == 2  # the canary's Job, then the fleet's Indexed Job
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/github-actions.md"])
+def test_action_steps_use_only_the_actions_inputs(page: str) -> None:
+    step = yaml.safe_load(example(page, "- uses: migrator/migrator@<commit-sha> # v0.1.0").text)[0]
+    inputs = yaml.safe_load((ROOT / "action.yml").read_text())["inputs"]
+    assert step["uses"].startswith("migrator/migrator@")
+    assert set(step["with"]) <= set(inputs)
+    assert {name for name, spec in inputs.items() if spec.get("required")} <= set(step["with"])
