@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -184,6 +185,8 @@ def verify(
         ],
     )
     summary.applied = len(report.stairs)
+    summary.from_revision = "base"  # the stairway climbs from base, on the scratch database
+    summary.to_revision = run.heads_name(tuple(report.heads)) if not report.problems else None
     if report.problems:
         raise DifferenceFound(f"verify: {report.problems[0]}")
 
@@ -410,7 +413,7 @@ def _migrate(
             len(state.steps),
             direction,
             run.heads_name(state.heads),
-            target,
+            _destination(state, direction, target),
         )
 
         measured = _measured_for_upgrade(settings, state, direction, target, session)
@@ -628,6 +631,16 @@ def _accept(state: State, direction: Direction, settings: Settings, summary: Sum
     elif not state.steps and summary.applied == 0:
         summary.to_revision = run.heads_name(state.heads)
         log.info("nothing to do: the database is at %s", run.heads_name(state.heads))
+
+
+def _destination(state: State, direction: Direction, target: str) -> str:
+    """A relative target (+2, -1) as the revision it reaches from where the database is."""
+    if not re.fullmatch(r"[+-]\d+", target) or not state.steps:
+        return target
+    if direction == "upgrade":
+        return str(state.steps[-1].revision)
+    below = state.steps[-1].down_revision
+    return run.heads_name(tuple([below] if isinstance(below, str) else below or ()))
 
 
 def _under_the_lock(read: Callable[[], State]) -> State:

@@ -38,10 +38,13 @@ class Summary:
                 "seconds": round(time.monotonic() - self.started, 3),
                 "status": self.status,
             }
+        # A downgrade reverts: said so, and `applied` kept for what reads the JSON.
+        counted = {"reverted": self.applied} if self.command == "downgrade" else {}
         return {
             "command": self.command,
             "from": self.from_revision,
             "to": self.to_revision,
+            **counted,
             "applied": self.applied,
             "seconds": round(time.monotonic() - self.started, 3),
             "status": self.status,
@@ -127,7 +130,8 @@ def report_summary(
     """The last log line; also Kubernetes' termination message, so `kubectl describe` shows it,
     and, when asked, a JSON file for a pipeline to read (MIGRATOR_SUMMARY_FILE)."""
     values = summary.fields()
-    words = " ".join(f"{key}={'-' if value is None else value}" for key, value in values.items())
+    said = {k: v for k, v in values.items() if not (k == "applied" and "reverted" in values)}
+    words = " ".join(f"{key}={'-' if value is None else value}" for key, value in said.items())
     line = mask(f"summary {words}")
     log.info(line, extra={"fields": {"event": "summary", **values}})
     outputs = [(termination_log, line + "\n")] if termination_log.exists() else []

@@ -341,7 +341,8 @@ def _make_schema(scratch: Settings) -> Identity:
 def _scratch_identity(scratch: Settings) -> Identity:
     engine = create_engine(scratch.connection_url(), poolclass=NullPool)
     try:
-        with wait.connect(engine, scratch.wait_timeout) as connection:
+        # The parent said the server is ready; the scratch database is on it.
+        with wait.connect(engine, scratch.wait_timeout, announce=False) as connection:
             return session_identity(connection)
     finally:
         engine.dispose()

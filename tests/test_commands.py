@@ -53,10 +53,18 @@ def test_no_op_upgrade_says_nothing_to_do(database: Database) -> None:
 
 
 def test_relative_targets_move_one_step(database: Database) -> None:
-    run_migrator("upgrade", "+2", env=database.env)
+    up = run_migrator("upgrade", "+2", env=database.env)
+    assert up.status == 0, up.output
     assert database.revision() == "4b1e7f3a9c20"
-    run_migrator("downgrade", "-1", env=database.env)
+    assert "2 revision(s) to upgrade from base to 4b1e7f3a9c20" in up.stderr
+    down = run_migrator("downgrade", "-1", env=database.env)
+    assert down.status == 0, down.output
     assert database.revision() == "0d25ea6c8183"
+    assert "1 revision(s) to downgrade from 4b1e7f3a9c20 to 0d25ea6c8183" in down.stderr
+    # A downgrade says what it reverted.
+    summary = down.stderr.splitlines()[-1]
+    assert "from=4b1e7f3a9c20 to=0d25ea6c8183 reverted=1 seconds=" in summary
+    assert "applied=" not in summary
 
 
 def test_downgrade_reverses_every_revision(database: Database) -> None:
@@ -68,6 +76,7 @@ def test_downgrade_reverses_every_revision(database: Database) -> None:
     assert database.tables() == {"alembic_version"}
     assert database.revision() is None
     assert "[4/4] 0d25ea6c8183 (initial) reverted" in result.stderr
+    assert " from=c3f9b7d21a58 to=base reverted=4 " in result.stderr
 
 
 def test_data_migration_backfills_and_reverts(database: Database) -> None:

@@ -47,6 +47,8 @@ def built(checkout: Path, database: Database) -> Path:
     test server, where verify's scratch database comes and goes)."""
     result = run_migrator("verify", env={**database.env, "MIGRATOR_CONFIG": str(checkout)})
     assert result.status == 0, result.output
+    assert result.stderr.count("database ready") == 1  # not again for the scratch process
+    assert "summary command=verify from=base to=p8 applied=8 " in result.stderr
     assert f"their measured effects recorded in {checkout.parent / 'migrator-manifest.json'}" in (
         result.stdout
     )
