@@ -26,6 +26,8 @@ ENVIRONMENT_COMMANDS = ("upgrade", "downgrade", "current", "history", "check", "
 # Commands that run to a target revision.
 TARGETED_COMMANDS = ("upgrade", "downgrade", "plan", "verify")
 DEFAULT_TARGET = "head"
+# Where the image looks for a project (the Dockerfile's MIGRATOR_CONFIG).
+IMAGE_PROJECT = Path("/project/alembic.ini")
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 SAFETY_MODES = ("off", "warn", "block")  # MIGRATOR_SAFETY: what upgrade does with the report
@@ -427,10 +429,17 @@ def _optional_path(values: _Values, name: str) -> Path | None:
 def _alembic_ini(values: _Values) -> Path:
     path = Path(values.raw("MIGRATOR_CONFIG") or "alembic.ini").absolute()
     if not path.is_file():
+        # The image's own default is /project/alembic.ini: there, the project is missing
+        # from the image; anywhere else, the command ran outside the project's directory.
+        advice = (
+            "build an image FROM the migrator with yours in /project, or mount one there"
+            if path == IMAGE_PROJECT
+            else "run it in your project's directory (beside alembic.ini), or set "
+            "MIGRATOR_CONFIG (or --config) to your alembic.ini"
+        )
         raise UsageError(
             f"{values.label('MIGRATOR_CONFIG')}: {path} is not a file: no Alembic project "
-            "there; build an image FROM the migrator with yours in /project, or mount one "
-            "and set MIGRATOR_CONFIG to its alembic.ini"
+            f"there; {advice}"
         )
     return path
 

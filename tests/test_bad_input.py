@@ -100,7 +100,9 @@ CONFIGURATION: list[tuple[str, dict[str, str], list[str], str]] = [
         "missing config file",
         {"MIGRATOR_CONFIG": "/nonexistent/alembic.ini"},
         ["upgrade"],
-        "MIGRATOR_CONFIG: /nonexistent/alembic.ini is not a file",
+        "MIGRATOR_CONFIG: /nonexistent/alembic.ini is not a file: no Alembic project there; "
+        "run it in your project's directory (beside alembic.ini), or set MIGRATOR_CONFIG (or "
+        "--config) to your alembic.ini",
     ),
     ("unknown command", {}, ["frobnicate"], "invalid choice: 'frobnicate'"),
     ("downgrade without target", {}, ["downgrade"], "required: TARGET"),

@@ -354,6 +354,9 @@ def test_without_a_project_the_image_refuses_in_one_line(
     assert result.status == 2, result.output
     (line,) = result.stderr.splitlines()
     assert "MIGRATOR_CONFIG" in line and "/project/alembic.ini" in line
+    assert line.endswith(
+        "build an image FROM the migrator with yours in /project, or mount one there"
+    )
     assert result.stdout == ""
     assert database.tables() == set()
 
