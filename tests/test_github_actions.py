@@ -122,6 +122,26 @@ def test_the_reusable_roundtrip_installs_the_locked_migrator_at_its_own_commit()
     assert "git+" not in install and "@v" not in install
 
 
+def build_stage(dockerfile: str) -> str:
+    found = re.search(r"^FROM \$\{PYTHON_IMAGE\} AS build\n.*?(?=\n\n)", dockerfile, re.M | re.S)
+    assert found, "no build stage"
+    return found.group(0)
+
+
+def test_the_action_builds_from_this_checkout_and_needs_no_published_image() -> None:
+    """GitHub builds a container action as `docker build -f <runs.image> <its directory>`
+    (actions/runner's ContainerActionHandler), so the action's Dockerfile sits at the root,
+    where the context is the repository; its only base is the Python image, and it installs
+    the migrator as the root Dockerfile's build stage does."""
+    image = yaml.safe_load((ROOT / "action.yml").read_text())["runs"]["image"]
+    dockerfile = (ROOT / image).read_text()
+
+    assert image == "action.Dockerfile"  # ends with Dockerfile, or the runner pulls it by name
+    assert set(re.findall(r"^FROM (\S+)", dockerfile, re.M)) == {"${PYTHON_IMAGE}"}
+    assert build_stage(dockerfile) == build_stage((ROOT / "Dockerfile").read_text())
+    assert not (ROOT / "action" / "Dockerfile").exists()
+
+
 HEAD = "c3f9b7d21a58"
 
 

@@ -12,7 +12,7 @@ $bin/ruff format --check migrator bench
 echo "== mypy --strict"
 $bin/mypy --strict migrator
 echo "== hadolint"
-$bin/hadolint Dockerfile action/Dockerfile
+$bin/hadolint Dockerfile action.Dockerfile
 echo "== actionlint"
 $bin/actionlint .github/workflows/*.yml
 echo "== zizmor"
