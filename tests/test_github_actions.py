@@ -62,13 +62,14 @@ def test_ci_is_least_privilege_pinned_and_bounded() -> None:
         workflow = yaml.safe_load(Path(path).read_text())
         assert workflow["permissions"] == {"contents": "read"}, path
         for name, job in workflow["jobs"].items():
-            assert "timeout-minutes" in job, f"{path}: job {name} has no timeout"
+            # A job that calls a reusable workflow takes no timeout: its jobs have theirs.
+            assert "timeout-minutes" in job or "uses" in job, f"{path}: job {name} has no timeout"
             for step in job.get("steps", []):
                 if "uses" in step:
                     ref = step["uses"].split("@")[1]
                     assert re.fullmatch(r"[0-9a-f]{40}", ref), step["uses"]
     ci = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())
-    assert set(ci["jobs"]) == {"lint", "test", "package", "roundtrip", "kind", "release"}
+    assert set(ci["jobs"]) == {"lint", "test", "package", "roundtrip", "kind"}
     assert "concurrency" in ci
     runs = [step.get("run", "") for job in ci["jobs"].values() for step in job["steps"]]
     # The jobs' real work is the repository's own scripts, which .ci/run calls too.
@@ -99,8 +100,8 @@ def test_every_action_is_pinned_by_sha_with_its_tag_and_one_pin_per_action() -> 
 
 
 def test_the_release_builds_amd64_and_arm64() -> None:
-    release = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())["jobs"][
-        "release"
+    release = yaml.safe_load((ROOT / ".github" / "workflows" / "release.yml").read_text())["jobs"][
+        "image"
     ]
     uses = [step.get("uses", "").split("@")[0] for step in release["steps"]]
     build = next(s for s in release["steps"] if s.get("uses", "").startswith("docker/build-push"))
