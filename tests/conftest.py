@@ -89,9 +89,16 @@ def server() -> Iterator[Server]:
     container.stop()
 
 
-def docker_build(tag: str, context: Path, *build_args: str, target: str | None = None) -> None:
+def docker_build(
+    tag: str,
+    context: Path,
+    *build_args: str,
+    target: str | None = None,
+    dockerfile: str | None = None,
+) -> None:
     arguments = [item for arg in build_args for item in ("--build-arg", arg)]
     arguments += ["--target", target] if target else []
+    arguments += ["-f", str(context / dockerfile)] if dockerfile else []
     subprocess.run(
         ["docker", "build", "-q", "--network", "host", *arguments, "-t", tag, str(context)],
         check=True,
@@ -127,9 +134,12 @@ def example_image(migrator_image: str, server: Server) -> str:
 
 
 @pytest.fixture(scope="session")
-def action_image(migrator_image: str) -> str:
-    """The GitHub action's image, built from action/Dockerfile on the migrator image."""
-    docker_build("migrator-action:test", ROOT / "action", f"MIGRATOR_IMAGE={migrator_image}")
+def action_image() -> str:
+    """The GitHub action's image, built as GitHub builds it: action.Dockerfile, with the
+    repository as the context (the migrator from this checkout's sources, no other image)."""
+    docker_build(
+        "migrator-action:test", ROOT, f"PYTHON_IMAGE={PYTHON_IMAGE}", dockerfile="action.Dockerfile"
+    )
     return "migrator-action:test"
 
 

@@ -62,13 +62,14 @@ def test_ci_is_least_privilege_pinned_and_bounded() -> None:
         workflow = yaml.safe_load(Path(path).read_text())
         assert workflow["permissions"] == {"contents": "read"}, path
         for name, job in workflow["jobs"].items():
-            assert "timeout-minutes" in job, f"{path}: job {name} has no timeout"
+            # A job that calls a reusable workflow takes no timeout: its jobs have theirs.
+            assert "timeout-minutes" in job or "uses" in job, f"{path}: job {name} has no timeout"
             for step in job.get("steps", []):
                 if "uses" in step:
                     ref = step["uses"].split("@")[1]
                     assert re.fullmatch(r"[0-9a-f]{40}", ref), step["uses"]
     ci = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())
-    assert set(ci["jobs"]) == {"lint", "test", "package", "roundtrip", "kind", "release"}
+    assert set(ci["jobs"]) == {"lint", "test", "package", "roundtrip", "kind"}
     assert "concurrency" in ci
     runs = [step.get("run", "") for job in ci["jobs"].values() for step in job["steps"]]
     # The jobs' real work is the repository's own scripts, which .ci/run calls too.
@@ -99,8 +100,8 @@ def test_every_action_is_pinned_by_sha_with_its_tag_and_one_pin_per_action() -> 
 
 
 def test_the_release_builds_amd64_and_arm64() -> None:
-    release = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())["jobs"][
-        "release"
+    release = yaml.safe_load((ROOT / ".github" / "workflows" / "release.yml").read_text())["jobs"][
+        "image"
     ]
     uses = [step.get("uses", "").split("@")[0] for step in release["steps"]]
     build = next(s for s in release["steps"] if s.get("uses", "").startswith("docker/build-push"))
@@ -120,6 +121,26 @@ def test_the_reusable_roundtrip_installs_the_locked_migrator_at_its_own_commit()
     assert "pip install --require-hashes -r .migrator/requirements.lock" in install
     assert "pip install --no-deps ./.migrator" in install
     assert "git+" not in install and "@v" not in install
+
+
+def build_stage(dockerfile: str) -> str:
+    found = re.search(r"^FROM \$\{PYTHON_IMAGE\} AS build\n.*?(?=\n\n)", dockerfile, re.M | re.S)
+    assert found, "no build stage"
+    return found.group(0)
+
+
+def test_the_action_builds_from_this_checkout_and_needs_no_published_image() -> None:
+    """GitHub builds a container action as `docker build -f <runs.image> <its directory>`
+    (actions/runner's ContainerActionHandler), so the action's Dockerfile sits at the root,
+    where the context is the repository; its only base is the Python image, and it installs
+    the migrator as the root Dockerfile's build stage does."""
+    image = yaml.safe_load((ROOT / "action.yml").read_text())["runs"]["image"]
+    dockerfile = (ROOT / image).read_text()
+
+    assert image == "action.Dockerfile"  # ends with Dockerfile, or the runner pulls it by name
+    assert set(re.findall(r"^FROM (\S+)", dockerfile, re.M)) == {"${PYTHON_IMAGE}"}
+    assert build_stage(dockerfile) == build_stage((ROOT / "Dockerfile").read_text())
+    assert not (ROOT / "action" / "Dockerfile").exists()
 
 
 HEAD = "c3f9b7d21a58"

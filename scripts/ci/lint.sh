@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every linter CI runs: Python (ruff, mypy --strict), Dockerfiles (hadolint), GitHub
-# Actions (actionlint, zizmor, the GitHub JSON schemas), and the Helm chart (Helm's lint).
+# Actions and Dependabot (actionlint, zizmor, the GitHub JSON schemas), and the Helm chart
+# (Helm's lint).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bin=.venv/bin
@@ -12,14 +13,15 @@ $bin/ruff format --check migrator bench
 echo "== mypy --strict"
 $bin/mypy --strict migrator
 echo "== hadolint"
-$bin/hadolint Dockerfile action/Dockerfile
+$bin/hadolint Dockerfile action.Dockerfile
 echo "== actionlint"
 $bin/actionlint .github/workflows/*.yml
 echo "== zizmor"
-$bin/zizmor --offline --min-severity low .github/workflows action.yml
+$bin/zizmor --offline --min-severity low .github/workflows action.yml .github/dependabot.yml
 echo "== GitHub schemas"
 $bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 $bin/check-jsonschema --builtin-schema vendor.github-actions action.yml
+$bin/check-jsonschema --builtin-schema vendor.dependabot .github/dependabot.yml
 echo "== helm lint"
 $bin/python - <<'PY'
 import sys
