@@ -1,9 +1,9 @@
 """Verifying: every downgrade undoes its upgrade (the stairway), and the models match the schema.
 
 A schema snapshot is a map from an object's name in plain words (`index ix_cars_id on cars`)
-to its definition, read with SQLAlchemy's inspector; two snapshots compare key by key. Only
-the tables whose catalog rows changed since the previous snapshot are read again, so a
-stair costs what its revision touched, not the whole schema.
+to its definition, read from PostgreSQL's catalogs in one statement (what pg_get_indexdef,
+pg_get_constraintdef and their kin print); two snapshots compare key by key. One round trip
+per snapshot: a stairway takes two per revision, so their count, not their size, is the cost.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import Script, ScriptDirectory
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
@@ -29,7 +29,6 @@ from migrator.logs import log
 from migrator.safety import Effects, Recorder
 from migrator.scratch import Identity
 
-SYSTEM_SCHEMAS = ("information_schema",)
 # How long a measurement at deploy waits for its scratch database's connection.
 SCRATCH_PATIENCE_SECONDS = 5.0
 Snapshot = dict[str, str]
@@ -141,11 +140,10 @@ class _Climb:
         assert connection is not None
         # Its rows change with every step; it is the run's, not the project's schema.
         version_table = run.version_table_oid(context)
-        latest = Snapshots()
         for revision in self.revisions:
             stair = self.stair = Stair(revision.revision, revision.doc)
             self.started = time.monotonic()
-            before = latest = snapshot(connection, version_table, latest)
+            before = snapshot(connection, version_table)
             measured = len(self.recorder.effects)
             self.phase = "upgrade"
             yield from self.recorder.track(
@@ -157,8 +155,7 @@ class _Climb:
             stair.upgrade = True
             self.phase = "downgrade"
             yield from self._plan("downgrade", _below(revision), context)
-            latest = snapshot(connection, version_table, before)
-            stair.differences = differences(before.flat(), latest.flat())
+            stair.differences = differences(before, snapshot(connection, version_table))
             stair.downgrade = not stair.differences
             if not stair.downgrade:
                 self._done()
@@ -223,151 +220,159 @@ def model_differences(config: Config, script: ScriptDirectory) -> list[str] | No
     return found[0]
 
 
-# Per table, a hash of every catalog row the snapshot reads (columns with their types,
-# defaults and nullability; indexes; constraints): a table whose hash is unchanged since the
-# last snapshot is not read again. Enums, sequences and views are read every time.
-_TABLE_FINGERPRINTS = text(
-    r"""
-    SELECT n.nspname AS schema, c.relname AS name, md5(concat_ws('|', c.oid, c.relkind,
-        (SELECT string_agg(concat_ws(',', a.attnum, a.attname,
-                    format_type(a.atttypid, a.atttypmod), a.attnotnull, a.attisdropped,
-                    a.attidentity, a.attgenerated, a.attcollation,
-                    pg_get_expr(d.adbin, d.adrelid),
-                    (SELECT string_agg(e.enumlabel, ',' ORDER BY e.enumsortorder)
-                     FROM pg_enum e WHERE e.enumtypid = a.atttypid)),
-                  ';' ORDER BY a.attnum)
-         FROM pg_attribute a
-         LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-         WHERE a.attrelid = c.oid AND a.attnum > 0),
-        (SELECT string_agg(pg_get_indexdef(i.indexrelid), ';' ORDER BY i.indexrelid)
-         FROM pg_index i WHERE i.indrelid = c.oid),
-        (SELECT string_agg(concat_ws(',', o.conname, pg_get_constraintdef(o.oid)), ';'
-                           ORDER BY o.conname)
-         FROM pg_constraint o WHERE o.conrelid = c.oid))) AS fingerprint
-    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE c.relkind IN ('r', 'p', 'f') AND c.oid <> :version_table
-      AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\_%'
-    """
-)
-TableKey = tuple[str, str]  # (schema, table)
-# What the inspector does not read: schemas, extensions, functions and procedures (but an
-# extension's own), and triggers (but constraint triggers, which the constraints stand for).
-_OTHER_OBJECTS = text(
-    r"""
-    SELECT 'schema ' || nspname AS name, 'exists' AS definition FROM pg_namespace
-    WHERE nspname NOT IN ('public', 'information_schema') AND nspname NOT LIKE 'pg\_%'
-    UNION ALL
-    SELECT 'extension ' || extname, extversion FROM pg_extension WHERE extname <> 'plpgsql'
-    UNION ALL
-    SELECT 'function ' || p.oid::regprocedure, md5(pg_get_functiondef(p.oid))
-    FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-    WHERE n.nspname NOT IN ('information_schema') AND n.nspname NOT LIKE 'pg\_%'
-      AND p.prokind IN ('f', 'p')
-      AND NOT EXISTS (SELECT FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass
-                      AND d.objid = p.oid AND d.deptype = 'e')
-    UNION ALL
-    SELECT 'trigger ' || t.tgname || ' on ' || t.tgrelid::regclass, pg_get_triggerdef(t.oid)
-    FROM pg_trigger t WHERE NOT t.tgisinternal
-    """
-)
+# The snapshot is one statement (one round trip, however many objects): a UNION ALL of the
+# parts below, each (name, definition) rows for one kind of object. Two CTEs say once what is
+# the project's: `ns`, every schema but the system ones, with the prefix a name takes in the
+# report (none in the current schema); `rel`, the relations there (tables, views, materialized
+# views, sequences) but the run's version table, whose rows change with every step.
+_PROJECT = r"""
+    ns AS (
+        SELECT oid, nspname,
+               CASE WHEN nspname = current_schema() THEN '' ELSE nspname || '.' END AS prefix
+        FROM pg_namespace
+        WHERE nspname <> 'information_schema' AND nspname NOT LIKE 'pg\_%'
+    ),
+    rel AS (
+        SELECT c.oid, c.relkind, c.relpersistence, c.relowner, c.relacl, c.reloptions,
+               c.relrowsecurity, c.relforcerowsecurity, ns.prefix || c.relname AS name,
+               CASE c.relkind WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view'
+                              WHEN 'S' THEN 'sequence' ELSE 'table' END AS kind
+        FROM pg_class c JOIN ns ON ns.oid = c.relnamespace
+        WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm', 'S') AND c.oid <> :version_table
+    )
+"""
+_PARTS = {
+    # A table's persistence (UNLOGGED) and partition key; a view's query; a sequence's
+    # parameters (ALTER SEQUENCE).
+    "relations": r"""
+        SELECT r.kind || ' ' || r.name,
+               CASE WHEN r.relkind IN ('v', 'm')
+                    THEN trim(regexp_replace(pg_get_viewdef(r.oid), '\s+', ' ', 'g'))
+                    WHEN r.relkind = 'S'
+                    THEN concat_ws(', ', format_type(s.seqtypid, NULL),
+                                   'increment ' || s.seqincrement, 'minimum ' || s.seqmin,
+                                   'maximum ' || s.seqmax, 'start ' || s.seqstart,
+                                   'cache ' || s.seqcache, CASE WHEN s.seqcycle THEN 'cycle' END,
+                                   CASE WHEN r.relpersistence = 'u' THEN 'unlogged' END)
+                    ELSE concat_ws(', ',
+                                   CASE r.relpersistence WHEN 'u' THEN 'unlogged' ELSE 'logged' END,
+                                   'partitioned by ' || pg_get_partkeydef(r.oid))
+               END
+        FROM rel r LEFT JOIN pg_sequence s ON s.seqrelid = r.oid
+    """,
+    "columns": r"""
+        SELECT 'column ' || r.name || '.' || a.attname,
+               concat_ws(' ', format_type(a.atttypid, a.atttypmod),
+                         CASE WHEN a.attnotnull THEN 'NOT NULL' ELSE 'NULL' END,
+                         CASE WHEN a.attgenerated = 's'
+                              THEN 'GENERATED ALWAYS AS (' || pg_get_expr(d.adbin, d.adrelid)
+                                   || ') STORED'
+                              ELSE 'DEFAULT ' || pg_get_expr(d.adbin, d.adrelid) END,
+                         CASE a.attidentity WHEN 'a' THEN 'GENERATED ALWAYS AS IDENTITY'
+                                            WHEN 'd' THEN 'GENERATED BY DEFAULT AS IDENTITY' END,
+                         CASE WHEN a.attcollation <> t.typcollation
+                              THEN 'COLLATE ' || (SELECT collname FROM pg_collation
+                                                  WHERE oid = a.attcollation) END)
+        FROM rel r
+        JOIN pg_attribute a ON a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped
+        JOIN pg_type t ON t.oid = a.atttypid
+        LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+        WHERE r.relkind IN ('r', 'p', 'f')
+    """,
+    "constraints": r"""
+        SELECT CASE o.contype WHEN 'p' THEN 'primary key ' WHEN 'u' THEN 'unique constraint '
+                              WHEN 'c' THEN 'check constraint ' WHEN 'f' THEN 'foreign key '
+                              ELSE 'exclusion constraint ' END || o.conname || ' on ' || r.name,
+               pg_get_constraintdef(o.oid)
+        FROM rel r JOIN pg_constraint o ON o.conrelid = r.oid
+        WHERE o.contype IN ('p', 'u', 'c', 'f', 'x')
+    """,
+    # Its whole definition: columns, DESC, method, predicate, INCLUDE, storage parameters.
+    # Not the index of a constraint, which the constraint stands for.
+    "indexes": r"""
+        SELECT 'index ' || c.relname || ' on ' || r.name, pg_get_indexdef(i.indexrelid)
+        FROM rel r JOIN pg_index i ON i.indrelid = r.oid JOIN pg_class c ON c.oid = i.indexrelid
+        WHERE NOT EXISTS (SELECT FROM pg_constraint o WHERE o.conindid = i.indexrelid
+                          AND o.conrelid = r.oid AND o.contype IN ('p', 'u', 'x'))
+    """,
+    # But constraint triggers, which the constraints stand for.
+    "triggers": r"""
+        SELECT 'trigger ' || t.tgname || ' on ' || r.name, pg_get_triggerdef(t.oid)
+        FROM rel r JOIN pg_trigger t ON t.tgrelid = r.oid WHERE NOT t.tgisinternal
+    """,
+    "row level security": r"""
+        SELECT 'row level security on ' || r.name,
+               concat_ws(', ', CASE WHEN r.relrowsecurity THEN 'enabled' END,
+                         CASE WHEN r.relforcerowsecurity THEN 'forced' END)
+        FROM rel r WHERE r.relrowsecurity OR r.relforcerowsecurity
+    """,
+    "policies": r"""
+        SELECT 'policy ' || p.polname || ' on ' || r.name,
+               concat_ws(' ', CASE WHEN p.polpermissive THEN 'permissive' ELSE 'restrictive' END,
+                         'for ' || CASE p.polcmd WHEN 'r' THEN 'SELECT' WHEN 'a' THEN 'INSERT'
+                                          WHEN 'w' THEN 'UPDATE' WHEN 'd' THEN 'DELETE'
+                                          ELSE 'ALL' END,
+                         'to ' || (SELECT string_agg(CASE WHEN role = 0 THEN 'PUBLIC'
+                                                          ELSE pg_get_userbyid(role) END, ', ')
+                                   FROM unnest(p.polroles) role),
+                         'using ' || pg_get_expr(p.polqual, p.polrelid),
+                         'with check ' || pg_get_expr(p.polwithcheck, p.polrelid))
+        FROM rel r JOIN pg_policy p ON p.polrelid = r.oid
+    """,
+    "storage parameters": r"""
+        SELECT 'storage parameter ' || split_part(o, '=', 1) || ' on ' || r.name,
+               substr(o, strpos(o, '=') + 1)
+        FROM rel r CROSS JOIN LATERAL unnest(r.reloptions) o
+    """,
+    # What the owner granted to others, per grantee (the owner's own rights are implied).
+    "grants": r"""
+        SELECT 'grant on ' || r.name || ' to '
+               || CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(g.grantee) END,
+               string_agg(g.privilege_type || CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION'
+                                                   ELSE '' END, ', ' ORDER BY g.privilege_type)
+        FROM rel r CROSS JOIN LATERAL aclexplode(r.relacl) g
+        WHERE g.grantee <> r.relowner
+        GROUP BY r.name, g.grantee
+    """,
+    "comments": r"""
+        SELECT 'comment on ' || CASE WHEN d.objsubid = 0 THEN r.kind || ' ' || r.name
+                                     ELSE 'column ' || r.name || '.' || a.attname END,
+               d.description
+        FROM rel r
+        JOIN pg_description d ON d.objoid = r.oid AND d.classoid = 'pg_class'::regclass
+        LEFT JOIN pg_attribute a ON a.attrelid = r.oid AND a.attnum = d.objsubid
+    """,
+    "enum types": r"""
+        SELECT 'enum type ' || ns.prefix || t.typname,
+               coalesce(string_agg(e.enumlabel, ', ' ORDER BY e.enumsortorder), '')
+        FROM ns JOIN pg_type t ON t.typnamespace = ns.oid
+        LEFT JOIN pg_enum e ON e.enumtypid = t.oid
+        WHERE t.typtype = 'e'
+        GROUP BY ns.prefix, t.typname
+    """,
+    "schemas": r"""
+        SELECT 'schema ' || nspname, 'exists' FROM ns WHERE nspname <> 'public'
+    """,
+    "extensions": r"""
+        SELECT 'extension ' || extname, extversion FROM pg_extension WHERE extname <> 'plpgsql'
+    """,
+    # Functions and procedures, but an extension's own.
+    "functions": r"""
+        SELECT 'function ' || p.oid::regprocedure, md5(pg_get_functiondef(p.oid))
+        FROM ns JOIN pg_proc p ON p.pronamespace = ns.oid
+        WHERE p.prokind IN ('f', 'p')
+          AND NOT EXISTS (SELECT FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass
+                          AND d.objid = p.oid AND d.deptype = 'e')
+    """,
+}
+_SNAPSHOT = text(f"WITH {_PROJECT} " + " UNION ALL ".join(f"({part})" for part in _PARTS.values()))
 
 
-@dataclass
-class Snapshots:
-    """A snapshot kept by table, with each table's catalog fingerprint, so the next one can
-    reuse what did not change."""
-
-    fingerprints: dict[TableKey, str] = field(default_factory=dict)
-    tables: dict[TableKey, Snapshot] = field(default_factory=dict)
-    rest: Snapshot = field(default_factory=dict)  # enums, sequences, views
-
-    def flat(self) -> Snapshot:
-        objects = dict(self.rest)
-        for section in self.tables.values():
-            objects.update(section)
-        return objects
-
-
-def snapshot(
-    connection: Connection, version_table: int, previous: Snapshots | None = None
-) -> Snapshots:
-    """Tables (but the version table, by its oid), columns, keys, indexes, constraints, enums,
-    sequences and views; a table whose catalog rows are as in `previous` is taken from it
-    instead of being read again."""
-    previous = previous or Snapshots()
-    current = Snapshots()
-    for row in connection.execute(_TABLE_FINGERPRINTS, {"version_table": version_table}):
-        current.fingerprints[(row.schema, row.name)] = row.fingerprint
-    unchanged = {
-        key
-        for key, fingerprint in current.fingerprints.items()
-        if previous.fingerprints.get(key) == fingerprint and key in previous.tables
-    }
-    current.tables = {key: previous.tables[key] for key in unchanged}
-    inspector = inspect(connection)
-    for schema in inspector.get_schema_names():
-        if schema in SYSTEM_SCHEMAS or schema.startswith("pg_"):
-            continue
-        prefix = "" if schema == inspector.default_schema_name else f"{schema}."
-        to_read = sorted(
-            name for (where, name) in current.fingerprints.keys() - unchanged if where == schema
-        )
-        if to_read:
-            for name, section in _tables(inspector, schema, prefix, to_read).items():
-                current.tables[(schema, name)] = section
-        for enum in inspector.get_enums(schema=schema):  # type: ignore[attr-defined]
-            current.rest[f"enum type {prefix}{enum['name']}"] = str(enum["labels"])
-        for sequence in inspector.get_sequence_names(schema=schema):
-            current.rest[f"sequence {prefix}{sequence}"] = "exists"
-        for view in inspector.get_view_names(schema=schema):
-            definition = inspector.get_view_definition(view, schema=schema)
-            current.rest[f"view {prefix}{view}"] = " ".join(str(definition).split())
-    for row in connection.execute(_OTHER_OBJECTS):
-        current.rest[row.name] = row.definition
-    return current
-
-
-def _tables(inspector: Any, schema: str, prefix: str, names: list[str]) -> dict[str, Snapshot]:
-    """Each named table's objects, read with the inspector, by table name."""
-    only = {"schema": schema, "filter_names": names}
-    columns = inspector.get_multi_columns(**only)
-    primary_keys = inspector.get_multi_pk_constraint(**only)
-    indexes = inspector.get_multi_indexes(**only)
-    uniques = inspector.get_multi_unique_constraints(**only)
-    checks = inspector.get_multi_check_constraints(**only)
-    foreign_keys = inspector.get_multi_foreign_keys(**only)
-    sections: dict[str, Snapshot] = {}
-    for key in columns:  # never the version table: no fingerprint names it
-        name = key[1]
-        table = f"{prefix}{name}"
-        objects: Snapshot = {f"table {table}": "exists"}
-        for column in columns.get(key, []):
-            nullable = "NULL" if column["nullable"] else "NOT NULL"
-            objects[f"column {table}.{column['name']}"] = (
-                f"{column['type']} {nullable} DEFAULT {column['default']}"
-            )
-        primary_key = primary_keys.get(key)
-        if primary_key and primary_key["constrained_columns"]:
-            objects[f"primary key {primary_key['name']} on {table}"] = str(
-                primary_key["constrained_columns"]
-            )
-        for index in indexes.get(key, []):
-            unique = "unique " if index["unique"] else ""
-            what = index.get("expressions") or index["column_names"]
-            objects[f"index {index['name']} on {table}"] = f"{unique}{what}"
-        for constraint in uniques.get(key, []):
-            objects[f"unique constraint {constraint['name']} on {table}"] = str(
-                constraint["column_names"]
-            )
-        for check in checks.get(key, []):
-            objects[f"check constraint {check['name']} on {table}"] = check["sqltext"]
-        for fk in foreign_keys.get(key, []):
-            objects[f"foreign key {fk['name']} on {table}"] = (
-                f"{fk['constrained_columns']} -> {fk['referred_table']}"
-                f"{fk['referred_columns']} {fk.get('options') or ''}"
-            )
-        sections[name] = objects
-    return sections
+def snapshot(connection: Connection, version_table: int) -> Snapshot:
+    """Every object of the project's schemas but the version table (by its oid), by its name
+    in plain words (`index ix_cars_id on cars`), with its definition as the catalogs give it."""
+    rows = connection.execute(_SNAPSHOT, {"version_table": version_table})
+    return {name: definition for name, definition in rows}
 
 
 def differences(before: Snapshot, after: Snapshot) -> list[str]:

@@ -76,6 +76,114 @@ TREES: dict[str, tuple[list[tuple[str, str, str]], str, str]] = {
         "r2 (r2): the downgrade does not undo the upgrade: function touch() left behind; "
         "trigger t_touch on t left behind",
     ),
+    "downgrade leaves comments": (
+        [
+            BASE,
+            (
+                "r2",
+                "COMMENT ON TABLE t IS 'cars'; COMMENT ON COLUMN t.colour IS 'paint'",
+                "SELECT 1",
+            ),
+        ],
+        "",
+        "r2 (r2): the downgrade does not undo the upgrade: comment on column t.colour left "
+        "behind; comment on table t left behind",
+    ),
+    "downgrade leaves a grant": (
+        [BASE, ("r2", "GRANT SELECT, UPDATE ON t TO PUBLIC", "REVOKE UPDATE ON t FROM PUBLIC")],
+        "",
+        "r2 (r2): the downgrade does not undo the upgrade: grant on t to PUBLIC left behind",
+    ),
+    "downgrade leaves an extension": (
+        [BASE, ("r2", "CREATE EXTENSION citext", "SELECT 1")],
+        "",
+        "r2 (r2): the downgrade does not undo the upgrade: extension citext left behind",
+    ),
+    "downgrade leaves row-level security and a policy": (
+        [
+            BASE,
+            (
+                "r2",
+                "ALTER TABLE t ENABLE ROW LEVEL SECURITY; "
+                "CREATE POLICY not_red ON t USING (colour <> 'red')",
+                "SELECT 1",
+            ),
+        ],
+        "",
+        "r2 (r2): the downgrade does not undo the upgrade: policy not_red on t left behind; "
+        "row level security on t left behind",
+    ),
+    "downgrade leaves a table unlogged": (
+        [BASE, ("r2", "ALTER TABLE t SET UNLOGGED", "SELECT 1")],
+        "",
+        "r2 (r2): the downgrade does not undo the upgrade: table t changed: was logged, "
+        "now unlogged",
+    ),
+    "downgrade leaves a storage parameter": (
+        [BASE, ("r2", "ALTER TABLE t SET (fillfactor = 70)", "SELECT 1")],
+        "",
+        "r2 (r2): the downgrade does not undo the upgrade: storage parameter fillfactor on t "
+        "left behind",
+    ),
+    "downgrade leaves a sequence's increment": (
+        [
+            BASE,
+            ("r2", "CREATE SEQUENCE s", "DROP SEQUENCE s"),
+            ("r3", "ALTER SEQUENCE s INCREMENT BY 10", "SELECT 1"),
+        ],
+        "",
+        "r3 (r3): the downgrade does not undo the upgrade: sequence s changed: "
+        "was bigint, increment 1, minimum 1, maximum 9223372036854775807, start 1, cache 1, "
+        "now bigint, increment 10,",
+    ),
+    "downgrade leaves an index partial": (
+        [
+            BASE,
+            ("r2", "CREATE INDEX ix_t_colour ON t (colour)", "DROP INDEX ix_t_colour"),
+            (
+                "r3",
+                "DROP INDEX ix_t_colour; "
+                "CREATE INDEX ix_t_colour ON t (colour) WHERE colour <> 'red'",
+                "SELECT 1",
+            ),
+        ],
+        "",
+        "r3 (r3): the downgrade does not undo the upgrade: index ix_t_colour on t changed: "
+        "was CREATE INDEX ix_t_colour ON public.t USING btree (colour), "
+        "now CREATE INDEX ix_t_colour ON public.t USING btree (colour) "
+        "WHERE (colour <> 'red'::text)",
+    ),
+    "downgrade leaves an index descending": (
+        [
+            BASE,
+            ("r2", "CREATE INDEX ix_t_colour ON t (colour)", "DROP INDEX ix_t_colour"),
+            (
+                "r3",
+                "DROP INDEX ix_t_colour; CREATE INDEX ix_t_colour ON t (colour DESC)",
+                "SELECT 1",
+            ),
+        ],
+        "",
+        "now CREATE INDEX ix_t_colour ON public.t USING btree (colour DESC)",
+    ),
+    "downgrade leaves a hash index": (
+        [
+            BASE,
+            ("r2", "CREATE INDEX ix_t_colour ON t (colour)", "DROP INDEX ix_t_colour"),
+            (
+                "r3",
+                "DROP INDEX ix_t_colour; CREATE INDEX ix_t_colour ON t USING hash (colour)",
+                "SELECT 1",
+            ),
+        ],
+        "",
+        "now CREATE INDEX ix_t_colour ON public.t USING hash (colour)",
+    ),
+    "downgrade leaves a materialized view": (
+        [BASE, ("r2", "CREATE MATERIALIZED VIEW mv AS SELECT id FROM t", "SELECT 1")],
+        "",
+        "r2 (r2): the downgrade does not undo the upgrade: materialized view mv left behind",
+    ),
     "downgrade raises": (
         [BASE, ("r2", "ALTER TABLE t ADD COLUMN size int", "ALTER TABLE t DROP COLUMN sise")],
         "size = sa.Column(sa.Integer)",
@@ -87,6 +195,29 @@ TREES: dict[str, tuple[list[tuple[str, str, str]], str, str]] = {
         "models: column t.size is in the models but not in the database",
     ),
 }
+
+# Every kind of object the snapshot reads, made and then unmade exactly: no false report.
+EVERY_KIND = (
+    "COMMENT ON TABLE t IS 'cars'; COMMENT ON COLUMN t.colour IS 'paint'; "
+    "GRANT SELECT ON t TO PUBLIC; CREATE EXTENSION citext; "
+    "ALTER TABLE t ENABLE ROW LEVEL SECURITY; "
+    "CREATE POLICY not_red ON t USING (colour <> 'red'); "
+    "ALTER TABLE t SET UNLOGGED; ALTER TABLE t SET (fillfactor = 70); "
+    "CREATE SEQUENCE s INCREMENT BY 10; "
+    "CREATE INDEX ix_t_partial ON t (colour) WHERE colour <> 'red'; "
+    "CREATE INDEX ix_t_desc ON t (colour DESC); CREATE INDEX ix_t_hash ON t USING hash (code); "
+    "CREATE SCHEMA extra; CREATE FUNCTION extra.one() RETURNS int LANGUAGE sql AS 'SELECT 1'; "
+    "CREATE MATERIALIZED VIEW mv AS SELECT id FROM t; CREATE VIEW v AS SELECT id FROM t; "
+    "CREATE TYPE mood AS ENUM ('sad', 'happy')"
+)
+NO_KIND = (
+    "DROP TYPE mood; DROP VIEW v; DROP MATERIALIZED VIEW mv; DROP SCHEMA extra CASCADE; "
+    "DROP INDEX ix_t_hash; DROP INDEX ix_t_desc; DROP INDEX ix_t_partial; DROP SEQUENCE s; "
+    "ALTER TABLE t RESET (fillfactor); ALTER TABLE t SET LOGGED; DROP POLICY not_red ON t; "
+    "ALTER TABLE t DISABLE ROW LEVEL SECURITY; DROP EXTENSION citext; "
+    "REVOKE SELECT ON t FROM PUBLIC; COMMENT ON COLUMN t.colour IS NULL; "
+    "COMMENT ON TABLE t IS NULL"
+)
 
 MODELS = """
 import sqlalchemy as sa
@@ -165,6 +296,18 @@ def test_the_example_tree_verifies_clean(server: Server, database: Database) -> 
     assert "[2/4] 4b1e7f3a9c20 upgrade ✓ downgrade ✓" in result.stderr
     assert scratch_databases(server) == []
     assert database.tables() == set()  # the configured database itself is untouched
+
+
+def test_a_tree_that_makes_and_unmakes_every_kind_of_object_verifies_clean(
+    server: Server, database: Database, tmp_path: Path
+) -> None:
+    revisions = [BASE, ("r2", EVERY_KIND, NO_KIND), ("r3", NO_KIND, EVERY_KIND)]
+    ini = make_tree(tmp_path, revisions, "")
+
+    result = run_migrator("verify", env={**database.env, "MIGRATOR_CONFIG": str(ini)})
+
+    assert result.status == 0, result.output
+    assert "verified: 3 revision(s) up, down and up again; models match" in result.stdout
 
 
 @pytest.mark.parametrize("case", list(TREES))
