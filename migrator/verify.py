@@ -17,7 +17,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import Script, ScriptDirectory
-from sqlalchemy import create_engine, text
+from sqlalchemy import Enum, MetaData, create_engine, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
@@ -203,21 +203,66 @@ class _Climb:
 
 
 def model_differences(config: Config, script: ScriptDirectory) -> list[str] | None:
-    """Alembic's autogenerate comparison of env.py's target_metadata with the database."""
+    """Alembic's autogenerate comparison of env.py's target_metadata with the database, with
+    server defaults; then the labels of the models' named enum types, which it leaves out."""
     found: list[list[str] | None] = []
 
     def compare(heads: tuple[str, ...], context: MigrationContext) -> list[Any]:
         metadata = context.opts.get("target_metadata")
         if metadata is None:
             found.append(None)
-        else:
-            found.append(
-                [describe_model_difference(d) for d in compare_metadata(context, metadata)]
-            )
+            return []
+        # Alembic compares server defaults only when asked (env.py's option serves
+        # `revision --autogenerate`, off by default there); a comparator env.py gives is used.
+        asked = context.opts.get("compare_server_default")
+        comparing = MigrationContext.configure(
+            context.connection, opts={**context.opts, "compare_server_default": asked or True}
+        )
+        assert context.connection is not None
+        found.append(
+            [describe_model_difference(d) for d in compare_metadata(comparing, metadata)]
+            + enum_label_differences(context.connection, metadata)
+        )
         return []
 
     run.run_env(config, script, compare, dont_mutate=True)
     return found[0]
+
+
+_ENUM_LABELS = text(
+    """
+    SELECT n.nspname AS schema, t.typname AS name,
+           array_agg(e.enumlabel ORDER BY e.enumsortorder) AS labels
+    FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+    JOIN pg_enum e ON e.enumtypid = t.oid
+    GROUP BY n.nspname, t.typname
+    """
+)
+
+
+def enum_label_differences(connection: Connection, metadata: MetaData) -> list[str]:
+    """Each named enum type of the models whose labels (or their order) differ from its
+    type's in the database; a type the database lacks is left to the column comparison."""
+    here = connection.execute(text("SELECT current_schema()")).scalar_one()
+    in_database = {
+        (row.schema, row.name): list(row.labels) for row in connection.execute(_ENUM_LABELS)
+    }
+    in_models: dict[tuple[str, str], list[str]] = {}
+    for table in metadata.tables.values():
+        for column in table.columns:
+            kind = column.type
+            if isinstance(kind, Enum) and kind.name and kind.native_enum:
+                in_models[(kind.schema or table.schema or here, kind.name)] = list(kind.enums)
+    found = []
+    for (schema, name), labels in sorted(in_models.items()):
+        database_labels = in_database.get((schema, name))
+        if database_labels is not None and database_labels != labels:
+            where = "" if schema == here else f"{schema}."
+            found.append(
+                f"enum type {where}{name} labels: {', '.join(database_labels)} in the "
+                f"database, {', '.join(labels)} in the models"
+            )
+    return found
 
 
 # The snapshot is one statement (one round trip, however many objects): a UNION ALL of the
@@ -403,6 +448,12 @@ def describe_model_difference(difference: Any) -> str:
     if kind in ("add_constraint", "remove_constraint", "add_fk", "remove_fk"):
         constraint = difference[1]
         return f"constraint {constraint.name} on {constraint.table.name} {_where(kind)}"
+    if kind == "modify_default":
+        _, _, table, column, _, in_database, in_models = difference
+        return (
+            f"column {table}.{column} server default: {_default(in_database)} in the database, "
+            f"{_default(in_models)} in the models"
+        )
     if kind.startswith("modify_"):
         _, _, table, column, _, in_database, in_models = difference
         what = kind.removeprefix("modify_")
@@ -475,6 +526,14 @@ def _in_order(script: ScriptDirectory, target: str) -> list[Script]:
 def _below(revision: Script) -> str:
     # `rev@-1` steps down that revision alone, leaving any other branch where it is.
     return f"{revision.revision}@-1"
+
+
+def _default(server_default: Any) -> str:
+    """A server default (a DefaultClause, from the models or reflected) as SQL text."""
+    if server_default is None:
+        return "none"
+    given = getattr(server_default, "arg", server_default)
+    return str(getattr(given, "text", given))
 
 
 def _where(kind: str) -> str:

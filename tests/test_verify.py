@@ -391,6 +391,40 @@ def test_check_names_models_that_differ(database: Database, tmp_path: Path) -> N
     assert database.revision() == "r1"
 
 
+def test_check_names_a_server_default_and_enum_labels_that_differ(
+    database: Database, tmp_path: Path
+) -> None:
+    # env.py says compare_server_default=False (make_tree): check compares them anyway.
+    made = (
+        "r1",
+        "CREATE TYPE mood AS ENUM ('sad', 'happy'); CREATE TYPE size AS ENUM ('S', 'M'); "
+        "CREATE TABLE t (id int PRIMARY KEY, code text CONSTRAINT uq_t_code UNIQUE, "
+        "colour text DEFAULT 'red', mood mood, size size)",
+        "DROP TABLE t; DROP TYPE mood; DROP TYPE size",
+    )
+    models = (
+        "colour = sa.Column(sa.Text, server_default='blue')\n"
+        "    mood = sa.Column(sa.Enum('sad', 'happy', 'calm', name='mood'))\n"
+        "    size = sa.Column(sa.Enum('S', 'M', name='size'))"
+    )
+    ini = make_tree(tmp_path, [made], models)
+    env = {**database.env, "MIGRATOR_CONFIG": str(ini)}
+    run_migrator("upgrade", "head", env=env)
+
+    result = run_migrator("check", env=env)
+
+    assert result.status == 5
+    assert (
+        "models: column t.colour server default: 'red'::text in the database, blue in the models"
+        in result.stdout
+    )
+    assert (
+        "models: enum type mood labels: sad, happy in the database, sad, happy, calm in the models"
+        in result.stdout
+    )
+    assert "enum type size" not in result.stdout  # the same labels
+
+
 PYTEST_ALEMBIC_CONFTEST = """
 import pytest
 import sqlalchemy as sa
