@@ -577,15 +577,6 @@ def run_env(
             ) from None
 
 
-def heads_now(context: MigrationContext) -> tuple[str, ...]:
-    """The version table's rows, read on env.py's connection between two steps of a run (in
-    the transaction the next step then continues)."""
-    assert context.connection is not None
-    table = version_table_of(context.version_table, context.version_table_schema)
-    rows = context.connection.execute(select(table.c.version_num)).all()
-    return tuple(sorted(row[0] for row in rows))
-
-
 def version_table_of(name: str, schema: str | None) -> TableClause:
     """The version table env.py names, as much of it as reading the revisions needs."""
     return sa_table(name, sa_column("version_num"), schema=schema)

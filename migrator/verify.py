@@ -15,7 +15,7 @@ from typing import Any
 
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
+from alembic.runtime.migration import MigrationContext, MigrationStep, RevisionStep
 from alembic.script import Script, ScriptDirectory
 from sqlalchemy import Enum, MetaData, create_engine, text
 from sqlalchemy.engine import Connection
@@ -138,6 +138,11 @@ class _Climb:
     def steps(self, heads: tuple[str, ...], context: MigrationContext) -> Iterator[Any]:
         connection = context.connection
         assert connection is not None
+        if heads:  # MIGRATOR_VERIFY_URL's database, left at head by an earlier run
+            raise UsageError(
+                f"the verify database is at {run.heads_name(heads)}, not base: the stairway "
+                "climbs from an empty database"
+            )
         # Its rows change with every step; it is the run's, not the project's schema.
         version_table = run.version_table_oid(context)
         for revision in self.revisions:
@@ -146,22 +151,20 @@ class _Climb:
             before = snapshot(connection, version_table)
             measured = len(self.recorder.effects)
             self.phase = "upgrade"
-            yield from self.recorder.track(
-                self._plan("upgrade", revision.revision, context), context
-            )
+            yield from self.recorder.track([self._step(revision, upgrade=True)], context)
             stair.effects = (
                 self.recorder.effects[measured] if len(self.recorder.effects) > measured else None
             )
             stair.upgrade = True
             self.phase = "downgrade"
-            yield from self._plan("downgrade", _below(revision), context)
+            yield self._step(revision, upgrade=False)
             stair.differences = differences(before, snapshot(connection, version_table))
             stair.downgrade = not stair.differences
             if not stair.downgrade:
                 self._done()
                 return
             self.phase = "upgrade after the downgrade"
-            yield from self._plan("upgrade", revision.revision, context)
+            yield self._step(revision, upgrade=True)
             self._done()
         self.stair = None
 
@@ -180,8 +183,14 @@ class _Climb:
         stair.error = f"{self.phase} raised {reason(error)}"
         self._done()
 
-    def _plan(self, direction: run.Direction, target: str, context: MigrationContext) -> list[Any]:
-        return run.plan_steps(self.script, direction, target, run.heads_now(context))
+    def _step(self, revision: Script, upgrade: bool) -> RevisionStep:
+        # From base, in `_in_order`'s order, every revision below this one is applied and none
+        # above it: its upgrade and its downgrade are each that one step, the one Alembic's
+        # own planning gives (ScriptDirectory._upgrade_revs builds it so), without walking
+        # the revision graph and reading the version table for each of the 3 per revision.
+        if upgrade:
+            return MigrationStep.upgrade_from_script(self.script.revision_map, revision)
+        return MigrationStep.downgrade_from_script(self.script.revision_map, revision)
 
     def _done(self) -> None:
         stair = self.stair
@@ -521,11 +530,6 @@ def _in_order(script: ScriptDirectory, target: str) -> list[Script]:
         return [rev for rev in reversed(list(script.iterate_revisions(target, "base"))) if rev]
     except Exception as error:
         raise UsageError(run.describe_resolution_error(script, target, error)) from None
-
-
-def _below(revision: Script) -> str:
-    # `rev@-1` steps down that revision alone, leaving any other branch where it is.
-    return f"{revision.revision}@-1"
 
 
 def _default(server_default: Any) -> str:

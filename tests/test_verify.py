@@ -341,9 +341,14 @@ def test_verify_in_a_database_given_by_url(server: Server, database: Database) -
     # the database being migrated, and refused (tests/test_isolation.py).
     result = run_migrator("verify", env={"MIGRATOR_VERIFY_URL": database.url})
 
+    again = run_migrator("verify", env={"MIGRATOR_VERIFY_URL": database.url})
+
     assert result.status == 0, result.output
     assert "scratch database" not in result.stderr
     assert database.revision() == "c3f9b7d21a58"  # the stairway ends at head
+    # A second run would climb from head: refused, not a stairway of wrong steps.
+    assert again.status == 2, again.output
+    assert "the verify database is at c3f9b7d21a58, not base" in again.stderr
 
 
 def test_the_scratch_database_is_dropped_after_sigterm(server: Server, database: Database) -> None:
