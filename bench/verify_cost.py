@@ -1,13 +1,13 @@
 """What `migrator verify` costs beside plain Alembic on the same 200-revision project.
 
-    .venv/bin/python bench/verify_cost.py [--revisions 200] [--runs 3] [--profile FILE]
+    .venv/bin/python bench/verify_cost.py [--revisions 200] [--runs 3]
 
 The project is bench/chain.py's (create table, add column, index, check constraint, data
 update, rename), in a temporary directory; the server is bench/server.py's throwaway
 PostgreSQL on loopback. Plain is `alembic upgrade head` then `alembic downgrade base`, the
 steps verify takes at the least; runs take turns, after one unmeasured warm-up of each.
-Prints the median of each and their ratio (the target: at most 3x). `--profile` also writes
-a cProfile of one verify run to FILE (read it with `python -m pstats FILE`).
+Prints the median of each and their ratio (the target: at most 3x). Both are run as a user
+runs them, whole processes through their command lines, timed from outside.
 """
 
 from __future__ import annotations
@@ -51,7 +51,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--revisions", type=int, default=200)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--profile", type=Path, help="write a cProfile of one verify run")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="migrator-verify-cost-"))
     server = Server()
@@ -75,9 +74,6 @@ def main() -> None:
                 took = timed()
                 if turn:
                     times[name].append(took)
-        if args.profile:
-            profiled = [sys.executable, "-m", "cProfile", "-o", str(args.profile.resolve())]
-            seconds([*profiled, "-m", "migrator", "verify"], migrator_env)
         plain_s, verify_s = (statistics.median(times[name]) for name in ("plain", "verify"))
         print(f"{args.revisions} revisions, median of {args.runs} runs (all: {times})")
         print(f"alembic upgrade head + downgrade base: {plain_s:.2f} s")
