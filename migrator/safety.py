@@ -42,6 +42,8 @@ BLOCKS = {
 }
 SEVERITIES = ("info", "warning", "error")
 # Catalog readings. Names are schema-qualified and quoted as SQL needs them (format %I.%I).
+# Objects from 16384 (FirstNormalObjectId) on are the database's own: the built-in catalogs
+# below it are left out by oid, through the index, rather than by a scan of their rows.
 _RELATIONS = text(
     """
     SELECT c.oid, format('%I.%I', n.nspname, c.relname), c.relkind, c.relfilenode,
@@ -49,7 +51,7 @@ _RELATIONS = text(
     FROM pg_class c
     JOIN pg_namespace n ON n.oid = c.relnamespace
     LEFT JOIN pg_index i ON i.indexrelid = c.oid
-    WHERE c.relkind IN ('r', 'p', 'm', 'i', 'I')
+    WHERE c.relkind IN ('r', 'p', 'm', 'i', 'I') AND c.oid >= 16384
       AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
     """
 )
@@ -64,7 +66,7 @@ _COLUMNS = text(
     FROM pg_attribute a
     JOIN pg_class c ON c.oid = a.attrelid
     JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE a.attnum > 0 AND NOT a.attisdropped
+    WHERE a.attnum > 0 AND NOT a.attisdropped AND a.attrelid >= 16384
       AND c.relkind IN ('r', 'p')
       AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
     """
@@ -75,7 +77,7 @@ _PROVEN_NOT_NULL = text(
     SELECT a.attrelid, a.attname
     FROM pg_constraint k
     JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum > 0
-    WHERE k.contype = 'c' AND k.convalidated
+    WHERE k.contype = 'c' AND k.convalidated AND k.conrelid >= 16384
       AND pg_get_constraintdef(k.oid) = format('CHECK ((%s IS NOT NULL))', quote_ident(a.attname))
     """
 )
@@ -84,12 +86,12 @@ _PROVEN_NOT_NULL = text(
 _CONSTRAINTS = text(
     """
     SELECT oid, conname, conrelid, convalidated FROM pg_constraint
-    WHERE contype IN ('f', 'c') AND conrelid <> 0
+    WHERE contype IN ('f', 'c') AND conrelid <> 0 AND oid >= 16384
     UNION ALL
     SELECT k.oid, k.conname, a.attrelid, k.convalidated
     FROM pg_constraint k
     JOIN pg_attribute a ON a.atttypid = k.contypid AND a.attnum > 0 AND NOT a.attisdropped
-    WHERE k.contype = 'c' AND k.contypid <> 0
+    WHERE k.contype = 'c' AND k.contypid <> 0 AND k.oid >= 16384 AND a.attrelid >= 16384
     """
 )
 _LOCKS = text(
