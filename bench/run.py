@@ -166,6 +166,11 @@ def install_dbmate() -> tuple[Path, Path]:
     prefix = CACHE / f"dbmate-{DBMATE_VERSION}"
     launcher = prefix / "node_modules" / ".bin" / "dbmate"
     if not launcher.exists():
+        print(
+            f"bench: installing dbmate {DBMATE_VERSION} from npm (a few seconds)",
+            file=sys.stderr,
+            flush=True,
+        )
         subprocess.run(
             [
                 "npm",
@@ -519,6 +524,11 @@ def image(bench: Bench) -> None:
         if line.startswith("export ")
     )
     base = exports["MIGRATOR_TEST_PYTHON_IMAGE"]
+    print(
+        f"bench: building the image migrator:bench on {base} (about 15 s the first time)",
+        file=sys.stderr,
+        flush=True,
+    )
     subprocess.run(
         [
             "docker",

@@ -11,6 +11,7 @@ full jitter capped at 0.1 s (bench/RESULTS.md has the readiness figures).
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -68,7 +69,9 @@ def connect(
             raise
         return connection
 
-    connection = _patiently(attempt, Patience(timeout), "waiting for the database")
+    connection = _patiently(
+        attempt, Patience(timeout), "waiting for the database", first_line=_first_wait_line
+    )
     if not announce:
         return connection
     version = ".".join(str(part) for part in connection.dialect.server_version_info or ())
@@ -114,15 +117,63 @@ def worth_waiting(error: BaseException) -> bool:
 _own = threading.local()
 
 
-def _patiently(attempt: Callable[[], T], patience: Patience, waiting: str) -> T:
+def _first_wait_line(error: BaseException | None) -> str | None:
+    """The first line of the wait for a server that does not take connections yet (one that
+    is starting reads as that, not as an error); None for a read-only one (said as is)."""
+    if isinstance(error, NotReady):
+        return None
+    return f"waiting for the database (not accepting connections yet): {short_reason(error)}"
+
+
+# The driver's framing around the server's own words: where it tried, its hint, its prefixes.
+_WHERE = re.compile(
+    r'connection to server (?:at "[^"]*"(?: \([^)]*\))?, port \d+|on socket "(?P<socket>[^"]*)")'
+    r" failed: "
+)
+_HINT = re.compile(r"\s*Is the server running (?:on that host|locally) and accepting[^?]*\?")
+_PREFIX = re.compile(r"^(?:connection failed: |connection is bad: |FATAL: )+")
+
+
+def short_reason(error: BaseException | None) -> str:
+    """The driver's message without where it tried (the "connecting to" line said so) and
+    without its hint: `connection refused`, `the database system is starting up`."""
+    text = reason(error)
+    # psycopg 3 after trying several addresses: the last failure, then all of them.
+    text = text.split(" Multiple connection attempts failed.")[0]
+    where = _WHERE.search(text)
+    text = _PREFIX.sub("", _HINT.sub("", _WHERE.sub("", text))).strip()
+    socket = where.group("socket") if where else None
+    if socket and text == "No such file or directory":
+        return f"no server socket {socket} yet"
+    if re.match(r"[A-Z][a-z]", text):  # "Connection refused", not "FATAL" or a name
+        text = text[0].lower() + text[1:]
+    return text or reason(error)
+
+
+def _patiently(
+    attempt: Callable[[], T],
+    patience: Patience,
+    waiting: str,
+    *,
+    first_line: Callable[[BaseException | None], str | None] = lambda error: None,
+) -> T:
     """`attempt()`, retried while worth waiting for `patience`; then the last error, as the
-    failure it means (3 for an outage, its own status for a refusal)."""
+    failure it means (3 for an outage, its own status for a refusal). The first report is
+    `first_line(error)` when that gives one; later ones say how long so far, and the full
+    reason."""
     started = time.monotonic()
+    reported = False
 
     def report(state: RetryCallState) -> None:
+        nonlocal reported
         error = state.outcome.exception() if state.outcome else None
         elapsed = time.monotonic() - started
-        log.info("%s (%.0f of %g s): %s", waiting, elapsed, patience.seconds, reason(error))
+        first = None if reported else first_line(error)
+        reported = True
+        if first is not None:
+            log.info("%s", first)
+        else:
+            log.info("%s (%.0f of %g s): %s", waiting, elapsed, patience.seconds, reason(error))
 
     retrying = retry.retrying(
         retry=retry_if_exception(worth_waiting),

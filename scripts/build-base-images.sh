@@ -38,12 +38,14 @@ needed() {  # true when image $1 must be built
 quietly() {  # runs "$@", showing its output only when it fails
   "$@" >"$work/log" 2>&1 || { cat "$work/log" >&2; return 1; }
 }
+say() { echo "build-base-images: $*" >&2; }
 build() {  # build <image> <context dir>
   quietly docker build --network host -t "$1" "$2"
   echo "$1: built"
 }
 
 if needed "$debian"; then
+  say "$debian: debootstrap's minimal bookworm from $mirror (about 30 s)"
   command -v debootstrap >/dev/null || {
     quietly apt-get update
     quietly env DEBIAN_FRONTEND=noninteractive apt-get install -y debootstrap
@@ -81,6 +83,7 @@ COPY ca-certificates.crt /etc/ssl/certs/build-ca-certificates.crt
 ENV PIP_CERT=/etc/ssl/certs/build-ca-certificates.crt LANG=C.UTF-8
 CMD ["python3"]
 EOF
+  say "$python: building, Debian's python3 (about 15 s)"
   build "$python" "$work/python"
 fi
 
@@ -145,5 +148,6 @@ fi
 exec "${as_postgres[@]}" postgres -c listen_addresses='*' "$@"
 EOF
   chmod +x "$work/postgres/docker-entrypoint.sh"
+  say "$postgres: building, Debian's PostgreSQL 15 (about 15 s)"
   build "$postgres" "$work/postgres"
 fi

@@ -42,7 +42,8 @@ if [ "$mode" = docker ]; then
   # A failure inside $(...) would be lost in `eval`: keep the status, the cause is on stderr.
   images=$(scripts/pick-base-images.sh) || fail "no base images (the cause is above)"
   eval "$images"
-  echo "demo: building migrator and migrator-example on $MIGRATOR_TEST_PYTHON_IMAGE" >&2
+  echo "demo: building migrator and migrator-example on $MIGRATOR_TEST_PYTHON_IMAGE" \
+    "(about 15 s the first time, seconds once cached)" >&2
   build=(docker build --network host --build-arg "PYTHON_IMAGE=$MIGRATOR_TEST_PYTHON_IMAGE")
   quietly "${build[@]}" -t migrator . || fail "could not build the migrator image (above)"
   quietly "${build[@]}" --target example -t migrator-example . \
@@ -63,7 +64,7 @@ if [ "$mode" = docker ]; then
 else
   scripts/setup.sh
   if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
-    echo "demo: installing postgresql" >&2
+    echo "demo: installing postgresql (about 15 s)" >&2
     quietly as_root apt-get update
     quietly as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql \
       || fail "could not install PostgreSQL's server binaries (above)"

@@ -8,12 +8,14 @@ cd "$(dirname "$0")/.."
 official_python=python:3.12-slim
 official_postgres=postgres:16
 available() {
-  docker image inspect "$1" >/dev/null 2>&1 || timeout 120 docker pull -q "$1" >/dev/null 2>&1
+  docker image inspect "$1" >/dev/null 2>&1 && return
+  echo "pick-base-images: pulling $1 (under a minute where a registry answers; up to 2 min before giving up)" >&2
+  timeout 120 docker pull -q "$1" >/dev/null 2>&1
 }
 if available "$official_python" && available "$official_postgres"; then
   python=$official_python postgres=$official_postgres
 else
-  echo "no registry answered: using base images built from Debian packages" >&2
+  echo "pick-base-images: no registry answered: using base images built from Debian packages" >&2
   scripts/build-base-images.sh >&2
   python=${MIGRATOR_BASE_PYTHON_IMAGE:-local/python:3.11-slim}
   postgres=${MIGRATOR_BASE_POSTGRES_IMAGE:-local/postgres:15}

@@ -6,11 +6,11 @@ set -euo pipefail
 
 docker info >/dev/null 2>&1 && exit 0
 if ! command -v dockerd >/dev/null; then
-  echo "start-docker: installing docker.io" >&2
+  echo "start-docker: installing docker.io (about 30 s)" >&2
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io >/dev/null
 fi
-echo "start-docker: starting dockerd" >&2
+echo "start-docker: starting dockerd (a few seconds)" >&2
 setsid dockerd >/var/log/dockerd.log 2>&1 </dev/null &
 for _ in $(seq 60); do
   docker info >/dev/null 2>&1 && exit 0

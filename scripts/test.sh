@@ -20,7 +20,7 @@ command -v npm >/dev/null || missing+=(npm)
 # Servers that speak German and Japanese (tests/test_languages.py) need those locales.
 command -v locale-gen >/dev/null || missing+=(locales)
 if [ "${#missing[@]}" -gt 0 ]; then
-  echo "test: installing ${missing[*]}" >&2
+  echo "test: installing ${missing[*]} (about 1 min for all of them)" >&2
   sudo=$([ "$(id -u)" = 0 ] || echo sudo)
   $sudo apt-get update -qq
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
@@ -36,4 +36,7 @@ images=$(scripts/pick-base-images.sh) || { echo "test: no base images (the cause
 eval "$images"
 export TESTCONTAINERS_RYUK_DISABLED=true  # its reaper image needs a registry
 echo "test: images $MIGRATOR_TEST_PYTHON_IMAGE, $MIGRATOR_TEST_POSTGRES_IMAGE" >&2
-exec .venv/bin/pytest "$@"
+echo "test: pytest, one line per test (the whole suite: 15 to 20 min on 2 cores;" \
+  "tests/test_bench.py alone about 2 min), the 10 slowest at the end" >&2
+# -v: a line per test with its outcome; the bench's smoke test streams its own lines.
+exec .venv/bin/pytest -v --durations=10 "$@"

@@ -8,11 +8,23 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
+import threading
+from typing import IO
 
 from conftest import ROOT
 
 
-def test_the_bench_runs_every_part_on_a_tiny_chain(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def _relay(stream: IO[str], lines: list[str], prefix: str) -> None:
+    """Collect the stream's lines and show each on the terminal as it comes (the bench is
+    silent for minutes otherwise)."""
+    for line in stream:
+        lines.append(line)
+        sys.__stderr__.write(f"{prefix}{line}")
+        sys.__stderr__.flush()
+
+
+def test_the_bench_runs_every_part_on_a_tiny_chain(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
     report = tmp_path / "RESULTS.md"
     arguments = [
         "--sizes", "6,12", "--runs", "1", "--readiness-runs", "1", "--concurrency", "2",
@@ -20,14 +32,34 @@ def test_the_bench_runs_every_part_on_a_tiny_chain(tmp_path) -> None:  # type: i
         "--output", str(report),
     ]  # fmt: skip
 
-    result = subprocess.run(
-        ["scripts/bench.sh", *arguments],
-        cwd=ROOT,
-        # Part 11's fleets, shrunk (the issue's figures are for 200 databases, 1,000 schemas).
-        env={**os.environ, "BENCH_FLEET_DATABASES": "2", "BENCH_FLEET_SCHEMAS": "3"},
-        capture_output=True,
-        text=True,
-        timeout=600,
+    stdout: list[str] = []
+    stderr: list[str] = []
+    with capsys.disabled():  # its lines on the terminal as they come, and collected
+        sys.__stderr__.write("\n")
+        with subprocess.Popen(
+            ["scripts/bench.sh", *arguments],
+            cwd=ROOT,
+            # Part 11's fleets, shrunk (the issue's figures are for 200 databases, 1,000 schemas).
+            env={**os.environ, "BENCH_FLEET_DATABASES": "2", "BENCH_FLEET_SCHEMAS": "3"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        ) as process:
+            assert process.stdout is not None and process.stderr is not None
+            relays = [
+                threading.Thread(target=_relay, args=(process.stdout, stdout, "  bench| ")),
+                threading.Thread(target=_relay, args=(process.stderr, stderr, "  bench! ")),
+            ]
+            for relay in relays:
+                relay.start()
+            try:
+                process.wait(timeout=600)
+            finally:
+                process.kill()
+                for relay in relays:
+                    relay.join()
+    result = subprocess.CompletedProcess(
+        process.args, process.returncode, "".join(stdout), "".join(stderr)
     )
 
     assert result.returncode == 0, result.stdout + result.stderr

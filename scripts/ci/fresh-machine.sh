@@ -11,7 +11,7 @@
 # Each command sets up what it needs itself; nothing from this machine is used but its
 # Docker engine (which runs a nested one) and its CA bundle, which the container trusts for
 # TLS to the package registries (an intercepting proxy may sit in between; a harness
-# matter, never in the project's images). It takes 10 to 15 minutes on 2 CPUs.
+# matter, never in the project's images). It takes about 10 minutes on 2 CPUs.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 debian=${MIGRATOR_BASE_DEBIAN_IMAGE:-local/debian:bookworm}
@@ -49,11 +49,11 @@ inside() {
 }
 
 started=$SECONDS
-echo "== fresh machine: scripts/demo.sh"
+echo "== fresh machine: scripts/demo.sh (about 1.5 min: Docker, base images, the images)"
 inside scripts/demo.sh
-echo "== fresh machine: DEMO_MODE=local scripts/demo.sh"
+echo "== fresh machine: DEMO_MODE=local scripts/demo.sh (about 40 s: .venv, PostgreSQL)"
 inside env DEMO_MODE=local scripts/demo.sh
-echo "== fresh machine: scripts/test.sh" $tests
+echo "== fresh machine: scripts/test.sh (about 6 min: packages, then the tests)" $tests
 # shellcheck disable=SC2086  # one test id per word
-inside scripts/test.sh -q -p no:cacheprovider $tests
+inside scripts/test.sh -p no:cacheprovider $tests
 echo "fresh machine: the README's commands passed in $((SECONDS - started)) s"
