@@ -421,4 +421,4 @@ def test_the_roundtrip_script_catches_a_schema_that_does_not_come_back(
 
     assert result.returncode == 1
     assert "objects left at base" in result.stderr
-    assert "table leftover: exists" in result.stderr
+    assert "table leftover: " in result.stderr  # the table left, named

@@ -21,6 +21,6 @@ engine = create_engine(settings.connection_url(), poolclass=NullPool)
 with engine.connect() as connection:
     # The example's version table (Alembic's default), left out as verify leaves it out.
     version_table = version_table_oid(MigrationContext.configure(connection))
-    for name, definition in sorted(snapshot(connection, version_table).flat().items()):
+    for name, definition in sorted(snapshot(connection, version_table).items()):
         print(f"{name}: {definition}")
 engine.dispose()
