@@ -56,7 +56,7 @@ def write(
     version_table_schema: str | None,
 ) -> Path:
     document = {
-        **_kept_effects(alembic_ini),
+        **_kept_effects(_existing(alembic_ini)),
         "migrator": __version__,
         "hash": fingerprint(alembic_ini, directories, files),
         "directories": sorted(directories),
@@ -105,7 +105,7 @@ def record_effects(alembic_ini: Path, schema: str, measured: dict[str, dict[str,
     measured in: a deploy into another (MIGRATOR_SCHEMA, a fleet's schema target) reads the
     names of its tables as its own."""
     document = _existing(alembic_ini)
-    kept = _kept_effects(alembic_ini).get("effects", {}).get("revisions", {})
+    kept = _kept_effects(document).get("effects", {}).get("revisions", {})
     measured = {revision: {**record, "schema": schema} for revision, record in measured.items()}
     document["effects"] = {"format": EFFECTS_FORMAT, "revisions": {**kept, **measured}}
     return _save(alembic_ini, document)
@@ -115,7 +115,7 @@ def recorded_effects(alembic_ini: Path, schema: str) -> dict[str, dict[str, Any]
     """The recorded effects (revision: {"file": hash, "effects": ...}), with the tables of the
     schema they were measured in named as in `schema`; none when there is no manifest, or
     one of another format."""
-    revisions = _kept_effects(alembic_ini).get("effects", {}).get("revisions", {})
+    revisions = _kept_effects(_existing(alembic_ini)).get("effects", {}).get("revisions", {})
     return {
         revision: {
             **record,
@@ -135,9 +135,9 @@ def _existing(alembic_ini: Path) -> dict[str, Any]:
     return document if isinstance(document, dict) else {}
 
 
-def _kept_effects(alembic_ini: Path) -> dict[str, Any]:
+def _kept_effects(document: dict[str, Any]) -> dict[str, Any]:
     """{"effects": ...} as recorded, if it is of this format; else {}."""
-    effects = _existing(alembic_ini).get("effects")
+    effects = document.get("effects")
     if not isinstance(effects, dict) or effects.get("format") != EFFECTS_FORMAT:
         return {}
     return {"effects": effects}
