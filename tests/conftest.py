@@ -30,8 +30,11 @@ POSTGRES_IMAGE = os.environ.get("MIGRATOR_TEST_POSTGRES_IMAGE", "postgres:16")
 # The base of the migrator image under test (scripts/test.sh picks a stand-in where no
 # registry answers); the Dockerfile's own default is the official slim image.
 PYTHON_IMAGE = os.environ.get("MIGRATOR_TEST_PYTHON_IMAGE", "python:3.12-slim")
-MIGRATOR_IMAGE = "migrator:test"
-EXAMPLE_IMAGE = "migrator-example:test"  # the example application, built FROM the migrator
+# Two checkouts testing at once on one Docker engine each set their own tag.
+IMAGE_TAG = os.environ.get("MIGRATOR_TEST_IMAGE_TAG", "test")
+MIGRATOR_IMAGE = f"migrator:{IMAGE_TAG}"
+EXAMPLE_IMAGE = f"migrator-example:{IMAGE_TAG}"  # the example application, built FROM the migrator
+ACTION_IMAGE = f"migrator-action:{IMAGE_TAG}"
 # Every character that breaks a naively built URL or an unescaped configparser value.
 PASSWORD = "p@ss%w:rd/#?"
 PASSWORD_FORMS = {PASSWORD, quote(PASSWORD, safe=""), quote_plus(PASSWORD), quote(PASSWORD)}
@@ -137,10 +140,8 @@ def example_image(migrator_image: str, server: Server) -> str:
 def action_image() -> str:
     """The GitHub action's image, built as GitHub builds it: action.Dockerfile, with the
     repository as the context (the migrator from this checkout's sources, no other image)."""
-    docker_build(
-        "migrator-action:test", ROOT, f"PYTHON_IMAGE={PYTHON_IMAGE}", dockerfile="action.Dockerfile"
-    )
-    return "migrator-action:test"
+    docker_build(ACTION_IMAGE, ROOT, f"PYTHON_IMAGE={PYTHON_IMAGE}", dockerfile="action.Dockerfile")
+    return ACTION_IMAGE
 
 
 @dataclass

@@ -4,7 +4,8 @@ the test or CI step that runs it, or with the reason it cannot run. A new exampl
 none of these fails `test_every_example_is_accounted_for`.
 
 Where an example is changed to run here, the change is named: the image tag the session
-built (`migrator:test` for `migrator`), and `--network` to reach the test server.
+built (`migrator:test`, or the tag in MIGRATOR_TEST_IMAGE_TAG, for `migrator`), and
+`--network` to reach the test server.
 """
 
 from __future__ import annotations
