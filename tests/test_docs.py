@@ -171,7 +171,7 @@ RUN_ELSEWHERE = {
 }
 # Not commands: what a command prints, or what a user types in their own project.
 NOT_RUN = {
-    ("docs/safety.md", "upgrade from 0d25ea6c8183 to head: 3 revision(s)"): (
+    ("docs/safety.md", "upgrade from 0d25ea6c8183 to c3f9b7d21a58 (head): 3 revision(s)"): (
         "output of plan --safety; its findings are asserted in "
         "tests/test_safety.py::test_the_example_tree_reads_as_a_reviewer_expects"
     ),
@@ -283,7 +283,7 @@ def test_the_readme_pip_path(database: Database, tmp_path: Path) -> None:
     results = [run_migrator(*shlex.split(line)[1:], env=env) for line in lines[2:]]
 
     assert [r.status for r in results] == [0, 0], [r.output for r in results]
-    assert "upgrade from base to head: 4 revision(s)" in results[0].stdout
+    assert f"upgrade from base to {HEAD} (head): 4 revision(s)" in results[0].stdout
     assert database.revision() == HEAD
 
 
