@@ -192,6 +192,30 @@ def test_every_example_is_accounted_for() -> None:
     assert all(reason.strip() for reason in [*RUN_ELSEWHERE.values(), *NOT_RUN.values()])
 
 
+# A measured figure: seconds to the millisecond, milliseconds, or a ratio ("4.8x").
+MEASURED = re.compile(r"\b\d+\.\d{3} s\b|\b\d+(?:\.\d+)? ?ms\b|\b\d+(?:\.\d+)?x\b")
+BENCH_FILE = re.compile(r"bench/[\w.-]+\.(?:py|md)")
+# Figures that look measured and are not.
+NOT_MEASURED = {("docs/configuration.md", "2147483647 ms"): "PostgreSQL's own limit"}
+
+
+def test_every_measured_figure_cites_the_bench_file_it_comes_from() -> None:
+    """Each paragraph, list item or table with a measured figure names a bench file that
+    exists, in itself or in the paragraph that introduces it."""
+    uncited = []
+    for page in PAGES:
+        name = str(page.relative_to(ROOT))
+        prose = re.sub(r"^```.*?^```", "", page.read_text(), flags=re.MULTILINE | re.DOTALL)
+        blocks = re.split(r"\n\s*\n", prose)
+        for before, block in zip(["", *blocks], blocks, strict=False):
+            figures = [f for f in MEASURED.findall(block) if (name, f) not in NOT_MEASURED]
+            cited = BENCH_FILE.findall(block) or BENCH_FILE.findall(before)
+            if figures and not cited:
+                uncited.append((name, figures[0], block[:80]))
+            assert all((ROOT / path).is_file() for path in cited), (name, cited)
+    assert uncited == []
+
+
 def commands(text: str) -> list[str]:
     """The example's commands: comments dropped, continued lines joined."""
     joined = text.replace("\\\n", " ")
