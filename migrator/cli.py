@@ -115,7 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_json(verify)
     add_json(add(commands.current, "current", "the database's revision, and whether it is head"))
-    add_json(add(commands.history, "history", "every revision, applied ones marked"))
+    history = add(commands.history, "history", "every revision, applied ones marked")
+    add_json(history)
+    history.add_argument(
+        "--ledger", action="store_true", help="every row of the deploy ledger, oldest first"
+    )
     add_json(
         add(commands.check, "check", "exit 5 unless the database is at head and the models match")
     )

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, replace
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from alembic.script import Script, ScriptDirectory
 from tenacity import RetryCallState, retry_if_exception_type, wait_random_exponential
 
 from migrator import errors, fleet, retry, run, signals
+from migrator import ledger as deploy_ledger
 from migrator import manifest as project_manifest
 from migrator import safety as safety_report
 from migrator.config import Settings, load_fleet_settings
@@ -128,9 +130,16 @@ def current(settings: Settings, summary: Summary, as_json: bool = False) -> None
     )
 
 
-def history(settings: Settings, summary: Summary, as_json: bool = False) -> None:
-    """Every revision, oldest first, marked applied when a database is configured."""
+def history(
+    settings: Settings, summary: Summary, as_json: bool = False, ledger: bool = False
+) -> None:
+    """Every revision, oldest first, marked applied when a database is configured; with
+    `ledger`, every row of the deploy ledger: each upgrade, downgrade, stamp, acceptance and
+    failure, with when, how long and by which deploy."""
     config, script = run.alembic_project(settings)
+    if ledger:
+        _ledger_history(settings, config, script, as_json)
+        return
     applied: set[str] | None = None
     if settings.database_url is not None:
         with _database(settings, config) as session:
@@ -158,6 +167,34 @@ def history(settings: Settings, summary: Summary, as_json: bool = False) -> None
             for entry in entries
         ],
     )
+
+
+def _ledger_history(
+    settings: Settings, config: Config, script: ScriptDirectory, as_json: bool
+) -> None:
+    with _database(settings, config) as session:
+        state = _inspect(session, config, script, "upgrade", "heads")
+        recorder = _recorder(settings, script, state)
+        found = deploy_ledger.exists(session.connection, recorder.table)
+        rows = deploy_ledger.history(session.connection, recorder.table) if found else []
+    if not found:
+        log.info("no deploy ledger yet: the migrator's first upgrade creates it")
+    columns = ("when", "revision", "direction", "outcome", "seconds", "deploy", "host")
+    lines = ["  ".join(columns)] + [
+        f"{row['finished_at'].astimezone(UTC):%Y-%m-%d %H:%M:%S}Z  {row['revision']}  "
+        f"{row['direction']}  {row['outcome']}  {row['seconds']:.3f}  "
+        f"{row['deploy'] or '-'}  {row['host']}"
+        + (f"  {row['detail']}" if row["detail"] else "")
+        for row in rows
+    ]
+    _emit(as_json, [_json_row(row) for row in rows], lines)
+
+
+def _json_row(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        key: value.isoformat() if hasattr(value, "isoformat") else value
+        for key, value in row.items()
+    }
 
 
 def verify(
@@ -410,7 +447,24 @@ def _migrate(
         state = _inspect(session, config, script, direction, target)
         session.idle = False
         _accept(state, direction, settings, summary)
+        recorder = _recorder(settings, script, state)
+        # Every run, before anything is applied: has an applied revision's file changed?
+        seen = deploy_ledger.look(session.connection, recorder, state.heads)
+        deploy_ledger.judge(seen, settings.on_changed_revision)
         if not state.steps:
+            if not seen.complete:  # the first run since the ledger: adopt, under the lock
+                with migration_lock(session, settings.lock_timeout, lambda: True) as lock:
+                    if lock is not None:
+                        heads = _under_the_lock(
+                            lambda: run.look_again(
+                                session.connection, script, state, direction, target
+                            )
+                        ).heads
+                        deploy_ledger.settle(
+                            session.connection,
+                            recorder,
+                            deploy_ledger.look(session.connection, recorder, heads),
+                        )
             return
         log.info(
             "%d revision(s) to %s from %s to %s",
@@ -436,6 +490,11 @@ def _migrate(
             now = _under_the_lock(
                 lambda: run.look_again(session.connection, script, state, direction, target)
             )
+            deploy_ledger.settle(
+                session.connection,
+                recorder,
+                deploy_ledger.look(session.connection, recorder, now.heads),
+            )
             if direction == "upgrade" and settings.safety != "off" and now.steps:
                 # Weighed under the lock, with the sizes of the tables as they run.
                 _weigh_safety(settings, script, now.steps, session, measured)
@@ -450,6 +509,7 @@ def _migrate(
                 summary=summary,
                 refuse=lambda state: _accept(state, direction, settings, summary),
                 heads=now.heads,
+                recorder=recorder,
             )
             # The summary says where the database is, read from it, not inferred.
             done = _under_the_lock(
@@ -457,6 +517,13 @@ def _migrate(
             )
             summary.to_revision = run.heads_name(done.heads)
     log.info("%s done: at %s", direction, summary.to_revision)
+
+
+def _recorder(settings: Settings, script: ScriptDirectory, state: State) -> deploy_ledger.Recorder:
+    """The ledger beside the version table env.py names, and who this run is."""
+    schema = state.version_table.schema if state.version_table is not None else None
+    who = deploy_ledger.Who(settings.host, settings.deploy_id)
+    return deploy_ledger.Recorder(deploy_ledger.table(schema), who, script)
 
 
 def _measured_at_deploy(

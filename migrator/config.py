@@ -35,6 +35,8 @@ SAFETY_MODES = ("off", "warn", "block")  # MIGRATOR_SAFETY: what upgrade does wi
 # measured where the project is built (`verify`); `deploy`: measured again at deploy, on a
 # scratch database made on the server being migrated (the old way, opt-in).
 SAFETY_MEASURES = ("build", "deploy")
+# MIGRATOR_ON_CHANGED_REVISION: what a run does when an applied revision's file was edited.
+ON_CHANGED_REVISION = ("stop", "warn")
 KEEPALIVES = (
     "keepalives",
     "keepalives_idle",
@@ -87,6 +89,10 @@ class Settings:
     safety_error_rows: int = 100_000
     # A schema target of a fleet: search_path set to it, a migration lock of its own.
     schema: str | None = None
+    # The deploy ledger: what a run does with an edited applied revision, and who runs it.
+    on_changed_revision: str = "stop"
+    host: str = ""
+    deploy_id: str | None = None
     # The tenant every log line names (`fleet` sets it for each target it runs).
     tenant: str | None = None
 
@@ -190,7 +196,26 @@ def load_settings(
         safety_error_rows=_count(values, "MIGRATOR_SAFETY_ERROR_ROWS", 100_000),
         schema=_optional_schema(values),
         tenant=values.raw("MIGRATOR_TENANT"),
+        on_changed_revision=_choice(
+            values, "MIGRATOR_ON_CHANGED_REVISION", ON_CHANGED_REVISION, "stop"
+        ),
+        # A Kubernetes pod's hostname is its name; elsewhere the machine's.
+        host=values.raw("HOSTNAME") or socket.gethostname(),
+        deploy_id=_deploy_id(values),
     )
+
+
+def _deploy_id(values: _Values) -> str | None:
+    """MIGRATOR_DEPLOY_ID (the chart sets it to its release, revision and image), else the
+    GitHub Actions run's repository, commit and run id, else none."""
+    given = (values.raw("MIGRATOR_DEPLOY_ID") or "").strip()
+    if given:
+        return given
+    repository = values.raw("GITHUB_REPOSITORY")
+    if values.raw("GITHUB_ACTIONS") == "true" and repository:
+        commit = (values.raw("GITHUB_SHA") or "")[:12]
+        return f"github {repository}@{commit} run {values.raw('GITHUB_RUN_ID') or '?'}"
+    return None
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -36,7 +37,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from migrator import errors, project_files, retry, signals
+from migrator import errors, ledger, project_files, retry, signals
 from migrator.config import Settings
 from migrator.errors import (
     ConnectionLost,
@@ -254,6 +255,7 @@ def apply(
     summary: Summary,
     refuse: Callable[[State], None],
     heads: tuple[str, ...],
+    recorder: ledger.Recorder,
 ) -> None:
     """Run the revisions to `target`, each committed on its own and logged as it completes.
 
@@ -343,11 +345,21 @@ def apply(
             config,
             script,
             steps,
-            on_version_apply=[fence, progress.applied],
+            on_version_apply=[fence, recorder.applied, progress.applied],
             destination_rev=target,
         )
     except Exception as error:
-        raise _failure(error, progress, lock, settings) from error
+        failure = _failure(error, progress, lock, settings)
+        if progress.current is not None and session.connection is not None:
+            recorder.failed(
+                session.connection,
+                str(progress.current.revision),
+                direction,
+                "interrupted" if signals.stop_requested.is_set() else "failed",
+                str(failure),
+                progress.wall_started(),
+            )
+        raise failure from error
 
 
 def _failure(
@@ -661,6 +673,10 @@ class _Progress:
             },
         )
         self.current = None
+
+    def wall_started(self) -> datetime:
+        """When the revision in flight started, on the wall clock."""
+        return datetime.now(UTC) - timedelta(seconds=time.monotonic() - self.started)
 
     def describe(self) -> str:
         if self.current is None:

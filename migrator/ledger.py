@@ -1,0 +1,346 @@
+"""The deploy ledger: every upgrade, downgrade, stamp, acceptance and failure, with when, how
+long, by which deploy, and the checksum of the revision file as it ran.
+
+Alembic's version table holds only where the database is. The ledger sits beside it, in the
+same schema, and each revision's row is written on the revision's own connection inside the
+revision's transaction (with the version table's update and the lock's fence), so the two can
+never disagree: a rolled-back revision leaves no `applied` row, and a committed one always
+has one. A failed or interrupted revision gets a row of its own after its rollback.
+
+The checksum is of the revision module's code as Python reads it (its AST, without docstrings),
+so a reformat or a fixed comment is not an edit and a changed statement is.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from alembic.runtime.migration import MigrationContext, MigrationInfo
+from alembic.script import ScriptDirectory
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Float,
+    Identity,
+    MetaData,
+    Table,
+    Text,
+    func,
+    insert,
+    select,
+)
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
+
+from migrator import __version__, errors
+from migrator.errors import AccessDenied, UsageError
+from migrator.logs import log
+
+TABLE_NAME = "migrator_ledger"
+# Outcomes after which the revision is in the database, with the checksum the row names.
+IN_THE_DATABASE = ("applied", "adopted", "accepted", "stamped", "outside")
+
+
+def table(schema: str | None) -> Table:
+    """The ledger, in the version table's schema (None: where search_path finds it)."""
+    return Table(
+        TABLE_NAME,
+        MetaData(),
+        Column("id", BigInteger, Identity(always=True), primary_key=True),
+        Column("revision", Text, nullable=False),
+        # upgrade, downgrade, stamp, accept, adopt
+        Column("direction", Text, nullable=False),
+        # applied, reverted, stamped, accepted, adopted, outside, failed, interrupted
+        Column("outcome", Text, nullable=False),
+        Column("checksum", Text),
+        Column("started_at", DateTime(timezone=True), nullable=False),
+        Column("finished_at", DateTime(timezone=True), nullable=False),
+        Column("seconds", Float, nullable=False),
+        Column("migrator_version", Text, nullable=False),
+        Column("host", Text, nullable=False),
+        Column("deploy", Text),
+        Column("detail", Text),
+        schema=schema,
+    )
+
+
+def checksum(path: str | Path) -> str:
+    """The revision module's code without comments, docstrings or formatting, hashed."""
+    tree = ast.parse(Path(path).read_bytes())
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (
+            isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and isinstance(body, list)
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
+            node.body = body[1:] or [ast.Pass()]
+    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Who:
+    """Who ran it: this migrator, on this host or pod, for this deploy (Settings says)."""
+
+    host: str
+    deploy: str | None
+
+
+@dataclass(frozen=True)
+class Entry:
+    """The newest ledger row that says a revision is in the database."""
+
+    revision: str
+    outcome: str
+    checksum: str | None
+    finished_at: datetime
+    deploy: str | None
+
+
+def exists(connection: Connection, ledger: Table) -> bool:
+    name = connection.dialect.identifier_preparer.format_table(ledger)
+    found = connection.execute(select(func.to_regclass(name))).scalar_one()
+    return found is not None
+
+
+def create(connection: Connection, ledger: Table) -> None:
+    """Create the ledger (the caller holds the migration lock and commits)."""
+    ledger.create(connection, checkfirst=True)
+
+
+def entries(connection: Connection, ledger: Table) -> dict[str, Entry]:
+    """Each revision's newest row that put it in the database, by revision: one query."""
+    rows = connection.execute(
+        select(
+            ledger.c.revision,
+            ledger.c.outcome,
+            ledger.c.checksum,
+            ledger.c.finished_at,
+            ledger.c.deploy,
+        )
+        .where(ledger.c.outcome.in_((*IN_THE_DATABASE, "reverted")))
+        .distinct(ledger.c.revision)
+        .order_by(ledger.c.revision, ledger.c.id.desc())
+    ).all()
+    return {row.revision: Entry(*row) for row in rows if row.outcome != "reverted"}
+
+
+def write(
+    connection: Connection,
+    ledger: Table,
+    who: Who,
+    *,
+    revision: str,
+    direction: str,
+    outcome: str,
+    checksum: str | None,
+    started_at: datetime | None = None,
+    detail: str | None = None,
+) -> None:
+    """One row, on `connection`, in its transaction. Without `started_at` the row times the
+    transaction it is written in (a revision's own: it started with the revision)."""
+    started = func.now() if started_at is None else started_at
+    connection.execute(
+        insert(ledger).values(
+            revision=revision,
+            direction=direction,
+            outcome=outcome,
+            checksum=checksum,
+            started_at=started,
+            finished_at=func.clock_timestamp(),
+            seconds=func.extract("epoch", func.clock_timestamp() - started),
+            migrator_version=__version__,
+            host=who.host,
+            deploy=who.deploy,
+            detail=detail,
+        )
+    )
+
+
+def history(connection: Connection, ledger: Table) -> list[dict[str, Any]]:
+    """Every row, oldest first."""
+    rows = connection.execute(select(ledger).order_by(ledger.c.id)).mappings().all()
+    return [dict(row) for row in rows]
+
+
+def changed(
+    applied: Iterable[str], recorded: Mapping[str, Entry], files: Mapping[str, str]
+) -> list[tuple[Entry, str]]:
+    """The applied revisions whose file's checksum is not the one the ledger recorded, each
+    with the file's checksum now."""
+    return [
+        (recorded[revision], files[revision])
+        for revision in applied
+        if revision in recorded
+        and recorded[revision].checksum is not None
+        and recorded[revision].checksum != files[revision]
+    ]
+
+
+@dataclass(frozen=True)
+class Recorder:
+    """Writes the run's rows: one per revision, in the revision's own transaction."""
+
+    table: Table
+    who: Who
+    script: ScriptDirectory
+
+    def applied(self, *, ctx: MigrationContext, step: MigrationInfo, **_: Any) -> None:
+        """Alembic's on_version_apply hook: after the version table's update, before commit."""
+        assert ctx.connection is not None
+        revision = step.up_revision_id  # on a downgrade too: the revision reverted
+        direction = "stamp" if step.is_stamp else "upgrade" if step.is_upgrade else "downgrade"
+        outcome = {"stamp": "stamped", "upgrade": "applied", "downgrade": "reverted"}[direction]
+        write(
+            ctx.connection,
+            self.table,
+            self.who,
+            revision=str(revision),
+            direction=direction,
+            outcome=outcome,
+            checksum=self.checksum_of(str(revision)),
+        )
+
+    def failed(
+        self,
+        connection: Connection,
+        revision: str,
+        direction: str,
+        outcome: str,
+        detail: str,
+        started_at: datetime,
+    ) -> None:
+        """After the revision's rollback, on the run's own session: a row saying so. A
+        session that is gone takes no row: the log and the summary still say what failed."""
+        try:
+            if connection.in_transaction():
+                connection.rollback()
+            write(
+                connection,
+                self.table,
+                self.who,
+                revision=revision,
+                direction=direction,
+                outcome=outcome,
+                checksum=self.checksum_of(revision),
+                started_at=started_at,
+                detail=detail,
+            )
+            connection.commit()
+        except DBAPIError as error:
+            log.warning(
+                "ledger: the %s row for %s was not written (%s)",
+                outcome,
+                revision,
+                errors.reason(error),
+            )
+
+    def checksum_of(self, revision: str) -> str | None:
+        found = self.script.get_revision(revision)
+        return None if found is None else checksum(found.path)
+
+
+@dataclass(frozen=True)
+class Look:
+    """What the ledger says of the database's applied revisions, read before anything runs."""
+
+    exists: bool
+    unrecorded: tuple[str, ...]  # applied, oldest first, with no row saying so
+    changed: tuple[tuple[Entry, str], ...]  # applied, whose file's checksum is not the row's
+
+    @property
+    def complete(self) -> bool:
+        """Nothing to write: the ledger exists and names every applied revision."""
+        return self.exists and not self.unrecorded
+
+
+def look(connection: Connection, recorder: Recorder, heads: tuple[str, ...]) -> Look:
+    """Read-only: one query for the ledger's rows, the applied files hashed."""
+    try:
+        found = exists(connection, recorder.table)
+        recorded = entries(connection, recorder.table) if found else {}
+        connection.commit()
+    except DBAPIError as error:
+        connection.rollback()
+        raise errors.failure(error, "reading the deploy ledger") from None
+    applied = [
+        script.revision for script in recorder.script.iterate_revisions(heads, "base") if script
+    ]
+    files = {revision: recorder.checksum_of(revision) or "" for revision in applied}
+    return Look(
+        found,
+        tuple(revision for revision in reversed(applied) if revision not in recorded),
+        tuple(changed(applied, recorded, files)),
+    )
+
+
+def judge(seen: Look, on_changed_revision: str) -> None:
+    """Stop the run (exit 2) when an applied revision's file changed since it ran; with
+    MIGRATOR_ON_CHANGED_REVISION=warn, say so and go on."""
+    for entry, now in seen.changed:
+        by = f" by {entry.deploy}" if entry.deploy else ""
+        message = (
+            f"revision {entry.revision} was changed after it was {entry.outcome} "
+            f"({entry.finished_at:%Y-%m-%d %H:%M:%S %Z}{by}): its checksum was "
+            f"{str(entry.checksum)[:12]}, the file's is {now[:12]}"
+        )
+        if on_changed_revision == "warn":
+            log.warning("%s; MIGRATOR_ON_CHANGED_REVISION=warn: going on", message)
+            continue
+        raise UsageError(
+            f"{message}; nothing ran. Review it, then `migrator accept {entry.revision}`, or "
+            "set MIGRATOR_ON_CHANGED_REVISION=warn"
+        )
+
+
+def settle(connection: Connection, recorder: Recorder, seen: Look) -> None:
+    """Under the migration lock, before anything runs: create the ledger on first use and
+    adopt what is applied, or record what was applied outside the migrator. Commits."""
+    if seen.complete:
+        return
+    try:
+        if not seen.exists:
+            create(connection, recorder.table)
+        outcome, direction = ("outside", "upgrade") if seen.exists else ("adopted", "adopt")
+        for revision in seen.unrecorded:
+            write(
+                connection,
+                recorder.table,
+                recorder.who,
+                revision=revision,
+                direction=direction,
+                outcome=outcome,
+                checksum=recorder.checksum_of(revision),
+            )
+        connection.commit()
+    except DBAPIError as error:
+        connection.rollback()
+        if errors.permission_denied(error):
+            raise AccessDenied(
+                f"cannot create the deploy ledger {TABLE_NAME}: {errors.reason(error)}: grant "
+                "the role CREATE on the version table's schema, or create the ledger once as "
+                "a role that may (the migrator's first run does)"
+            ) from None
+        raise errors.failure(error, "writing the deploy ledger") from None
+    if not seen.exists:
+        adopted = (
+            f"; {len(seen.unrecorded)} revision(s) applied before it existed recorded as adopted"
+        )
+        log.info("ledger: created %s%s", TABLE_NAME, adopted if seen.unrecorded else "")
+    elif seen.unrecorded:
+        log.warning(
+            "ledger: %d revision(s) applied outside the migrator (plain alembic?), recorded as "
+            "outside with their files' checksums now: %s",
+            len(seen.unrecorded),
+            ", ".join(seen.unrecorded),
+        )

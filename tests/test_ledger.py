@@ -1,0 +1,152 @@
+"""The deploy ledger, as a platform team reads it: every revision's row with when, how long,
+the outcome and the deploy, written with the revision; an edited applied revision stops the
+next run; a database migrated by plain Alembic is adopted. Real PostgreSQL, the CLI as a
+subprocess, the example project copied so a test may edit it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, Database, run_alembic, run_migrator
+
+pytestmark = pytest.mark.both_drivers
+
+REVISIONS = ["0d25ea6c8183", "4b1e7f3a9c20", "8d2c5a61e0f4", "c3f9b7d21a58"]
+HEAD = REVISIONS[-1]
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A copy of the example project (no manifest: the full path), its alembic.ini."""
+    copy = tmp_path / "project"
+    for part in ("alembic", "persistence"):
+        shutil.copytree(ROOT / part, copy / part, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "alembic.ini", copy / "alembic.ini")
+    return copy / "alembic.ini"
+
+
+def env_for(database: Database, project: Path, **extra: str) -> dict[str, str]:
+    return {**database.env, "MIGRATOR_CONFIG": str(project), **extra}
+
+
+def rows(database: Database) -> list[tuple[str, str, str]]:
+    found = database.query("SELECT revision, direction, outcome FROM migrator_ledger ORDER BY id")
+    return [tuple(row) for row in found]
+
+
+def revision_file(project: Path, revision: str) -> Path:
+    return next((project.parent / "alembic" / "versions").glob(f"{revision}_*.py"))
+
+
+def test_each_revision_gets_a_row_with_the_deploy_and_the_version_table_agrees(
+    database: Database, project: Path
+) -> None:
+    env = env_for(database, project, MIGRATOR_DEPLOY_ID="release 42", HOSTNAME="pod-abc")
+
+    up = run_migrator("upgrade", "head", env=env)
+    down = run_migrator("downgrade", "-1", env={**env, "MIGRATOR_ALLOW_DOWNGRADE": "true"})
+
+    assert (up.status, down.status) == (0, 0), up.output + down.output
+    assert rows(database) == [
+        *[(revision, "upgrade", "applied") for revision in REVISIONS],
+        (HEAD, "downgrade", "reverted"),
+    ]
+    detail = database.query(
+        "SELECT deploy, host, migrator_version, seconds >= 0, finished_at >= started_at, "
+        "length(checksum) FROM migrator_ledger"
+    )
+    assert {tuple(row) for row in detail} == {("release 42", "pod-abc", "0.1.0", True, True, 64)}
+    assert database.revision() == REVISIONS[-2]
+    assert "ledger: created migrator_ledger" in up.stderr
+
+
+def test_a_failed_revision_leaves_a_failed_row_and_no_applied_row(
+    database: Database, project: Path
+) -> None:
+    broken = revision_file(project, "8d2c5a61e0f4")
+    broken.write_text(broken.read_text().replace("UPDATE cars", "UPDATE no_such_table", 1))
+
+    result = run_migrator("upgrade", "head", env=env_for(database, project))
+
+    assert result.status == 1, result.output
+    assert rows(database) == [
+        ("0d25ea6c8183", "upgrade", "applied"),
+        ("4b1e7f3a9c20", "upgrade", "applied"),
+        ("8d2c5a61e0f4", "upgrade", "failed"),
+    ]
+    detail = database.query("SELECT detail FROM migrator_ledger WHERE outcome = 'failed'")
+    assert 'relation "no_such_table" does not exist' in detail[0][0]
+    assert database.revision() == "4b1e7f3a9c20"
+
+
+def test_an_applied_revision_whose_code_changed_stops_the_run_and_a_comment_does_not(
+    database: Database, project: Path
+) -> None:
+    env = env_for(database, project, MIGRATOR_DEPLOY_ID="release 1")
+    assert run_migrator("upgrade", "4b1e7f3a9c20", env=env).status == 0
+    edited = revision_file(project, "0d25ea6c8183")
+    original = edited.read_text()
+    # Formatting, a comment and the docstring: not an edit.
+    reworded = original.replace('"""', '"""Reworded. ', 1).replace("\n\n", "\n\n\n")
+    edited.write_text("# a comment\n" + reworded)
+    reformatted = run_migrator("upgrade", "8d2c5a61e0f4", env=env)
+    assert reformatted.status == 0, reformatted.output
+
+    edited.write_text(original.replace('"cars"', '"automobiles"', 1))
+    stopped = run_migrator("upgrade", "head", env=env)
+
+    assert stopped.status == 2, stopped.output
+    line = next(line for line in stopped.stderr.splitlines() if "was changed" in line)
+    assert "revision 0d25ea6c8183 was changed after it was applied" in line
+    assert "by release 1): its checksum was " in line
+    assert "nothing ran. Review it, then `migrator accept 0d25ea6c8183`" in line
+    assert database.revision() == "8d2c5a61e0f4"
+
+    warned = run_migrator("upgrade", "head", env={**env, "MIGRATOR_ON_CHANGED_REVISION": "warn"})
+    assert warned.status == 0, warned.output
+    assert "MIGRATOR_ON_CHANGED_REVISION=warn: going on" in warned.stderr
+    assert database.revision() == HEAD
+
+
+def test_a_database_migrated_by_plain_alembic_is_adopted_then_outside_runs_are_named(
+    database: Database, project: Path
+) -> None:
+    alembic_env = database.env
+    adopted = run_alembic("upgrade", "4b1e7f3a9c20", cwd=project.parent, env=alembic_env)
+    assert adopted.returncode == 0, adopted.stderr
+
+    first = run_migrator("upgrade", "8d2c5a61e0f4", env=env_for(database, project))
+    outside = run_alembic("upgrade", "head", cwd=project.parent, env=alembic_env)
+    assert outside.returncode == 0, outside.stderr
+    at_head = run_migrator("upgrade", "head", env=env_for(database, project))
+
+    assert (first.status, at_head.status) == (0, 0), first.output + at_head.output
+    assert first.stderr.count("recorded as adopted") == 1
+    assert "ledger: 1 revision(s) applied outside the migrator" in at_head.stderr
+    assert rows(database) == [
+        ("0d25ea6c8183", "adopt", "adopted"),
+        ("4b1e7f3a9c20", "adopt", "adopted"),
+        ("8d2c5a61e0f4", "upgrade", "applied"),
+        (HEAD, "upgrade", "outside"),
+    ]
+
+
+def test_history_ledger_prints_every_row_in_order(database: Database, project: Path) -> None:
+    env = env_for(database, project, MIGRATOR_DEPLOY_ID="release 7")
+    assert run_migrator("upgrade", "head", env=env).status == 0
+
+    text = run_migrator("history", "--ledger", env=env)
+    as_json = run_migrator("history", "--ledger", "--json", env=env)
+
+    assert text.status == 0, text.output
+    lines = text.stdout.splitlines()
+    assert len(lines) == 5 and lines[0].split()[:3] == ["when", "revision", "direction"]
+    assert all("release 7" in line for line in lines[1:])
+    assert [line.split()[2] for line in lines[1:]] == REVISIONS
+    listed = json.loads(as_json.stdout)
+    assert [(row["revision"], row["outcome"]) for row in listed] == [
+        (revision, "applied") for revision in REVISIONS
+    ]
