@@ -18,6 +18,18 @@ from sqlalchemy.pool import NullPool
 
 from alembic import context
 
+LEDGER_TABLE = "migrator_ledger"  # migrator.ledger.TABLE_NAME; this module imports nothing of ours
+
+
+def not_the_ledger(
+    object_: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
+) -> bool:
+    """An `include_object` for autogenerate: the migrator's deploy ledger is not the
+    models' business (as Alembic's version table is not), so `alembic revision
+    --autogenerate` never proposes to drop it. Use it in a hand-written env.py too:
+    `context.configure(..., include_object=not_the_ledger)`."""
+    return not (type_ == "table" and name == LEDGER_TABLE)
+
 
 def run_migrations(
     target_metadata: MetaData | None, default_url: str | URL | None = None, **options: Any
@@ -29,7 +41,12 @@ def run_migrations(
     """
     config = context.config
     url = config.get_main_option("sqlalchemy.url") or default_url
-    options = {"target_metadata": target_metadata, "transaction_per_migration": True, **options}
+    options = {
+        "target_metadata": target_metadata,
+        "transaction_per_migration": True,
+        "include_object": not_the_ledger,
+        **options,
+    }
     if context.is_offline_mode():
         context.configure(url=url, literal_binds=True, **options)
         with context.begin_transaction():

@@ -183,8 +183,7 @@ def _ledger_history(
     lines = ["  ".join(columns)] + [
         f"{row['finished_at'].astimezone(UTC):%Y-%m-%d %H:%M:%S}Z  {row['revision']}  "
         f"{row['direction']}  {row['outcome']}  {row['seconds']:.3f}  "
-        f"{row['deploy'] or '-'}  {row['host']}"
-        + (f"  {row['detail']}" if row["detail"] else "")
+        f"{row['deploy'] or '-'}  {row['host']}" + (f"  {row['detail']}" if row["detail"] else "")
         for row in rows
     ]
     _emit(as_json, [_json_row(row) for row in rows], lines)

@@ -21,7 +21,7 @@ from sqlalchemy import Enum, MetaData, create_engine, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
-from migrator import run, scratch_database, signals
+from migrator import ledger, run, scratch_database, signals
 from migrator import scratch as scratch_process
 from migrator.config import Settings
 from migrator.errors import MigrationFailed, MigratorError, UsageError, reason
@@ -224,9 +224,16 @@ def model_differences(config: Config, script: ScriptDirectory) -> list[str] | No
         # Alembic compares server defaults only when asked (env.py's option serves
         # `revision --autogenerate`, off by default there); a comparator env.py gives is used.
         asked = context.opts.get("compare_server_default")
-        comparing = MigrationContext.configure(
-            context.connection, opts={**context.opts, "compare_server_default": asked or True}
-        )
+        given = context.opts.get("include_object")
+
+        def include(object_: Any, name: str | None, type_: str, *rest: Any) -> bool:
+            # The migrator's own ledger is not the models' business, whatever env.py says.
+            if type_ == "table" and name == ledger.TABLE_NAME:
+                return False
+            return given is None or bool(given(object_, name, type_, *rest))
+
+        opts = {**context.opts, "compare_server_default": asked or True, "include_object": include}
+        comparing = MigrationContext.configure(context.connection, opts=opts)
         assert context.connection is not None
         found.append(
             [describe_model_difference(d) for d in compare_metadata(comparing, metadata)]

@@ -21,7 +21,7 @@ def test_upgrade_head_migrates_a_fresh_database(database: Database) -> None:
 
     assert result.status == 0, result.stderr
     assert database.revision() == HEAD
-    assert database.tables() == {"alembic_version", "cars", "services"}
+    assert database.tables() == {"alembic_version", "migrator_ledger", "cars", "services"}
     indexes = {
         row[0]: row[1]
         for row in database.query(
@@ -73,7 +73,7 @@ def test_downgrade_reverses_every_revision(database: Database) -> None:
     result = run_migrator("downgrade", "base", env=database.env)
 
     assert result.status == 0, result.stderr
-    assert database.tables() == {"alembic_version"}
+    assert database.tables() == {"alembic_version", "migrator_ledger"}
     assert database.revision() is None
     assert "[4/4] 0d25ea6c8183 (initial) reverted" in result.stderr
     assert " from=c3f9b7d21a58 to=base reverted=4 " in result.stderr

@@ -218,9 +218,7 @@ def test_every_measured_figure_cites_the_bench_file_it_comes_from() -> None:
 
 def test_the_development_page_names_every_step_of_ci_run_in_order() -> None:
     """docs/development.md's `.ci/run` item names each script `.ci/run` runs, in its order."""
-    script = "\n".join(
-        line.split("#")[0] for line in (ROOT / ".ci/run").read_text().splitlines()
-    )
+    script = "\n".join(line.split("#")[0] for line in (ROOT / ".ci/run").read_text().splitlines())
     steps = re.findall(r"(?:scripts|bench)/[\w/.-]+\.(?:sh|py)", script)
     page = (ROOT / "docs/development.md").read_text()
     item = re.search(r"^- `\.ci/run`:.*?(?=^- )", page, flags=re.MULTILINE | re.DOTALL)

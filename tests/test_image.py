@@ -378,7 +378,13 @@ def test_a_team_image_built_from_the_migrator(
 
     assert result.status == 0, result.output
     assert database.revision() == "a3a3a3a3a3a3"
-    assert database.tables() == {"alembic_version", "applied", "slow_done", "third"}
+    assert database.tables() == {
+        "alembic_version",
+        "migrator_ledger",
+        "applied",
+        "slow_done",
+        "third",
+    }
 
 
 def test_compose_up_migrates_a_fresh_database(example_image: str) -> None:

@@ -41,9 +41,9 @@ def test_an_unchanged_alembic_init_project_upgrades_and_downgrades(
 
     assert upgraded.status == 0, upgraded.output
     assert "[1/1] w1 (create widgets) applied" in upgraded.stderr
-    assert tables_after_upgrade == {"alembic_version", "widgets"}
+    assert tables_after_upgrade == {"alembic_version", "migrator_ledger", "widgets"}
     assert downgraded.status == 0, downgraded.output
-    assert database.tables() == {"alembic_version"}
+    assert database.tables() == {"alembic_version", "migrator_ledger"}
     # env.py's fileConfig() did not take over the log: our format throughout.
     assert all(line[:4].isdigit() for line in upgraded.stderr.splitlines())
     assert "driver://user:pass@localhost/dbname" in ini.read_text()  # the ini was not written
