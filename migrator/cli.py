@@ -123,6 +123,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_json(
         add(commands.check, "check", "exit 5 unless the database is at head and the models match")
     )
+    stamp = add(commands.stamp, "stamp", "mark the database as at TARGET; no revision runs")
+    stamp.add_argument("target", metavar="TARGET")
+    stamp.add_argument(
+        "--if-matches",
+        dest="if_matches",
+        action="store_true",
+        help="only when the database's schema matches the models (exit 5 otherwise)",
+    )
+    accept = add(commands.accept, "accept", "record an applied revision's edited file as reviewed")
+    accept.add_argument("revision", metavar="REVISION")
     fleet = subcommands.add_parser(
         "fleet",
         help="run a command on every target of MIGRATOR_FLEET_FILE (tenant databases or "

@@ -33,7 +33,7 @@ from migrator.errors import (
     SafetyRefused,
     UsageError,
 )
-from migrator.lock import migration_lock
+from migrator.lock import MigrationLock, migration_lock
 from migrator.logs import Summary, log
 from migrator.run import Direction, State
 from migrator.session import Session
@@ -452,18 +452,8 @@ def _migrate(
         deploy_ledger.judge(seen, settings.on_changed_revision)
         if not state.steps:
             if not seen.complete:  # the first run since the ledger: adopt, under the lock
-                with migration_lock(session, settings.lock_timeout, lambda: True) as lock:
-                    if lock is not None:
-                        heads = _under_the_lock(
-                            lambda: run.look_again(
-                                session.connection, script, state, direction, target
-                            )
-                        ).heads
-                        deploy_ledger.settle(
-                            session.connection,
-                            recorder,
-                            deploy_ledger.look(session.connection, recorder, heads),
-                        )
+                with _ledger_settled(session, script, state, recorder):
+                    pass
             return
         log.info(
             "%d revision(s) to %s from %s to %s",
@@ -516,6 +506,95 @@ def _migrate(
             )
             summary.to_revision = run.heads_name(done.heads)
     log.info("%s done: at %s", direction, summary.to_revision)
+
+
+def stamp(settings: Settings, summary: Summary, target: str, if_matches: bool = False) -> None:
+    """Mark the database as at `target` without running a revision (Flyway's baseline,
+    Liquibase's changelog-sync), under the lock, with a ledger row for each revision marked.
+    `if_matches`: only when the database's schema matches the models (the comparison `check`
+    makes), so adopting an existing database cannot lie; the models describe the head."""
+    config, script = run.alembic_project(settings)
+    run.refuse_unresolvable_target(script, target)
+    if if_matches and set(script.get_revisions(target)) != set(script.get_revisions("heads")):
+        raise UsageError(
+            f"stamp --if-matches {target}: the models describe the head, so only a stamp to "
+            "head can be compared with them; stamp without --if-matches, or to head"
+        )
+    with _database(settings, config, writable=True) as session:
+        state = _inspect(session, config, script, "upgrade", "heads")
+        recorder = _recorder(settings, script, state)
+        with _ledger_settled(session, script, state, recorder) as held:
+            if held is None:
+                return
+            lock, now = held
+            summary.from_revision = run.heads_name(now.heads)
+            if if_matches:
+                _refuse_unless_models_match(config, script, target)
+            run.stamp(config, script, target, lock=lock, recorder=recorder, heads=now.heads)
+            done = _under_the_lock(
+                lambda: run.look_again(session.connection, script, state, "upgrade", "heads")
+            )
+            summary.to_revision = run.heads_name(done.heads)
+    log.info("stamp done: at %s (no revision ran)", summary.to_revision)
+
+
+def _refuse_unless_models_match(config: Config, script: ScriptDirectory, target: str) -> None:
+    from migrator.verify import model_differences  # as in `check`
+
+    differences = model_differences(config, script)
+    if differences is None:
+        raise UsageError(
+            f"stamp --if-matches {target}: env.py has no target_metadata to compare with"
+        )
+    if differences:
+        more = f" (and {len(differences) - 1} more)" if len(differences) > 1 else ""
+        raise DifferenceFound(
+            f"stamp --if-matches {target}: the database's schema differs from the models, "
+            f"nothing stamped: {differences[0]}{more}"
+        )
+
+
+def accept(settings: Settings, summary: Summary, revision: str) -> None:
+    """Record an applied revision's edited file as reviewed: its checksum now becomes the
+    one the ledger holds (a row of its own, with who), so the next run goes on."""
+    config, script = run.alembic_project(settings)
+    run.refuse_unresolvable_target(script, revision)
+    resolved = script.get_revision(revision)
+    assert resolved is not None
+    with _database(settings, config, writable=True) as session:
+        state = _inspect(session, config, script, "upgrade", "heads")
+        recorder = _recorder(settings, script, state)
+        with _ledger_settled(session, script, state, recorder) as held:
+            if held is None:
+                return
+            _, now = held
+            summary.from_revision = summary.to_revision = run.heads_name(now.heads)
+            recorded = deploy_ledger.accept(
+                session.connection, recorder, resolved.revision, now.heads
+            )
+    if recorded:
+        log.info("accept: %s's file as it is now is recorded as reviewed", resolved.revision)
+    else:
+        log.info("accept: nothing to do: the ledger has %s's file as it is", resolved.revision)
+
+
+@contextmanager
+def _ledger_settled(
+    session: Session, script: ScriptDirectory, state: State, recorder: deploy_ledger.Recorder
+) -> Iterator[tuple[MigrationLock, State] | None]:
+    """The migration lock, the database's revisions read under it, and the ledger created,
+    adopted or brought up to date (revisions applied outside the migrator); None when the
+    lock was not needed after all."""
+    with migration_lock(session, session.settings.lock_timeout, lambda: True) as lock:
+        if lock is None:
+            yield None
+            return
+        now = _under_the_lock(
+            lambda: run.look_again(session.connection, script, state, "upgrade", "heads")
+        )
+        seen = deploy_ledger.look(session.connection, recorder, now.heads)
+        deploy_ledger.settle(session.connection, recorder, seen)
+        yield lock, now
 
 
 def _recorder(settings: Settings, script: ScriptDirectory, state: State) -> deploy_ledger.Recorder:

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 # Commands a Job can ask for through MIGRATOR_COMMAND (it passes no arguments).
 ENVIRONMENT_COMMANDS = ("upgrade", "downgrade", "current", "history", "check", "verify", "wait")
 # Commands that run to a target revision.
-TARGETED_COMMANDS = ("upgrade", "downgrade", "plan", "verify")
+TARGETED_COMMANDS = ("upgrade", "downgrade", "plan", "verify", "stamp")
 DEFAULT_TARGET = "head"
 # Where the image looks for a project (the Dockerfile's MIGRATOR_CONFIG).
 IMAGE_PROJECT = Path("/project/alembic.ini")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -245,6 +245,34 @@ class Recorder:
                 errors.reason(error),
             )
 
+    def stamped(self, before: tuple[str, ...]) -> Callable[..., None]:
+        """An on_version_apply hook for a stamp from `before`: a row for each revision the
+        stamp marked applied (stamped) or no longer applied (reverted), in its transaction."""
+
+        def hook(*, ctx: MigrationContext, heads: Iterable[str], **_: Any) -> None:
+            assert ctx.connection is not None
+            was, now = self.applied_below(before), self.applied_below(tuple(heads))
+            for revision, outcome in [
+                *[(revision, "reverted") for revision in reversed(was) if revision not in now],
+                *[(revision, "stamped") for revision in now if revision not in was],
+            ]:
+                write(
+                    ctx.connection,
+                    self.table,
+                    self.who,
+                    revision=revision,
+                    direction="stamp",
+                    outcome=outcome,
+                    checksum=self.checksum_of(revision),
+                )
+
+        return hook
+
+    def applied_below(self, heads: tuple[str, ...]) -> list[str]:
+        """The revisions a database at `heads` has applied, oldest first."""
+        below = self.script.iterate_revisions(heads, "base")
+        return [script.revision for script in reversed(list(below)) if script]
+
     def checksum_of(self, revision: str) -> str | None:
         found = self.script.get_revision(revision)
         return None if found is None else checksum(found.path)
@@ -273,13 +301,11 @@ def look(connection: Connection, recorder: Recorder, heads: tuple[str, ...]) -> 
     except DBAPIError as error:
         connection.rollback()
         raise errors.failure(error, "reading the deploy ledger") from None
-    applied = [
-        script.revision for script in recorder.script.iterate_revisions(heads, "base") if script
-    ]
+    applied = recorder.applied_below(heads)
     files = {revision: recorder.checksum_of(revision) or "" for revision in applied}
     return Look(
         found,
-        tuple(revision for revision in reversed(applied) if revision not in recorded),
+        tuple(revision for revision in applied if revision not in recorded),
         tuple(changed(applied, recorded, files)),
     )
 
@@ -344,3 +370,32 @@ def settle(connection: Connection, recorder: Recorder, seen: Look) -> None:
             len(seen.unrecorded),
             ", ".join(seen.unrecorded),
         )
+
+
+def accept(
+    connection: Connection, recorder: Recorder, revision: str, heads: tuple[str, ...]
+) -> bool:
+    """Record the file's checksum now as the applied revision's (a person reviewed the edit);
+    False when the ledger already has it. Under the migration lock; commits."""
+    if revision not in recorder.applied_below(heads):
+        raise UsageError(
+            f"{revision} is not applied to this database (it is at {', '.join(heads) or 'base'}): "
+            "only an applied revision's edit can be accepted"
+        )
+    now = recorder.checksum_of(revision)
+    entry = entries(connection, recorder.table).get(revision)
+    if entry is not None and entry.checksum == now:
+        connection.commit()
+        return False
+    write(
+        connection,
+        recorder.table,
+        recorder.who,
+        revision=revision,
+        direction="accept",
+        outcome="accepted",
+        checksum=now,
+        detail=None if entry is None else f"was {entry.checksum}",
+    )
+    connection.commit()
+    return True

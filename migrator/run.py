@@ -362,6 +362,31 @@ def apply(
         raise failure from error
 
 
+def stamp(
+    config: Config,
+    script: ScriptDirectory,
+    target: str,
+    *,
+    lock: MigrationLock,
+    recorder: ledger.Recorder,
+    heads: tuple[str, ...],
+) -> None:
+    """Alembic's stamp, as its `command.stamp` runs it, with the lock's fence and the
+    ledger's rows in the stamp's transaction."""
+
+    def fence(*, ctx: MigrationContext, **_: Any) -> None:
+        assert ctx.connection is not None
+        lock.fence(ctx.connection, f"the stamp to {target}")
+
+    run_env(
+        config,
+        script,
+        lambda heads, context: script._stamp_revs(target, heads),
+        on_version_apply=[fence, recorder.stamped(heads)],
+        destination_rev=target,
+    )
+
+
 def _failure(
     error: BaseException, progress: _Progress, lock: MigrationLock, settings: Settings
 ) -> MigratorError:

@@ -10,6 +10,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
+from conditions import OtherRole, superuser_engine
 from conftest import ROOT, Database, run_alembic, run_migrator
 
 pytestmark = pytest.mark.both_drivers
@@ -150,3 +152,84 @@ def test_history_ledger_prints_every_row_in_order(database: Database, project: P
     assert [(row["revision"], row["outcome"]) for row in listed] == [
         (revision, "applied") for revision in REVISIONS
     ]
+
+
+def test_accept_records_a_reviewed_edit_and_the_next_run_goes_on(
+    database: Database, project: Path
+) -> None:
+    env = env_for(database, project, MIGRATOR_DEPLOY_ID="release 2")
+    assert run_migrator("upgrade", "8d2c5a61e0f4", env=env).status == 0
+    edited = revision_file(project, "8d2c5a61e0f4")
+    edited.write_text(edited.read_text().replace("fuel_type = 'electric'", "fuel_type = 'ev'", 1))
+    assert run_migrator("upgrade", "head", env=env).status == 2
+
+    accepted = run_migrator("accept", "8d2c5a61e0f4", env=env)
+    again = run_migrator("accept", "8d2c5a61e0f4", env=env)
+    upgraded = run_migrator("upgrade", "head", env=env)
+
+    assert (accepted.status, again.status, upgraded.status) == (0, 0, 0), upgraded.output
+    assert "recorded as reviewed" in accepted.stderr
+    assert "nothing to do" in again.stderr
+    assert rows(database)[-2:] == [
+        ("8d2c5a61e0f4", "accept", "accepted"),
+        (HEAD, "upgrade", "applied"),
+    ]
+    assert database.revision() == HEAD
+
+
+def test_stamp_if_matches_adopts_a_database_whose_schema_matches_and_refuses_one_that_differs(
+    database: Database, project: Path, tmp_path: Path
+) -> None:
+    env = env_for(database, project, MIGRATOR_DEPLOY_ID="baseline")
+    # An existing production database: its schema made without the migrator, no version
+    # table; one index missing.
+    made = run_alembic("upgrade", "head", cwd=project.parent, env=database.env)
+    assert made.returncode == 0, made.stderr
+    database.query("DROP TABLE alembic_version")
+    database.query("DROP INDEX ix_cars_model")
+
+    refused = run_migrator("stamp", "head", "--if-matches", env=env)
+
+    assert refused.status == 5, refused.output
+    assert "the database's schema differs from the models, nothing stamped" in refused.stderr
+    assert database.revision() is None
+    assert not [row for row in rows(database) if row[1] == "stamp"]
+
+    database.query("CREATE UNIQUE INDEX ix_cars_model ON cars (model)")
+    stamped = run_migrator("stamp", "head", "--if-matches", env=env)
+
+    assert stamped.status == 0, stamped.output
+    assert database.revision() == HEAD
+    assert rows(database) == [(revision, "stamp", "stamped") for revision in REVISIONS]
+    assert run_migrator("upgrade", "head", env=env).status == 0  # nothing to do, nothing changed
+
+
+def test_a_role_that_cannot_create_the_ledger_gets_exit_6_before_anything_runs(
+    database: Database, project: Path, other_role: OtherRole
+) -> None:
+    # Migrated by the owner with plain Alembic; the deploy role may change rows, not create.
+    assert (
+        run_alembic("upgrade", "4b1e7f3a9c20", cwd=project.parent, env=database.env).returncode == 0
+    )
+    with superuser_engine(database.server, database.name).connect() as connection:
+        connection.execute(sa.text(f"REVOKE CREATE ON SCHEMA public FROM {other_role.name}"))
+        connection.execute(
+            sa.text(
+                "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public "
+                f"TO {other_role.name}"
+            )
+        )
+    env = {**database.env_with(user=other_role.name), "MIGRATOR_CONFIG": str(project)}
+
+    result = run_migrator("upgrade", "head", env=env)
+
+    assert result.status == 6, result.output
+    errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1
+    assert (
+        "cannot create the deploy ledger migrator_ledger: permission denied for schema public"
+        in errors[0]
+    )
+    assert "grant the role CREATE on the version table's schema" in errors[0]
+    assert database.revision() == "4b1e7f3a9c20"
+    assert "migrator_ledger" not in database.tables()
