@@ -35,6 +35,7 @@ from migrator.errors import (
 )
 from migrator.lock import MigrationLock, migration_lock
 from migrator.logs import Summary, log
+from migrator.project_files import revision_checksum
 from migrator.run import Direction, State
 from migrator.session import Session
 from migrator.wait import patient_connections
@@ -141,10 +142,14 @@ def history(
         _ledger_history(settings, config, script, as_json)
         return
     applied: set[str] | None = None
+    recorded: dict[str, deploy_ledger.Entry] = {}
     if settings.database_url is not None:
         with _database(settings, config) as session:
-            heads = _inspect(session, config, script, "upgrade", "heads").heads
-        applied = {rev.revision for rev in script.iterate_revisions(heads, "base") if rev}
+            state = _inspect(session, config, script, "upgrade", "heads")
+            ledger_table = _recorder(settings, script, state).table
+            if deploy_ledger.exists(session.connection, ledger_table):
+                recorded = deploy_ledger.entries(session.connection, ledger_table)
+        applied = {rev.revision for rev in script.iterate_revisions(state.heads, "base") if rev}
     revisions = list(reversed(list(script.walk_revisions())))
     script_heads = script.get_heads()
     entries: list[dict[str, Any]] = [
@@ -154,6 +159,7 @@ def history(
             "message": rev.doc,
             "head": rev.revision in script_heads,
             "applied": None if applied is None else rev.revision in applied,
+            "ledger": _ledger_fields(recorded.get(rev.revision)),
         }
         for rev in revisions
     ]
@@ -164,9 +170,30 @@ def history(
         [
             f"{marks[entry['applied']]}{entry['revision']}  {entry['message']}"
             + (" (head)" if entry["head"] else "")
+            + _ledger_text(entry["ledger"])
             for entry in entries
         ],
     )
+
+
+def _ledger_fields(entry: deploy_ledger.Entry | None) -> dict[str, Any] | None:
+    """When an applied revision's newest ledger row says it got there, how long, by whom."""
+    if entry is None:
+        return None
+    return {
+        "outcome": entry.outcome,
+        "finished_at": entry.finished_at.astimezone(UTC).isoformat(),
+        "seconds": round(entry.seconds, 3),
+        "deploy": entry.deploy,
+    }
+
+
+def _ledger_text(fields: dict[str, Any] | None) -> str:
+    if fields is None:
+        return ""
+    when = fields["finished_at"][:19].replace("T", " ")
+    by = f" by {fields['deploy']}" if fields["deploy"] else ""
+    return f"  [{fields['outcome']} {when}Z in {fields['seconds']:.3f} s{by}]"
 
 
 def _ledger_history(
@@ -316,6 +343,7 @@ def manifest(settings: Settings, summary: Summary, measure: bool = False) -> Non
         list(script.get_heads()),
         name,
         schema,
+        {rev.revision: revision_checksum(rev.path) for rev in script.walk_revisions()},
     )
     print(f"wrote {written}: heads {', '.join(script.get_heads())}, version table {name}")
 

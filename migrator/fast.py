@@ -192,12 +192,40 @@ def _database_heads(
             table = driver.sql.Identifier(*[name for name in names if name])
             cursor.execute(driver.sql.SQL("SELECT version_num FROM {}").format(table))
             heads = sorted(row[0] for row in cursor.fetchall())
+            if heads == sorted(known["heads"]):  # else the caller says where it is
+                _check_ledger(driver, cursor, names, known["checksums"])
         number = second.info.server_version
         if number < 100000:
             raise Doubt("PostgreSQL before 10")
         return heads, f"{number // 10000}.{number % 10000}"
     finally:
         second.close()
+
+
+# The deploy ledger's newest row for each revision (ledger.py writes it; one query).
+_LEDGER_ROWS = (
+    "SELECT DISTINCT ON (revision) revision, outcome, checksum FROM {} "
+    "WHERE outcome IN ('applied', 'adopted', 'accepted', 'stamped', 'outside', 'reverted') "
+    "ORDER BY revision, id DESC"
+)
+
+
+def _check_ledger(
+    driver: Driver, cursor: Any, names: list[str | None], checksums: dict[str, str]
+) -> None:
+    """The ledger names every revision as applied with its file's checksum as the manifest
+    has it; else (no ledger yet, a revision applied outside, an edited one) the full path
+    decides."""
+    table = driver.sql.Identifier(*[name for name in names[:-1] if name], "migrator_ledger")
+    try:
+        cursor.execute(driver.sql.SQL(_LEDGER_ROWS).format(table))
+    except driver.module.Error:
+        raise Doubt("no deploy ledger yet") from None  # the full path creates it
+    recorded = {revision: (outcome, checksum) for revision, outcome, checksum in cursor.fetchall()}
+    for revision, checksum in checksums.items():
+        outcome, known = recorded.get(revision, ("missing", None))
+        if outcome in ("reverted", "missing") or known != checksum:
+            raise Doubt(f"the deploy ledger has {revision} {outcome}, or another checksum")
 
 
 @dataclass

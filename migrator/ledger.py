@@ -13,12 +13,9 @@ so a reformat or a fixed comment is not an edit and a changed statement is.
 
 from __future__ import annotations
 
-import ast
-import hashlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from alembic.runtime.migration import MigrationContext, MigrationInfo
@@ -42,6 +39,7 @@ from sqlalchemy.exc import DBAPIError
 from migrator import __version__, errors
 from migrator.errors import AccessDenied, UsageError
 from migrator.logs import log
+from migrator.project_files import revision_checksum
 
 TABLE_NAME = "migrator_ledger"
 # Outcomes after which the revision is in the database, with the checksum the row names.
@@ -71,23 +69,6 @@ def table(schema: str | None) -> Table:
     )
 
 
-def checksum(path: str | Path) -> str:
-    """The revision module's code without comments, docstrings or formatting, hashed."""
-    tree = ast.parse(Path(path).read_bytes())
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if (
-            isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
-            and isinstance(body, list)
-            and body
-            and isinstance(body[0], ast.Expr)
-            and isinstance(body[0].value, ast.Constant)
-            and isinstance(body[0].value.value, str)
-        ):
-            node.body = body[1:] or [ast.Pass()]
-    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()
-
-
 @dataclass(frozen=True)
 class Who:
     """Who ran it: this migrator, on this host or pod, for this deploy (Settings says)."""
@@ -105,6 +86,7 @@ class Entry:
     checksum: str | None
     finished_at: datetime
     deploy: str | None
+    seconds: float
 
 
 def exists(connection: Connection, ledger: Table) -> bool:
@@ -127,6 +109,7 @@ def entries(connection: Connection, ledger: Table) -> dict[str, Entry]:
             ledger.c.checksum,
             ledger.c.finished_at,
             ledger.c.deploy,
+            ledger.c.seconds,
         )
         .where(ledger.c.outcome.in_((*IN_THE_DATABASE, "reverted")))
         .distinct(ledger.c.revision)
@@ -275,7 +258,7 @@ class Recorder:
 
     def checksum_of(self, revision: str) -> str | None:
         found = self.script.get_revision(revision)
-        return None if found is None else checksum(found.path)
+        return None if found is None else revision_checksum(found.path)
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,7 @@ def write(
     heads: list[str],
     version_table: str,
     version_table_schema: str | None,
+    checksums: dict[str, str],
 ) -> Path:
     document = {
         **_kept_effects(_existing(alembic_ini)),
@@ -64,6 +65,8 @@ def write(
         "heads": sorted(heads),
         "version_table": version_table,
         "version_table_schema": version_table_schema,
+        # Each revision's code checksum: the fast path checks the deploy ledger with them.
+        "checksums": checksums,
     }
     return _save(alembic_ini, document)
 

@@ -12,6 +12,8 @@ importing Alembic.
 
 from __future__ import annotations
 
+import ast
+import hashlib
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -99,3 +101,21 @@ def unreadable(error: PermissionError) -> AccessDenied:
         f"{error.filename}: permission denied: the migrator (uid {os.getuid()}) cannot read "
         "this part of the project"
     )
+
+
+def revision_checksum(path: str | Path) -> str:
+    """A revision module's code without comments, docstrings or formatting (its AST), hashed:
+    what the deploy ledger compares, so a reformat or a fixed comment is not an edit."""
+    tree = ast.parse(Path(path).read_bytes())
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (
+            isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and isinstance(body, list)
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
+            node.body = body[1:] or [ast.Pass()]
+    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()

@@ -127,9 +127,13 @@ def test_history_marks_applied_revisions(database: Database) -> None:
     text = run_migrator("history", env=database.env)
     entries = json.loads(run_migrator("history", "--json", env=database.env).stdout)
 
-    assert text.stdout.splitlines() == [
-        "applied  0d25ea6c8183  initial",
-        "applied  4b1e7f3a9c20  add fuel_type to cars",
+    # Each applied revision with its ledger row: when, how long (no deploy id set here).
+    when = r"  \[applied \d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ in \d+\.\d{3} s\]"
+    assert re.fullmatch(f"applied  0d25ea6c8183  initial{when}", text.stdout.splitlines()[0])
+    assert re.fullmatch(
+        f"applied  4b1e7f3a9c20  add fuel_type to cars{when}", text.stdout.splitlines()[1]
+    )
+    assert text.stdout.splitlines()[2:] == [
         "pending  8d2c5a61e0f4  backfill electric fuel_type",
         "pending  c3f9b7d21a58  add services (head)",
     ]

@@ -6,6 +6,7 @@ subprocess, the example project copied so a test may edit it."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -152,6 +153,13 @@ def test_history_ledger_prints_every_row_in_order(database: Database, project: P
     assert [(row["revision"], row["outcome"]) for row in listed] == [
         (revision, "applied") for revision in REVISIONS
     ]
+    # Without --ledger: each applied revision with when, how long and by which deploy.
+    plain = run_migrator("history", env=env).stdout.splitlines()
+    assert [re.sub(r"\d", "9", line.split("[", 1)[1]) for line in plain] == [
+        "applied 9999-99-99 99:99:99Z in 9.999 s by release 9]"
+    ] * 4
+    entries = json.loads(run_migrator("history", "--json", env=env).stdout)
+    assert {entry["ledger"]["deploy"] for entry in entries} == {"release 7"}
 
 
 def test_accept_records_a_reviewed_edit_and_the_next_run_goes_on(
@@ -233,3 +241,24 @@ def test_a_role_that_cannot_create_the_ledger_gets_exit_6_before_anything_runs(
     assert "grant the role CREATE on the version table's schema" in errors[0]
     assert database.revision() == "4b1e7f3a9c20"
     assert "migrator_ledger" not in database.tables()
+
+
+def test_the_no_op_fast_path_defers_to_the_ledger_when_an_applied_revision_changed(
+    database: Database, project: Path
+) -> None:
+    env = env_for(database, project, MIGRATOR_LOG_LEVEL="DEBUG")
+    assert run_migrator("manifest", env=env).status == 0
+    assert run_migrator("upgrade", "head", env=env).status == 0
+    answered = run_migrator("upgrade", "head", env=env)
+    assert "answered by the manifest" in answered.stderr  # the ledger agrees: fast
+
+    edited = revision_file(project, HEAD)
+    edited.write_text(edited.read_text().replace('"services"', '"repairs"', 1))
+    assert run_migrator("manifest", env=env).status == 0  # the image build writes it anew
+    stopped = run_migrator("upgrade", "head", env=env)
+
+    assert stopped.status == 2, stopped.output
+    assert "fast path: the deploy ledger has c3f9b7d21a58 applied, or another checksum" in (
+        stopped.stderr
+    )
+    assert f"revision {HEAD} was changed after it was applied" in stopped.stderr
