@@ -178,6 +178,24 @@ NOT_RUN = {
     ("docs/safety.md", "safety: 4 error, 1 warning, 2 info"): (
         "output of plan --safety on the probe; asserted in tests/test_safety.py"
     ),
+    ("README.md", "$ migrator history --ledger"): (
+        "output of history --ledger; its rows and format are asserted in "
+        "tests/test_ledger.py::test_history_ledger_prints_every_row_in_order"
+    ),
+    ("docs/ledger.md", "$ migrator history"): (
+        "output of history and history --ledger; asserted in tests/test_ledger.py and "
+        "tests/test_commands.py::test_history_marks_applied_revisions"
+    ),
+    (
+        "docs/ledger.md",
+        "ERROR   revision 0d25ea6c8183 was changed after it was applied (2026-12-06 02:16:34 "
+        "UTC by helm shop revision 41 image ghcr.io/acme/shop-migrations:2026.12.01): its "
+        "checksum was 590666862792, the file's is a304d0bc17e8; nothing ran. Review it, then "
+        "`migrator accept 0d25ea6c8183`, or set MIGRATOR_ON_CHANGED_REVISION=warn",
+    ): (
+        "the error line; asserted in tests/test_ledger.py::"
+        "test_an_applied_revision_whose_code_changed_stops_the_run_and_a_comment_does_not"
+    ),
     ("docs/development.md", 'alembic revision --autogenerate -m "add mileage"'): (
         "a developer's own change to the models: plain Alembic, untouched by the migrator"
     ),

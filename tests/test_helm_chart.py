@@ -637,3 +637,17 @@ def test_the_rendered_job_runs_under_ids_openshift_assigns(
 
     assert ran.returncode == 0, ran.stderr
     assert database.revision() == "c3f9b7d21a58"
+
+
+def test_the_job_names_its_deploy_for_the_ledger() -> None:
+    """MIGRATOR_DEPLOY_ID: the release, its revision (a hook Job's; a plain Job is named
+    after its spec, which must not change with the revision) and the image; or the value."""
+
+    def deploy_id(values: dict[str, Any], revision: int = 1) -> str:
+        env = container(render(values, revision=revision)["Job"])["env"]
+        return next(item["value"] for item in env if item["name"] == "MIGRATOR_DEPLOY_ID")
+
+    image = "ghcr.io/migrator/migrator:0.1.0"
+    assert deploy_id(PARTS, revision=3) == f"helm shop revision 3 image {image}"
+    assert deploy_id({**PARTS, "job": {"hook": False}}, revision=3) == f"helm shop image {image}"
+    assert deploy_id({**PARTS, "migrator": {"deployId": "shop 2026.12.06"}}) == "shop 2026.12.06"

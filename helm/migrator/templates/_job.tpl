@@ -118,6 +118,13 @@
               value: {{ .Values.migrator.safety | quote }}
             - name: MIGRATOR_SAFETY_MEASURE
               value: {{ .Values.migrator.safetyMeasure | quote }}
+            - name: MIGRATOR_ON_CHANGED_REVISION
+              value: {{ .Values.migrator.onChangedRevision | quote }}
+            # The deploy ledger's "by which deploy": this release, its revision (a hook Job's
+            # only: a plain Job's spec names no revision, see migrator.jobName) and the image.
+            {{- $revision := ternary (printf " revision %d" (int .Release.Revision)) "" (and .Values.job.hook true) }}
+            - name: MIGRATOR_DEPLOY_ID
+              value: {{ .Values.migrator.deployId | default (printf "helm %s%s image %s" .Release.Name $revision (include "migrator.image" .)) | quote }}
             - name: MIGRATOR_LOG_FORMAT
               value: {{ .Values.migrator.logFormat | quote }}
             - name: MIGRATOR_LOG_LEVEL
