@@ -37,7 +37,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
 from migrator import __version__, errors
-from migrator.errors import AccessDenied, UsageError
+from migrator.errors import AccessDenied, MigratorError, UsageError
 from migrator.logs import log
 from migrator.project_files import revision_checksum
 
@@ -129,6 +129,7 @@ def write(
     checksum: str | None,
     started_at: datetime | None = None,
     detail: str | None = None,
+    cleanup: bool = False,
 ) -> None:
     """One row, on `connection`, in its transaction. Without `started_at` the row times the
     transaction it is written in (a revision's own: it started with the revision)."""
@@ -146,7 +147,9 @@ def write(
             host=who.host,
             deploy=who.deploy,
             detail=detail,
-        )
+        ),
+        # After a stop was requested, as the rollback is: signals refuses other statements.
+        execution_options={"migrator_cleanup": cleanup},
     )
 
 
@@ -218,9 +221,10 @@ class Recorder:
                 checksum=self.checksum_of(revision),
                 started_at=started_at,
                 detail=detail,
+                cleanup=True,
             )
             connection.commit()
-        except DBAPIError as error:
+        except (DBAPIError, MigratorError) as error:  # the failure itself is what to report
             log.warning(
                 "ledger: the %s row for %s was not written (%s)",
                 outcome,

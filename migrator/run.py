@@ -350,7 +350,10 @@ def apply(
         )
     except Exception as error:
         failure = _failure(error, progress, lock, settings)
-        if progress.current is not None and session.connection is not None:
+        # A lost session or lock leaves no row: there is no session to write it on that
+        # holds the lock (a new one would write beside another run's work).
+        lost = isinstance(failure, (ConnectionLost, LockLost))
+        if progress.current is not None and not lost:
             recorder.failed(
                 session.connection,
                 str(progress.current.revision),

@@ -53,6 +53,12 @@ def applied_counts(database: Database) -> dict[str, int]:
     return {row[0]: int(row[1]) for row in rows}
 
 
+def ledger_rows(database: Database) -> list[tuple[str, str]]:
+    """The deploy ledger's rows, oldest first: (revision, outcome)."""
+    rows = database.query("SELECT revision, outcome FROM migrator_ledger ORDER BY id")
+    return [(row[0], row[1]) for row in rows]
+
+
 def test_eight_concurrent_upgrades_apply_each_revision_once(database: Database) -> None:
     env = {**database.env, **AUDITED, "SAMPLE_SLEEP": "2"}
     started = time.monotonic()
@@ -64,6 +70,12 @@ def test_eight_concurrent_upgrades_apply_each_revision_once(database: Database) 
     assert database.revision() == "a3a3a3a3a3a3"
     assert sum("applied=3" in result.stderr for result in results) == 1
     assert database.advisory_locks() == 0
+    # The ledger agrees: one row each, written by the one run that applied them.
+    assert ledger_rows(database) == [
+        ("a1a1a1a1a1a1", "applied"),
+        ("a2a2a2a2a2a2", "applied"),
+        ("a3a3a3a3a3a3", "applied"),
+    ]
 
 
 def test_nothing_to_do_never_waits_on_the_lock(database: Database) -> None:
@@ -128,9 +140,11 @@ def test_sigterm_rolls_back_the_revision_in_flight(database: Database) -> None:
     assert database.revision() == "a1a1a1a1a1a1"
     assert "slow_done" not in database.tables()
     assert database.advisory_locks() == 0
+    assert ledger_rows(database) == [("a1a1a1a1a1a1", "applied"), ("a2a2a2a2a2a2", "interrupted")]
     rerun = run_migrator("upgrade", "head", env={**database.env, **AUDITED})
     assert rerun.status == 0
     assert applied_counts(database) == {"a1a1a1a1a1a1": 1, "a2a2a2a2a2a2": 1, "a3a3a3a3a3a3": 1}
+    assert ledger_rows(database)[2:] == [("a2a2a2a2a2a2", "applied"), ("a3a3a3a3a3a3", "applied")]
 
 
 def test_sigint_exits_130(database: Database) -> None:

@@ -23,7 +23,7 @@ from conftest import (
     start_migrator,
 )
 from conftest import wait_for_line as read_until
-from test_locking_and_running import applied_counts, holding_the_lock
+from test_locking_and_running import applied_counts, holding_the_lock, ledger_rows
 
 # Stalls, outages and timeouts that take seconds each: the second stage of scripts/test.sh.
 pytestmark = pytest.mark.slow
@@ -90,9 +90,14 @@ def test_a_run_whose_lock_session_is_terminated_exits_7_and_the_next_applies_onc
     assert "migration lock was lost" in lost.stderr
     assert "status=lock lost" in lost.stderr
     assert "Traceback" not in lost.output
+    # The revision in flight died with the session: no row for it, none to write it on.
+    assert ledger_rows(database) == [("a1a1a1a1a1a1", "applied")]
     after = run_migrator("upgrade", "head", env={**env, "SAMPLE_SLEEP": "0"})
     assert after.status == 0, after.output
     assert applied_counts(database) == ALL_ONCE
+    assert [row for row in ledger_rows(database) if row[1] == "applied"] == [
+        (revision, "applied") for revision in sorted(ALL_ONCE)
+    ]
 
 
 def test_when_env_py_has_its_own_connection_a_heartbeat_notices_the_lost_lock(
