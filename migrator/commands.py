@@ -17,6 +17,7 @@ from typing import Any
 
 from alembic.config import Config
 from alembic.script import Script, ScriptDirectory
+from sqlalchemy.engine import Connection
 from tenacity import RetryCallState, retry_if_exception_type, wait_random_exponential
 
 from migrator import errors, fleet, retry, run, signals
@@ -147,7 +148,7 @@ def history(
         with _database(settings, config) as session:
             state = _inspect(session, config, script, "upgrade", "heads")
             ledger_table = _recorder(settings, script, state).table
-            if deploy_ledger.exists(session.connection, ledger_table):
+            if deploy_ledger.exists(_connected(session), ledger_table):
                 recorded = deploy_ledger.entries(session.connection, ledger_table)
         applied = {rev.revision for rev in script.iterate_revisions(state.heads, "base") if rev}
     revisions = list(reversed(list(script.walk_revisions())))
@@ -202,7 +203,7 @@ def _ledger_history(
     with _database(settings, config) as session:
         state = _inspect(session, config, script, "upgrade", "heads")
         recorder = _recorder(settings, script, state)
-        found = deploy_ledger.exists(session.connection, recorder.table)
+        found = deploy_ledger.exists(_connected(session), recorder.table)
         rows = deploy_ledger.history(session.connection, recorder.table) if found else []
     if not found:
         log.info("no deploy ledger yet: the migrator's first upgrade creates it")
@@ -476,7 +477,7 @@ def _migrate(
         _accept(state, direction, settings, summary)
         recorder = _recorder(settings, script, state)
         # Every run, before anything is applied: has an applied revision's file changed?
-        seen = deploy_ledger.look(session.connection, recorder, state.heads)
+        seen = deploy_ledger.look(_connected(session), recorder, state.heads)
         deploy_ledger.judge(seen, settings.on_changed_revision)
         if not state.steps:
             if not seen.complete:  # the first run since the ledger: adopt, under the lock
@@ -623,6 +624,14 @@ def _ledger_settled(
         seen = deploy_ledger.look(session.connection, recorder, now.heads)
         deploy_ledger.settle(session.connection, recorder, seen)
         yield lock, now
+
+
+def _connected(session: Session) -> Connection:
+    """The session's connection, made again when env.py's own connection took its place
+    (Session.make_room, for a small pool)."""
+    if session.closed:
+        session.reconnect(announce=False)
+    return session.connection
 
 
 def _recorder(settings: Settings, script: ScriptDirectory, state: State) -> deploy_ledger.Recorder:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -38,7 +39,13 @@ def test_an_unchanged_alembic_init_project_upgrades_and_downgrades(
     upgraded = run_migrator("upgrade", "head", env=env)
     tables_after_upgrade = database.tables()
     downgraded = run_migrator("downgrade", "base", env=env)
+    # env.py's own engine: the ledger is read and written beside it (history reconnects).
+    ledger = run_migrator("history", "--ledger", "--json", env=env)
 
+    assert [(row["revision"], row["outcome"]) for row in json.loads(ledger.stdout)] == [
+        ("w1", "applied"),
+        ("w1", "reverted"),
+    ], ledger.output
     assert upgraded.status == 0, upgraded.output
     assert "[1/1] w1 (create widgets) applied" in upgraded.stderr
     assert tables_after_upgrade == {"alembic_version", "migrator_ledger", "widgets"}
