@@ -477,7 +477,7 @@ def _migrate(
         _accept(state, direction, settings, summary)
         recorder = _recorder(settings, script, state)
         # Every run, before anything is applied: has an applied revision's file changed?
-        seen = deploy_ledger.look(_connected(session), recorder, state.heads)
+        seen = deploy_ledger.look(_connected(session), recorder, _known_heads(state))
         deploy_ledger.judge(seen, settings.on_changed_revision)
         if not state.steps:
             if not seen.complete:  # the first run since the ledger: adopt, under the lock
@@ -511,7 +511,7 @@ def _migrate(
             deploy_ledger.settle(
                 session.connection,
                 recorder,
-                deploy_ledger.look(session.connection, recorder, now.heads),
+                deploy_ledger.look(session.connection, recorder, _known_heads(now)),
             )
             if direction == "upgrade" and settings.safety != "off" and now.steps:
                 # Weighed under the lock, with the sizes of the tables as they run.
@@ -599,7 +599,7 @@ def accept(settings: Settings, summary: Summary, revision: str) -> None:
             _, now = held
             summary.from_revision = summary.to_revision = run.heads_name(now.heads)
             recorded = deploy_ledger.accept(
-                session.connection, recorder, resolved.revision, now.heads
+                session.connection, recorder, resolved.revision, _known_heads(now)
             )
     if recorded:
         log.info("accept: %s's file as it is now is recorded as reviewed", resolved.revision)
@@ -621,9 +621,15 @@ def _ledger_settled(
         now = _under_the_lock(
             lambda: run.look_again(session.connection, script, state, "upgrade", "heads")
         )
-        seen = deploy_ledger.look(session.connection, recorder, now.heads)
+        seen = deploy_ledger.look(session.connection, recorder, _known_heads(now))
         deploy_ledger.settle(session.connection, recorder, seen)
         yield lock, now
+
+
+def _known_heads(state: State) -> tuple[str, ...]:
+    """The database's revisions this project knows: of a newer release's, the ledger can
+    say nothing."""
+    return tuple(head for head in state.heads if head not in state.unknown)
 
 
 def _connected(session: Session) -> Connection:

@@ -13,6 +13,7 @@ so a reformat or a fixed comment is not an edit and a changed statement is.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -173,6 +174,18 @@ def changed(
     ]
 
 
+@functools.cache
+def _row_insert(table: str) -> str:
+    """A revision's row, timed by its transaction (it started with the revision)."""
+    return (
+        f"INSERT INTO {table} (revision, direction, outcome, checksum, started_at, "
+        "finished_at, seconds, migrator_version, host, deploy) VALUES (:ledger_revision, "
+        ":ledger_direction, :ledger_outcome, :ledger_checksum, now(), clock_timestamp(), "
+        "extract(epoch FROM clock_timestamp() - now()), :ledger_version, :ledger_host, "
+        ":ledger_deploy)"
+    )
+
+
 @dataclass(frozen=True)
 class Recorder:
     """Writes the run's rows: one per revision, in the revision's own transaction."""
@@ -181,21 +194,22 @@ class Recorder:
     who: Who
     script: ScriptDirectory
 
-    def applied(self, *, ctx: MigrationContext, step: MigrationInfo, **_: Any) -> None:
-        """Alembic's on_version_apply hook: after the version table's update, before commit."""
-        assert ctx.connection is not None
-        revision = step.up_revision_id  # on a downgrade too: the revision reverted
-        direction = "stamp" if step.is_stamp else "upgrade" if step.is_upgrade else "downgrade"
-        outcome = {"stamp": "stamped", "upgrade": "applied", "downgrade": "reverted"}[direction]
-        write(
-            ctx.connection,
-            self.table,
-            self.who,
-            revision=str(revision),
-            direction=direction,
-            outcome=outcome,
-            checksum=self.checksum_of(str(revision)),
-        )
+    def row_for(self, connection: Connection, step: MigrationInfo) -> tuple[str, dict[str, Any]]:
+        """The INSERT of a revision's row and its parameters, for the lock's fence to run in
+        the same round trip, inside the revision's transaction (after the version table's
+        update): the row commits with the revision or not at all."""
+        revision = str(step.up_revision_id)  # on a downgrade too: the revision reverted
+        upgrade = step.is_upgrade
+        table = connection.dialect.identifier_preparer.format_table(self.table)
+        return _row_insert(table), {
+            "ledger_revision": revision,
+            "ledger_direction": "upgrade" if upgrade else "downgrade",
+            "ledger_outcome": "applied" if upgrade else "reverted",
+            "ledger_checksum": self.checksum_of(revision),
+            "ledger_version": __version__,
+            "ledger_host": self.who.host,
+            "ledger_deploy": self.who.deploy,
+        }
 
     def failed(
         self,
@@ -256,7 +270,8 @@ class Recorder:
         return hook
 
     def applied_below(self, heads: tuple[str, ...]) -> list[str]:
-        """The revisions a database at `heads` has applied, oldest first."""
+        """The revisions a database at `heads` (known to this project) has applied, oldest
+        first."""
         below = self.script.iterate_revisions(heads, "base")
         return [script.revision for script in reversed(list(below)) if script]
 

@@ -14,6 +14,7 @@ a heartbeat watches the lock's session and stops the run within seconds of losin
 from __future__ import annotations
 
 import enum
+import functools
 import threading
 import time
 import zlib
@@ -24,6 +25,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql.elements import TextClause
 from tenacity import retry_if_result, wait_random_exponential
 
 from migrator import retry, signals, wait
@@ -82,10 +84,17 @@ _OURS = f"current_setting('{TOKEN_SETTING}', true) = :token"
 _TRY_LOCK = text(f"SELECT CASE WHEN {_OURS} THEN pg_try_advisory_lock(:key) END")
 _UNLOCK = text(f"SELECT CASE WHEN {_OURS} THEN pg_advisory_unlock(:key) END")
 _CONFIRM = text(f"SELECT CASE WHEN {_OURS} THEN {_HELD_BY.format(pid='pg_backend_pid()')} END")
-_FENCE = text(
+_FENCE_SQL = (
     f"SELECT {_HELD_BY.format(pid=':pid')} AS held, pg_backend_pid() AS pid, "
     f"current_setting('{TOKEN_SETTING}', true) AS token"
 )
+_FENCE = text(_FENCE_SQL)
+
+
+@functools.cache
+def _fence_beside(statement: str) -> TextClause:
+    return text(f"WITH beside AS ({statement}) {_FENCE_SQL}")
+
 
 # Another role's session shows its pid but not its times or state (without pg_read_all_stats).
 _LOCK_HOLDER = text(
@@ -244,12 +253,23 @@ class MigrationLock:
             raise transaction_pooling()
         return bool(taken)
 
-    def fence(self, migration_connection: Connection, what: str) -> None:
-        """Inside a revision's transaction, before it commits: is the lock still ours?"""
+    def fence(
+        self,
+        migration_connection: Connection,
+        what: str,
+        beside: tuple[str, dict[str, Any]] | None = None,
+    ) -> None:
+        """Inside a revision's transaction, before it commits: is the lock still ours?
+        `beside`, a statement that changes rows (the deploy ledger's row) and its parameters,
+        runs in the same round trip; it commits with the revision, or not at all."""
         if signals.stop_requested.is_set():
             raise signals.interrupted()
         parameters = {"pid": self.session.pid, **_key_parts(self.key)}
-        row = migration_connection.execute(_FENCE, parameters).one()
+        fence = _FENCE
+        if beside is not None:
+            fence = _fence_beside(beside[0])
+            parameters.update(beside[1])
+        row = migration_connection.execute(fence, parameters).one()
         shares_session = migration_connection is self.session.connection
         if shares_session and (row.pid != self.session.pid or row.token != self.session.token):
             raise transaction_pooling()

@@ -303,9 +303,10 @@ def apply(
             if progress.own_connection:
                 lock.confirm()
 
-    def fence(*, ctx: MigrationContext, **_: Any) -> None:
+    def fence(*, ctx: MigrationContext, step: MigrationInfo, **_: Any) -> None:
         assert ctx.connection is not None
-        lock.fence(ctx.connection, progress.describe())
+        # The deploy ledger's row in the fence's round trip: they commit together.
+        lock.fence(ctx.connection, progress.describe(), recorder.row_for(ctx.connection, step))
 
     held_then: set[tuple[int, int]] = set()
 
@@ -345,7 +346,7 @@ def apply(
             config,
             script,
             steps,
-            on_version_apply=[fence, recorder.applied, progress.applied],
+            on_version_apply=[fence, progress.applied],
             destination_rev=target,
         )
     except Exception as error:
