@@ -508,14 +508,15 @@ def _migrate(
             now = _under_the_lock(
                 lambda: run.look_again(session.connection, script, state, direction, target)
             )
+            if direction == "upgrade" and settings.safety != "off" and now.steps:
+                # Weighed under the lock, with the sizes of the tables as they run.
+                _weigh_safety(settings, script, now.steps, session, measured)
+            # Not before a refusal: a refused run changes nothing, the ledger included.
             deploy_ledger.settle(
                 session.connection,
                 recorder,
                 deploy_ledger.look(session.connection, recorder, _known_heads(now)),
             )
-            if direction == "upgrade" and settings.safety != "off" and now.steps:
-                # Weighed under the lock, with the sizes of the tables as they run.
-                _weigh_safety(settings, script, now.steps, session, measured)
             _hand_over(session, config)  # a new session after a reconnect while waiting
             run.apply(
                 config,

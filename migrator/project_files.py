@@ -21,6 +21,7 @@ from pathlib import Path
 from migrator.errors import AccessDenied
 
 _BYTECODE_CACHE = "__pycache__"
+_PYC_HEADER = 16  # magic, flags, source mtime and size (PEP 552)
 
 
 def files_under(directory: Path) -> Iterator[Path]:
@@ -105,8 +106,12 @@ def unreadable(error: PermissionError) -> AccessDenied:
 
 def revision_checksum(path: str | Path) -> str:
     """A revision module's code without comments, docstrings or formatting (its AST), hashed:
-    what the deploy ledger compares, so a reformat or a fixed comment is not an edit."""
-    tree = ast.parse(Path(path).read_bytes())
+    what the deploy ledger compares, so a reformat or a fixed comment is not an edit. A
+    sourceless revision (bytecode only) is its code object, without the header's timestamp."""
+    data = Path(path).read_bytes()
+    if Path(path).suffix == ".pyc":
+        return hashlib.sha256(data[_PYC_HEADER:]).hexdigest()
+    tree = ast.parse(data)
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
         if (

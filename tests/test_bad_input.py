@@ -540,6 +540,8 @@ BROKEN: list[Broken] = [
         1,
         "a3_maybe_failing.py:8: RuntimeError: cannot undo",
         at_head=True,
+        # Its downgrade was edited after it was applied: the ledger would stop the run (2).
+        env={"MIGRATOR_ON_CHANGED_REVISION": "warn"},
     ),
     Broken(
         "revision SQL error as applied",
@@ -611,7 +613,7 @@ def test_bad_input_is_one_line_and_changes_nothing(
             for key, value in row.env.items()
         }
     )
-    before = (database.revision(), database.tables())
+    before = (database.revision(), database.tables() - {"migrator_ledger"})
 
     result = run_migrator(*row.arguments, env=env)
 
@@ -624,7 +626,14 @@ def test_bad_input_is_one_line_and_changes_nothing(
     if row.status == 2 and name in dict((case[0], case) for case in CONFIGURATION):
         assert len(lines) == 1, result.stderr  # refused before connecting: the one line only
     assert result.stdout == ""
-    assert (database.revision(), database.tables()) == before
+    assert (database.revision(), database.tables() - {"migrator_ledger"}) == before
+    # The deploy ledger: of a revision that failed, that it failed; else nothing failed.
+    failures = (
+        database.query("SELECT revision FROM migrator_ledger WHERE outcome = 'failed'")
+        if "migrator_ledger" in database.tables()
+        else []
+    )
+    assert len(failures) == (1 if row.status == 1 else 0)
 
 
 def test_no_database_configured(tmp_path: Path) -> None:

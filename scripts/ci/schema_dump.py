@@ -11,6 +11,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
+from migrator import ledger
 from migrator.config import load_settings
 from migrator.run import version_table_oid
 from migrator.verify import snapshot
@@ -22,5 +23,7 @@ with engine.connect() as connection:
     # The example's version table (Alembic's default), left out as verify leaves it out.
     version_table = version_table_oid(MigrationContext.configure(connection))
     for name, definition in sorted(snapshot(connection, version_table).items()):
-        print(f"{name}: {definition}")
+        # The migrator's deploy ledger stays at base, as the version table does.
+        if ledger.TABLE_NAME not in name:
+            print(f"{name}: {definition}")
 engine.dispose()
