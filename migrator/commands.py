@@ -18,7 +18,7 @@ from alembic.config import Config
 from alembic.script import Script, ScriptDirectory
 from tenacity import RetryCallState, retry_if_exception_type, wait_random_exponential
 
-from migrator import errors, fleet, retry, run, signals
+from migrator import errors, fleet, logs, retry, run, signals
 from migrator import manifest as project_manifest
 from migrator import safety as safety_report
 from migrator.config import Settings, load_fleet_settings
@@ -630,7 +630,7 @@ def _accept(state: State, direction: Direction, settings: Settings, summary: Sum
         log.warning("%s; MIGRATOR_ALLOW_UNKNOWN_REVISION is true: nothing to do", message)
     elif not state.steps and summary.applied == 0:
         summary.to_revision = run.heads_name(state.heads)
-        log.info("nothing to do: the database is at %s", run.heads_name(state.heads))
+        logs.nothing_to_do(run.heads_name(state.heads))
 
 
 def _destination(state: State, direction: Direction, target: str) -> str:
@@ -682,7 +682,7 @@ def _database(
     """The run's session, once the database accepts it; its connection is handed to env.py
     through the Alembic config (Alembic's connection-sharing recipe)."""
     settings.connection_url()  # raises when no database is configured
-    log.info("connecting to %s", settings.masked_url())
+    logs.connecting(settings.masked_url())
     session = Session(settings, writable=writable)
     # The session's connection waits for a busy server; so does every other the run opens.
     patient = patient_connections(lambda: session.patience, session.make_room)

@@ -23,12 +23,9 @@ from alembic.script import Script, ScriptDirectory
 from alembic.script.revision import MultipleHeads, RevisionError
 from alembic.util import CommandError
 from alembic.util.pyfiles import pyc_file_from_path
-from sqlalchemy import column as sa_column
-from sqlalchemy import event, select, text
-from sqlalchemy import table as sa_table
+from sqlalchemy import event, text
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.sql.expression import TableClause
 from tenacity import (
     RetryCallState,
     retry_if_exception,
@@ -36,7 +33,8 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from migrator import errors, project_files, retry, signals
+from migrator import catalog, errors, project_files, retry, signals
+from migrator.catalog import select_versions
 from migrator.config import Settings
 from migrator.errors import (
     ConnectionLost,
@@ -70,7 +68,7 @@ class State:
     heads: tuple[str, ...]  # the database's revisions; () at base
     unknown: tuple[str, ...]  # those of them this project does not know
     steps: tuple[Script, ...]  # the revisions to run, in order
-    version_table: TableClause | None = None  # where env.py keeps them (alembic_version)
+    version_table: tuple[str, str | None] | None = None  # where env.py keeps them: name, schema
 
 
 def alembic_project(settings: Settings) -> tuple[Config, ScriptDirectory]:
@@ -205,7 +203,7 @@ def inspect(config: Config, script: ScriptDirectory, direction: Direction, targe
 
     def record(heads: tuple[str, ...], context: MigrationContext) -> list[Any]:
         state = _state(script, direction, target, heads)[0]
-        table = version_table_of(context.version_table, context.version_table_schema)
+        table = (context.version_table, context.version_table_schema)
         found.append(replace(state, version_table=table))
         return []
 
@@ -223,7 +221,7 @@ def look_again(
     (no env.py run, no new connection)."""
     assert state.version_table is not None
     try:
-        rows = connection.execute(select(state.version_table.c.version_num)).all()
+        rows = connection.execute(text(select_versions(*state.version_table))).all()
         connection.commit()
     except DBAPIError as error:
         connection.rollback()
@@ -577,19 +575,13 @@ def run_env(
             ) from None
 
 
-def version_table_of(name: str, schema: str | None) -> TableClause:
-    """The version table env.py names, as much of it as reading the revisions needs."""
-    return sa_table(name, sa_column("version_num"), schema=schema)
-
-
 def version_table_oid(context: MigrationContext) -> int:
     """The version table's oid (0 before it exists), found as Alembic finds it: in the schema
     env.py names, else through search_path (so in MIGRATOR_SCHEMA's schema); what the
     schema snapshot and the safety measurement leave out."""
     connection = context.connection
     assert connection is not None
-    table = version_table_of(context.version_table, context.version_table_schema)
-    name = connection.dialect.identifier_preparer.format_table(table)
+    name = catalog.version_table(context.version_table, context.version_table_schema)
     return int(connection.execute(_OID_OF, {"name": name}).scalar_one())
 
 
