@@ -26,6 +26,7 @@ from alembic.util.pyfiles import pyc_file_from_path
 from sqlalchemy import event, text
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql.elements import TextClause
 from tenacity import (
     RetryCallState,
     retry_if_exception,
@@ -34,7 +35,6 @@ from tenacity import (
 )
 
 from migrator import catalog, errors, project_files, retry, signals
-from migrator.catalog import select_versions
 from migrator.config import Settings
 from migrator.errors import (
     ConnectionLost,
@@ -221,7 +221,7 @@ def look_again(
     (no env.py run, no new connection)."""
     assert state.version_table is not None
     try:
-        rows = connection.execute(text(select_versions(*state.version_table))).all()
+        rows = connection.execute(versions_statement(*state.version_table)).all()
         connection.commit()
     except DBAPIError as error:
         connection.rollback()
@@ -634,6 +634,12 @@ def run_env(
                 f"sys.exit({error.code!r}) before the run was done; "
                 "env.py must return for the migrator to finish (and say what it did)"
             ) from None
+
+
+def versions_statement(name: str, schema: str | None) -> TextClause:
+    """catalog.select_versions as SQLAlchemy runs it: text() would read a `:` in the table's
+    name as a parameter, so it is escaped."""
+    return text(catalog.select_versions(name, schema).replace(":", "\\:"))
 
 
 def version_table_oid(context: MigrationContext) -> int:
