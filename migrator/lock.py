@@ -71,25 +71,24 @@ def _key_parts(key: int) -> dict[str, int]:
     return {"high": key >> 32, "low": key & 0xFFFFFFFF}
 
 
-_HELD_BY = (
-    """
+def _held_by(pid: str) -> str:
+    """A condition: the session `pid` holds the migration lock (the key as :high, :low)."""
+    return f"""
     EXISTS (
         SELECT 1 FROM pg_locks
         WHERE locktype = 'advisory' AND granted AND pid = {pid}
-          AND """
-    + this_database("database")
-    + """
+          AND {this_database("database")}
           AND classid = :high AND objid = :low AND objsubid = 1)
 """
-)
+
+
 _OURS = f"{SESSION_MARK} = :token"
 # NULL when the statement reached another server session than ours: a transaction pooler.
 _TRY_LOCK = text(f"SELECT CASE WHEN {_OURS} THEN pg_try_advisory_lock(:key) END")
 _UNLOCK = text(f"SELECT CASE WHEN {_OURS} THEN pg_advisory_unlock(:key) END")
-_CONFIRM = text(f"SELECT CASE WHEN {_OURS} THEN {_HELD_BY.format(pid='pg_backend_pid()')} END")
+_CONFIRM = text(f"SELECT CASE WHEN {_OURS} THEN {_held_by('pg_backend_pid()')} END")
 _FENCE = text(
-    f"SELECT {_HELD_BY.format(pid=':pid')} AS held, pg_backend_pid() AS pid, "
-    f"{SESSION_MARK} AS token"
+    f"SELECT {_held_by(':pid')} AS held, pg_backend_pid() AS pid, {SESSION_MARK} AS token"
 )
 
 # Another role's session shows its pid but not its times or state (without pg_read_all_stats).
