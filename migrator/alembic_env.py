@@ -17,8 +17,7 @@ from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.pool import NullPool
 
 from alembic import context
-
-LEDGER_TABLE = "migrator_ledger"  # migrator.ledger.TABLE_NAME; this module imports nothing of ours
+from migrator.catalog import LEDGER_TABLE
 
 
 def not_the_ledger(

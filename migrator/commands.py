@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from alembic.script import Script, ScriptDirectory
 from sqlalchemy.engine import Connection
 from tenacity import RetryCallState, retry_if_exception_type, wait_random_exponential
 
-from migrator import errors, fleet, retry, run, signals
+from migrator import errors, fleet, logs, retry, run, signals
 from migrator import ledger as deploy_ledger
 from migrator import manifest as project_manifest
 from migrator import safety as safety_report
@@ -469,12 +469,10 @@ def _migrate(
         run.write_sql(config, script, direction, target)
         return
     run.refuse_unresolvable_target(script, target)
+    migration = _Migration(settings, summary, config, script, direction, target)
     with _database(settings, config, writable=True) as session:
         # Look, lock, look again: a run with nothing to do never waits on the lock.
-        session.idle = True  # env.py's own connection may take its place (a small pool)
-        state = _inspect(session, config, script, direction, target)
-        session.idle = False
-        _accept(state, direction, settings, summary)
+        state = _pending(migration, session)
         recorder = _recorder(settings, script, state)
         # Every run, before anything is applied: has an applied revision's file changed?
         seen = deploy_ledger.look(_connected(session), recorder, _known_heads(state))
@@ -484,58 +482,94 @@ def _migrate(
                 with _ledger_settled(session, script, state, recorder):
                     pass
             return
+        if not _run_locked(migration, session, state, recorder):
+            return
+    log.info("%s done: at %s", direction, summary.to_revision)
+
+
+@dataclass(frozen=True)
+class _Migration:
+    """An upgrade or downgrade as asked, and what its steps share."""
+
+    settings: Settings
+    summary: Summary
+    config: Config
+    script: ScriptDirectory
+    direction: Direction
+    target: str
+
+    def accept(self, state: State) -> None:
+        _accept(state, self.direction, self.settings, self.summary)
+
+    def look_again(self, session: Session, state: State) -> State:
+        """Where the database is now, read on the run's session (no env.py run)."""
+        return run.look_again(session.connection, self.script, state, self.direction, self.target)
+
+
+def _pending(migration: _Migration, session: Session) -> State:
+    """Where the database is before the lock, and what it would take to reach the target."""
+    session.idle = True  # env.py's own connection may take its place (a small pool)
+    state = _inspect(
+        session, migration.config, migration.script, migration.direction, migration.target
+    )
+    session.idle = False
+    migration.accept(state)
+    if state.steps:
         log.info(
             "%d revision(s) to %s from %s to %s",
             len(state.steps),
-            direction,
+            migration.direction,
             run.heads_name(state.heads),
-            _destination(state, direction, target),
+            _destination(state, migration.direction, migration.target),
         )
+    return state
 
-        measured = _measured_for_upgrade(settings, state, direction, target, session)
 
-        def still_needed() -> bool:
-            # Queued behind another run: has it done the work meanwhile?
-            now = run.look_again(session.connection, script, state, direction, target)
-            if not now.steps:
-                _accept(now, direction, settings, summary)
-            return bool(now.steps)
+def _run_locked(
+    migration: _Migration, session: Session, state: State, recorder: deploy_ledger.Recorder
+) -> bool:
+    """Take the migration lock and run the pending revisions under it; False when, queued
+    behind another run, this one found the work done meanwhile."""
+    settings = migration.settings
+    measured = _measured_for_upgrade(
+        settings, state, migration.direction, migration.target, session
+    )
 
-        with migration_lock(session, settings.lock_timeout, still_needed) as lock:
-            if lock is None:
-                return
-            # Where the database is under the lock: from here on, only this run moves it.
-            now = _under_the_lock(
-                lambda: run.look_again(session.connection, script, state, direction, target)
-            )
-            if direction == "upgrade" and settings.safety != "off" and now.steps:
-                # Weighed under the lock, with the sizes of the tables as they run.
-                _weigh_safety(settings, script, now.steps, session, measured)
-            # Not before a refusal: a refused run changes nothing, the ledger included.
-            deploy_ledger.settle(
-                session.connection,
-                recorder,
-                deploy_ledger.look(session.connection, recorder, _known_heads(now)),
-            )
-            _hand_over(session, config)  # a new session after a reconnect while waiting
-            run.apply(
-                config,
-                script,
-                direction,
-                target,
-                settings=settings,
-                lock=lock,
-                summary=summary,
-                refuse=lambda state: _accept(state, direction, settings, summary),
-                heads=now.heads,
-                recorder=recorder,
-            )
-            # The summary says where the database is, read from it, not inferred.
-            done = _under_the_lock(
-                lambda: run.look_again(session.connection, script, state, direction, target)
-            )
-            summary.to_revision = run.heads_name(done.heads)
-    log.info("%s done: at %s", direction, summary.to_revision)
+    def still_needed() -> bool:
+        # Queued behind another run: has it done the work meanwhile?
+        now = migration.look_again(session, state)
+        if not now.steps:
+            migration.accept(now)
+        return bool(now.steps)
+
+    with migration_lock(session, settings.lock_timeout, still_needed) as lock:
+        if lock is None:
+            return False
+        # Where the database is under the lock: from here on, only this run moves it.
+        now = _under_the_lock(lambda: migration.look_again(session, state))
+        if migration.direction == "upgrade" and settings.safety != "off" and now.steps:
+            # Weighed under the lock, with the sizes of the tables as they run.
+            _weigh_safety(settings, migration.script, now.steps, session, measured)
+        # Not before a refusal: a refused run changes nothing, the ledger included.
+        seen = deploy_ledger.look(session.connection, recorder, _known_heads(now))
+        deploy_ledger.settle(session.connection, recorder, seen)
+        _hand_over(session, migration.config)  # a new session after a reconnect while waiting
+        run.apply(
+            migration.config,
+            migration.script,
+            migration.direction,
+            migration.target,
+            settings=settings,
+            lock=lock,
+            summary=migration.summary,
+            refuse=migration.accept,
+            heads=now.heads,
+            recorder=recorder,
+        )
+        # The summary says where the database is, read from it, not inferred.
+        done = _under_the_lock(lambda: migration.look_again(session, state))
+        migration.summary.to_revision = run.heads_name(done.heads)
+    return True
 
 
 def stamp(settings: Settings, summary: Summary, target: str, if_matches: bool = False) -> None:
@@ -643,7 +677,7 @@ def _connected(session: Session) -> Connection:
 
 def _recorder(settings: Settings, script: ScriptDirectory, state: State) -> deploy_ledger.Recorder:
     """The ledger beside the version table env.py names, and who this run is."""
-    schema = state.version_table.schema if state.version_table is not None else None
+    schema = state.version_table[1] if state.version_table is not None else None
     who = deploy_ledger.Who(settings.host, settings.deploy_id)
     return deploy_ledger.Recorder(deploy_ledger.table(schema), who, script)
 
@@ -823,7 +857,7 @@ def _accept(state: State, direction: Direction, settings: Settings, summary: Sum
         log.warning("%s; MIGRATOR_ALLOW_UNKNOWN_REVISION is true: nothing to do", message)
     elif not state.steps and summary.applied == 0:
         summary.to_revision = run.heads_name(state.heads)
-        log.info("nothing to do: the database is at %s", run.heads_name(state.heads))
+        logs.nothing_to_do(run.heads_name(state.heads))
 
 
 def _heads_after(state: State, direction: Direction) -> set[str]:
@@ -889,7 +923,7 @@ def _database(
     """The run's session, once the database accepts it; its connection is handed to env.py
     through the Alembic config (Alembic's connection-sharing recipe)."""
     settings.connection_url()  # raises when no database is configured
-    log.info("connecting to %s", settings.masked_url())
+    logs.connecting(settings.masked_url())
     session = Session(settings, writable=writable)
     # The session's connection waits for a busy server; so does every other the run opens.
     patient = patient_connections(lambda: session.patience, session.make_room)

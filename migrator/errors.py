@@ -1,5 +1,10 @@
 """One exception type per exit status, and the one place that decides what a database error
 means; the CLI maps the exceptions to exit codes.
+
+Each type also says whether its status is permanent: a rerun of the same release on the same
+database fails the same way, so the Helm chart's podFailurePolicy fails the Job at once on it
+rather than retrying (tests/test_helm_chart.py checks the chart and the docs against
+`permanent_exit_statuses()`).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ class MigratorError(Exception):
 
     exit_status = 1
     status = "failed"
+    permanent = False  # a retry may succeed (an outage, a lock, a revision's own failure)
 
 
 class MigrationFailed(MigratorError):
@@ -31,6 +37,7 @@ class UsageError(MigratorError):
 
     exit_status = 2
     status = "usage error"
+    permanent = True
 
 
 class ProjectExited(MigratorError):
@@ -38,6 +45,7 @@ class ProjectExited(MigratorError):
 
     exit_status = 2
     status = "usage error"
+    permanent = True
 
 
 class DatabaseUnreachable(MigratorError):
@@ -62,6 +70,7 @@ class DifferenceFound(MigratorError):
 
     exit_status = 5
     status = "difference"
+    permanent = True
 
 
 class AccessDenied(MigratorError):
@@ -70,6 +79,7 @@ class AccessDenied(MigratorError):
 
     exit_status = 6
     status = "access denied"
+    permanent = True
 
 
 class LockLost(MigratorError):
@@ -84,6 +94,7 @@ class SafetyRefused(MigratorError):
 
     exit_status = 8
     status = "refused by safety"
+    permanent = True
 
 
 class FleetFailed(MigratorError):
@@ -102,6 +113,18 @@ class Interrupted(MigratorError):
     def __init__(self, message: str, signal_number: int) -> None:
         super().__init__(message)
         self.exit_status = 128 + signal_number
+
+
+def permanent_exit_statuses() -> list[int]:
+    """The exit statuses a retry cannot change, from the exception types that say so."""
+    found: set[int] = set()
+    kinds: list[type[MigratorError]] = [MigratorError]
+    while kinds:
+        kind = kinds.pop()
+        kinds += kind.__subclasses__()
+        if kind.permanent:
+            found.add(kind.exit_status)
+    return sorted(found)
 
 
 # What a database error means, by SQLSTATE wherever the driver has one (psycopg2's `pgcode`,

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from migrator import config, manifest, signals
+from migrator import catalog, config, logs, manifest, signals
 from migrator.config import Settings
 from migrator.logs import Summary, log, report_summary, setup_logging
 from migrator.masking import Mask
@@ -34,7 +34,6 @@ _SCHEMES = {
     "postgresql+psycopg2": "psycopg2",
 }
 _BARE_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
-_MARK = "SELECT current_setting('migrator.session', true)"
 
 
 class Doubt(Exception):
@@ -80,14 +79,9 @@ def _answer(arguments: Sequence[str], environ: Mapping[str, str], summary: Summa
     if heads != [head]:
         raise Doubt(f"the database is at {', '.join(heads) or 'base'}")
     _check_stop()
-    log.info("connecting to %s", masked)
-    log.info(
-        "database ready after %.2f s (PostgreSQL %s)",
-        time.monotonic() - started,
-        version,
-        extra={"fields": {"event": "connected", "server_version": version}},
-    )
-    log.info("nothing to do: the database is at %s", head)
+    logs.connecting(masked)
+    logs.database_ready(time.monotonic() - started, version)
+    logs.nothing_to_do(head)
     summary.from_revision = summary.to_revision = head
     report_summary(summary, mask, settings.termination_log, settings.summary_file)
     log.debug("answered by the manifest (SQLAlchemy imported: %s)", "sqlalchemy" in sys.modules)
@@ -172,10 +166,11 @@ def _database_heads(
     first = driver.module.connect(**parameters)
     try:
         with first.cursor() as cursor:
-            cursor.execute(_MARK)
+            cursor.execute(f"SELECT {catalog.SESSION_MARK}")
             if (cursor.fetchone() or [None])[0]:
                 raise Doubt("a pooler handed on a used session")
-            cursor.execute("SELECT set_config('migrator.session', %s, false)", (uuid.uuid4().hex,))
+            mark = f"SELECT set_config('{catalog.SESSION_TOKEN}', %s, false)"
+            cursor.execute(mark, (uuid.uuid4().hex,))
         first.commit()
     finally:
         first.close()
@@ -183,17 +178,17 @@ def _database_heads(
     try:
         with second.cursor() as cursor:
             cursor.execute(
-                f"{_MARK}, pg_is_in_recovery(), current_setting('transaction_read_only')"
+                f"SELECT {catalog.SESSION_MARK}, {catalog.IN_RECOVERY}, {catalog.READ_ONLY}"
             )
-            marked, in_recovery, read_only = cursor.fetchone() or (None, True, "on")
-            if marked or in_recovery or read_only == "on":
+            marked, in_recovery, read_only = cursor.fetchone() or (None, True, True)
+            if marked or in_recovery or read_only:
                 raise Doubt("a pooler, or a read-only server")
-            names = [known["version_table_schema"], known["version_table"]]
-            table = driver.sql.Identifier(*[name for name in names if name])
-            cursor.execute(driver.sql.SQL("SELECT version_num FROM {}").format(table))
+            table = known["version_table"], known["version_table_schema"]
+            cursor.execute(catalog.select_versions(*table))
             heads = sorted(row[0] for row in cursor.fetchall())
             if heads == sorted(known["heads"]):  # else the caller says where it is
-                _check_ledger(driver, cursor, names, known["checksums"])
+                schema = known["version_table_schema"]
+                _check_ledger(cursor, schema, known["checksums"], driver.module.Error)
         number = second.info.server_version
         if number < 100000:
             raise Doubt("PostgreSQL before 10")
@@ -202,24 +197,13 @@ def _database_heads(
         second.close()
 
 
-# The deploy ledger's newest row for each revision (ledger.py writes it; one query).
-_LEDGER_ROWS = (
-    "SELECT DISTINCT ON (revision) revision, outcome, checksum FROM {} "
-    "WHERE outcome IN ('applied', 'adopted', 'accepted', 'stamped', 'outside', 'reverted') "
-    "ORDER BY revision, id DESC"
-)
-
-
-def _check_ledger(
-    driver: Driver, cursor: Any, names: list[str | None], checksums: dict[str, str]
-) -> None:
+def _check_ledger(cursor: Any, schema: str | None, checksums: dict[str, str], errors: Any) -> None:
     """The ledger names every revision as applied with its file's checksum as the manifest
     has it; else (no ledger yet, a revision applied outside, an edited one) the full path
     decides."""
-    table = driver.sql.Identifier(*[name for name in names[:-1] if name], "migrator_ledger")
     try:
-        cursor.execute(driver.sql.SQL(_LEDGER_ROWS).format(table))
-    except driver.module.Error:
+        cursor.execute(catalog.ledger_newest_rows(schema))
+    except errors:
         raise Doubt("no deploy ledger yet") from None  # the full path creates it
     recorded = {revision: (outcome, checksum) for revision, outcome, checksum in cursor.fetchall()}
     for revision, checksum in checksums.items():
@@ -234,7 +218,6 @@ class Driver:
 
     name: str
     module: Any
-    sql: Any  # the module's `sql`, to quote the version table's name
     parse: Callable[[str], dict[str, Any]]  # libpq's own reading of a URL
 
 
@@ -245,14 +228,12 @@ def _driver(name: str) -> Driver:
         if name == "psycopg":
             import psycopg
             import psycopg.conninfo
-            import psycopg.sql
 
-            return Driver(name, psycopg, psycopg.sql, psycopg.conninfo.conninfo_to_dict)
+            return Driver(name, psycopg, psycopg.conninfo.conninfo_to_dict)
         import psycopg2
         import psycopg2.extensions
-        import psycopg2.sql
 
-        return Driver(name, psycopg2, psycopg2.sql, psycopg2.extensions.parse_dsn)
+        return Driver(name, psycopg2, psycopg2.extensions.parse_dsn)
     except ImportError:
         raise Doubt(f"{name} is not installed") from None
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
@@ -42,7 +42,7 @@ from migrator.config import FleetSettings, Settings, parse_url, schema_name
 from migrator.errors import UsageError, permission_denied
 from migrator.logs import log
 from migrator.masking import Mask
-from migrator.run import version_table_of
+from migrator.run import versions_statement
 from migrator.scratch import Identity
 
 # What a target's process may not inherit: the fleet's own connection, command and outputs.
@@ -280,7 +280,7 @@ def _look(
     table) leaves a target to its run, which says what is wrong, if anything."""
     heads_query = None
     if wanted is not None and version_table is not None:
-        heads_query = select(version_table_of(*version_table).c.version_num)
+        heads_query = versions_statement(*version_table)
 
     def look(target: Target) -> _Look:
         if signals.stop_requested.is_set():

@@ -37,14 +37,13 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
-from migrator import __version__, errors
+from migrator import __version__, catalog, errors
 from migrator.errors import AccessDenied, MigratorError, UsageError
 from migrator.logs import log
 from migrator.project_files import revision_checksum
 
-TABLE_NAME = "migrator_ledger"
-# Outcomes after which the revision is in the database, with the checksum the row names.
-IN_THE_DATABASE = ("applied", "adopted", "accepted", "stamped", "outside")
+TABLE_NAME = catalog.LEDGER_TABLE
+IN_THE_DATABASE = catalog.LEDGER_OUTCOMES_IN_THE_DATABASE
 
 
 def table(schema: str | None) -> Table:

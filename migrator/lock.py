@@ -29,6 +29,7 @@ from sqlalchemy.sql.elements import TextClause
 from tenacity import retry_if_result, wait_random_exponential
 
 from migrator import retry, signals, wait
+from migrator.catalog import SESSION_MARK, this_database, user_schema
 from migrator.errors import (
     ConnectionLost,
     DatabaseUnreachable,
@@ -39,7 +40,7 @@ from migrator.errors import (
     reason,
 )
 from migrator.logs import log
-from migrator.session import TOKEN_SETTING, Session, transaction_pooling
+from migrator.session import Session, transaction_pooling
 
 # One key for every release of every project, so that any two runs on a database serialise
 # (a schema target of a fleet: any two runs on that schema).
@@ -72,22 +73,23 @@ def _key_parts(key: int) -> dict[str, int]:
     return {"high": key >> 32, "low": key & 0xFFFFFFFF}
 
 
-_HELD_BY = """
+def _held_by(pid: str) -> str:
+    """A condition: the session `pid` holds the migration lock (the key as :high, :low)."""
+    return f"""
     EXISTS (
         SELECT 1 FROM pg_locks
         WHERE locktype = 'advisory' AND granted AND pid = {pid}
-          AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+          AND {this_database("database")}
           AND classid = :high AND objid = :low AND objsubid = 1)
 """
-_OURS = f"current_setting('{TOKEN_SETTING}', true) = :token"
+
+
+_OURS = f"{SESSION_MARK} = :token"
 # NULL when the statement reached another server session than ours: a transaction pooler.
 _TRY_LOCK = text(f"SELECT CASE WHEN {_OURS} THEN pg_try_advisory_lock(:key) END")
 _UNLOCK = text(f"SELECT CASE WHEN {_OURS} THEN pg_advisory_unlock(:key) END")
-_CONFIRM = text(f"SELECT CASE WHEN {_OURS} THEN {_HELD_BY.format(pid='pg_backend_pid()')} END")
-_FENCE_SQL = (
-    f"SELECT {_HELD_BY.format(pid=':pid')} AS held, pg_backend_pid() AS pid, "
-    f"current_setting('{TOKEN_SETTING}', true) AS token"
-)
+_CONFIRM = text(f"SELECT CASE WHEN {_OURS} THEN {_held_by('pg_backend_pid()')} END")
+_FENCE_SQL = f"SELECT {_held_by(':pid')} AS held, pg_backend_pid() AS pid, {SESSION_MARK} AS token"
 _FENCE = text(_FENCE_SQL)
 
 
@@ -98,12 +100,11 @@ def _fence_beside(statement: str) -> TextClause:
 
 # Another role's session shows its pid but not its times or state (without pg_read_all_stats).
 _LOCK_HOLDER = text(
-    """
+    f"""
     SELECT a.pid, a.usename, a.application_name, a.client_addr, a.state,
            extract(epoch FROM now() - a.backend_start) AS seconds
     FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-    WHERE l.locktype = 'advisory' AND l.granted
-      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+    WHERE l.locktype = 'advisory' AND l.granted AND {this_database("l.database")}
       AND l.classid = :high AND l.objid = :low AND l.objsubid = 1
     """
 )
@@ -111,7 +112,7 @@ _LOCK_HOLDER = text(
 # Sessions holding locks on this database's own tables, oldest transaction first: after a
 # lock timeout (55P03) the migration is no longer waiting, so this is who it waited behind.
 _TABLE_LOCK_HOLDERS = text(
-    """
+    f"""
     SELECT DISTINCT a.pid, a.usename, a.application_name, a.client_addr, a.state,
            extract(epoch FROM now() - coalesce(a.xact_start, a.backend_start)) AS seconds,
            c.relname
@@ -120,9 +121,7 @@ _TABLE_LOCK_HOLDERS = text(
     JOIN pg_class c ON c.oid = l.relation
     JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE l.locktype = 'relation' AND l.granted AND a.pid <> pg_backend_pid()
-      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-      AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-      AND n.nspname NOT LIKE 'pg_toast%'
+      AND {this_database("l.database")} AND {user_schema("n.nspname")}
     ORDER BY seconds DESC NULLS LAST
     LIMIT 3
     """
@@ -130,15 +129,13 @@ _TABLE_LOCK_HOLDERS = text(
 
 
 _TABLE_LOCKS = text(
-    """
+    f"""
     SELECT l.pid, l.relation::bigint AS relation
     FROM pg_locks l
     JOIN pg_class c ON c.oid = l.relation
     JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE l.locktype = 'relation' AND l.granted AND l.pid <> pg_backend_pid()
-      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-      AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-      AND n.nspname NOT LIKE 'pg_toast%'
+      AND {this_database("l.database")} AND {user_schema("n.nspname")}
     """
 )
 

@@ -24,12 +24,10 @@ from alembic.script import Script, ScriptDirectory
 from alembic.script.revision import MultipleHeads, RevisionError
 from alembic.util import CommandError
 from alembic.util.pyfiles import pyc_file_from_path
-from sqlalchemy import column as sa_column
-from sqlalchemy import event, select, text
-from sqlalchemy import table as sa_table
+from sqlalchemy import event, text
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.sql.expression import TableClause
+from sqlalchemy.sql.elements import TextClause
 from tenacity import (
     RetryCallState,
     retry_if_exception,
@@ -37,7 +35,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from migrator import errors, ledger, project_files, retry, signals
+from migrator import catalog, errors, ledger, project_files, retry, signals
 from migrator.config import Settings
 from migrator.errors import (
     ConnectionLost,
@@ -71,7 +69,7 @@ class State:
     heads: tuple[str, ...]  # the database's revisions; () at base
     unknown: tuple[str, ...]  # those of them this project does not know
     steps: tuple[Script, ...]  # the revisions to run, in order
-    version_table: TableClause | None = None  # where env.py keeps them (alembic_version)
+    version_table: tuple[str, str | None] | None = None  # where env.py keeps them: name, schema
 
 
 def alembic_project(settings: Settings) -> tuple[Config, ScriptDirectory]:
@@ -206,7 +204,7 @@ def inspect(config: Config, script: ScriptDirectory, direction: Direction, targe
 
     def record(heads: tuple[str, ...], context: MigrationContext) -> list[Any]:
         state = _state(script, direction, target, heads)[0]
-        table = version_table_of(context.version_table, context.version_table_schema)
+        table = (context.version_table, context.version_table_schema)
         found.append(replace(state, version_table=table))
         return []
 
@@ -224,7 +222,7 @@ def look_again(
     (no env.py run, no new connection)."""
     assert state.version_table is not None
     try:
-        rows = connection.execute(select(state.version_table.c.version_num)).all()
+        rows = connection.execute(versions_statement(*state.version_table)).all()
         connection.commit()
     except DBAPIError as error:
         connection.rollback()
@@ -268,12 +266,80 @@ def apply(
     A revision that times out waiting for a table lock (55P03) was rolled back; after a
     backoff the run resumes from it, up to MIGRATOR_DDL_LOCK_RETRIES times.
     """
-    progress = _Progress(summary, heads)
-    session = lock.session
+    _Apply(
+        config, script, direction, target, settings, lock, summary, refuse, heads, recorder
+    ).run()
 
-    def steps(heads: tuple[str, ...], context: MigrationContext) -> Iterator[Any]:
+
+class _Apply:
+    """One `apply`: env.py's callbacks (the steps, the fence, the autocommit watch) and the
+    retry's (report a blocker, wait for its release), over what they share: the progress,
+    and the table locks held when a revision timed out."""
+
+    def __init__(
+        self,
+        config: Config,
+        script: ScriptDirectory,
+        direction: Direction,
+        target: str,
+        settings: Settings,
+        lock: MigrationLock,
+        summary: Summary,
+        refuse: Callable[[State], None],
+        heads: tuple[str, ...],
+        recorder: ledger.Recorder,
+    ) -> None:
+        self.config, self.script = config, script
+        self.recorder = recorder
+        self.direction, self.target = direction, target
+        self.settings, self.lock, self.refuse = settings, lock, refuse
+        self.session = lock.session
+        self.progress = _Progress(summary, heads)
+        self.held_then: set[tuple[int, int]] = set()
+
+    def run(self) -> None:
+        retrying = retry.retrying(
+            retry=retry_if_exception(lock_not_available),
+            wait=wait_random_exponential(multiplier=0.5, max=10),
+            stop=stop_after_attempt(self.settings.ddl_lock_retries + 1),
+            before_sleep=self.report_blocker,
+            sleep=self.until_released,
+            reraise=True,
+        )
+        try:
+            retrying(
+                run_env,
+                self.config,
+                self.script,
+                self.steps,
+                on_version_apply=[self.fence, self.progress.applied],
+                destination_rev=self.target,
+            )
+        except Exception as error:
+            failure = _failure(error, self.progress, self.lock, self.settings)
+            self.record_failure(failure)
+            raise failure from error
+
+    def record_failure(self, failure: MigratorError) -> None:
+        """The deploy ledger's row for the revision in flight, after its rollback. A lost
+        session or lock leaves none: no session holding the lock is left to write it on (a
+        new one would write beside another run's work)."""
+        current = self.progress.current
+        if current is None or isinstance(failure, (ConnectionLost, LockLost)):
+            return
+        self.recorder.failed(
+            self.session.connection,
+            str(current.revision),
+            self.direction,
+            "interrupted" if signals.stop_requested.is_set() else "failed",
+            str(failure),
+            self.progress.wall_started(),
+        )
+
+    def steps(self, heads: tuple[str, ...], context: MigrationContext) -> Iterator[Any]:
+        progress = self.progress
         if tuple(sorted(heads)) != progress.heads:
-            summary.to_revision = heads_name(heads)  # where it is, read from it
+            progress.summary.to_revision = heads_name(heads)  # where it is, read from it
             raise MigrationFailed(
                 f"the database is at {heads_name(heads)}, but this run, holding the migration "
                 f"lock, left it at {heads_name(progress.heads)}: something else applied or "
@@ -282,88 +348,53 @@ def apply(
             )
         connection = context.connection
         assert connection is not None
-        if connection is not session.connection:
+        if connection is not self.session.connection:
             # env.py made a connection of its own: the lock's session now sits idle, so
             # watch it, and give env.py's connection the same checks as ours.
             progress.own_connection = True
-            session.check_timeouts(connection)
-            lock.watch()
-        if not event.contains(connection, "before_cursor_execute", outside_transaction):
-            event.listen(connection, "before_cursor_execute", outside_transaction)
-        state, planned = _state(script, direction, target, heads)
-        refuse(state)
+            self.session.check_timeouts(connection)
+            self.lock.watch()
+        if not event.contains(connection, "before_cursor_execute", self.outside_transaction):
+            event.listen(connection, "before_cursor_execute", self.outside_transaction)
+        state, planned = _state(self.script, self.direction, self.target, heads)
+        self.refuse(state)
         return progress.track(planned)
 
-    def outside_transaction(connection: Connection, *_: Any) -> None:
-        if progress.current is None:
+    def outside_transaction(self, connection: Connection, *_: Any) -> None:
+        if self.progress.current is None:
             return
         if connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
             # Not undone by a rollback, so it must not run at all without the lock.
-            progress.outside_transaction = True
-            if progress.own_connection:
-                lock.confirm()
+            self.progress.outside_transaction = True
+            if self.progress.own_connection:
+                self.lock.confirm()
 
-    def fence(*, ctx: MigrationContext, step: MigrationInfo, **_: Any) -> None:
+    def fence(self, *, ctx: MigrationContext, step: MigrationInfo, **_: Any) -> None:
         assert ctx.connection is not None
         # The deploy ledger's row in the fence's round trip: they commit together.
-        lock.fence(ctx.connection, progress.describe(), recorder.row_for(ctx.connection, step))
+        row = self.recorder.row_for(ctx.connection, step)
+        self.lock.fence(ctx.connection, self.progress.describe(), row)
 
-    held_then: set[tuple[int, int]] = set()
-
-    def report_blocker(state: RetryCallState) -> None:
-        held_then.clear()
-        held_then.update(table_locks(session))
+    def report_blocker(self, state: RetryCallState) -> None:
+        self.held_then = set(table_locks(self.session))
         log.warning(
             "%s timed out waiting for a table lock (MIGRATOR_DDL_LOCK_TIMEOUT); rolled back, "
             "retry %d of %d once they are released (at most %.1f s); blocked by %s",
-            progress.describe(),
+            self.progress.describe(),
             state.attempt_number,
-            settings.ddl_lock_retries,
+            self.settings.ddl_lock_retries,
             state.upcoming_sleep,
-            table_lock_holders(session),
+            table_lock_holders(self.session),
         )
 
-    def until_released(seconds: float) -> None:
+    def until_released(self, seconds: float) -> None:
         # Waiting here queues nobody (the revision is rolled back): retry as soon as the
         # table locks held when it timed out are gone, not after a blind backoff.
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline and not signals.stop_requested.is_set():
-            if not held_then & table_locks(session):
+            if not self.held_then & table_locks(self.session):
                 return
             signals.sleep(min(RELEASE_POLL_SECONDS, deadline - time.monotonic()))
-
-    retrying = retry.retrying(
-        retry=retry_if_exception(lock_not_available),
-        wait=wait_random_exponential(multiplier=0.5, max=10),
-        stop=stop_after_attempt(settings.ddl_lock_retries + 1),
-        before_sleep=report_blocker,
-        sleep=until_released,
-        reraise=True,
-    )
-    try:
-        retrying(
-            run_env,
-            config,
-            script,
-            steps,
-            on_version_apply=[fence, progress.applied],
-            destination_rev=target,
-        )
-    except Exception as error:
-        failure = _failure(error, progress, lock, settings)
-        # A lost session or lock leaves no row: there is no session to write it on that
-        # holds the lock (a new one would write beside another run's work).
-        lost = isinstance(failure, (ConnectionLost, LockLost))
-        if progress.current is not None and not lost:
-            recorder.failed(
-                session.connection,
-                str(progress.current.revision),
-                direction,
-                "interrupted" if signals.stop_requested.is_set() else "failed",
-                str(failure),
-                progress.wall_started(),
-            )
-        raise failure from error
 
 
 def stamp(
@@ -403,32 +434,11 @@ def _failure(
         error = LockLost(f"the migration lock was lost: its session ended during {what} ({error})")
     if isinstance(error, MigratorError) and not progress.outside_transaction:
         return error
-    if signals.stop_requested.is_set() and connection_lost(error):
-        failure: MigratorError = signals.interrupted(
-            f"; the connection was lost ({reason(error)}), so the server rolls back {what} "
-            "when it drops the session"
-        )
-    elif signals.stop_requested.is_set():
-        failure = signals.interrupted(f"; {what} rolled back")
-    elif isinstance(error, MigratorError):
-        failure = error
-    elif lock_not_available(error):
-        failure = MigrationFailed(
-            f"{what} could not take its table lock after {settings.ddl_lock_retries + 1} "
-            f"tries; rolled back; blocked by {table_lock_holders(lock.session)}"
-        )
-    elif connection_lost(error) and progress.own_connection and lock.held()[0]:
-        failure = ConnectionLost(
-            f"env.py's connection was lost during {what} ({reason(error)}); "
-            "the server rolled the revision back"
-        )
-    elif connection_lost(error):
-        failure = LockLost(
-            f"the migration lock was lost: its session ended during {what} "
-            f"({reason(error)}); the server rolled the revision back"
-        )
-    else:
-        failure = errors.failure(error, f"{what} failed and was rolled back")
+    failed = _Failed(error, what, progress, lock, settings)
+    meanings = (meaning(failed) for meaning in _MEANINGS)
+    failure = next(filter(None, meanings), None) or errors.failure(
+        error, f"{what} failed and was rolled back"
+    )
     if progress.outside_transaction:
         left = lock.session.invalid_indexes()
         failure.args = (
@@ -438,6 +448,65 @@ def _failure(
             + "; undo or finish what it did, then rerun",
         )
     return failure
+
+
+@dataclass(frozen=True)
+class _Failed:
+    """A failed run, as each of _MEANINGS reads it."""
+
+    error: BaseException
+    what: str  # the revision in flight, described
+    progress: _Progress
+    lock: MigrationLock
+    settings: Settings
+
+
+def _interrupted(failed: _Failed) -> MigratorError | None:
+    """A signal stopped the run: the revision in flight is rolled back, one way or another."""
+    if not signals.stop_requested.is_set():
+        return None
+    if connection_lost(failed.error):
+        return signals.interrupted(
+            f"; the connection was lost ({reason(failed.error)}), so the server rolls back "
+            f"{failed.what} when it drops the session"
+        )
+    return signals.interrupted(f"; {failed.what} rolled back")
+
+
+def _already_said(failed: _Failed) -> MigratorError | None:
+    """A failure the migrator named as it happened (the fence, a refusal)."""
+    return failed.error if isinstance(failed.error, MigratorError) else None
+
+
+def _table_lock_timeout(failed: _Failed) -> MigratorError | None:
+    """Every try timed out waiting for a table lock (MIGRATOR_DDL_LOCK_RETRIES)."""
+    if not lock_not_available(failed.error):
+        return None
+    return MigrationFailed(
+        f"{failed.what} could not take its table lock after "
+        f"{failed.settings.ddl_lock_retries + 1} tries; rolled back; blocked by "
+        f"{table_lock_holders(failed.lock.session)}"
+    )
+
+
+def _lost(failed: _Failed) -> MigratorError | None:
+    """A session ended: env.py's own, with the lock still held (3), or the lock's (7)."""
+    if not connection_lost(failed.error):
+        return None
+    if failed.progress.own_connection and failed.lock.held()[0]:
+        return ConnectionLost(
+            f"env.py's connection was lost during {failed.what} ({reason(failed.error)}); "
+            "the server rolled the revision back"
+        )
+    return LockLost(
+        f"the migration lock was lost: its session ended during {failed.what} "
+        f"({reason(failed.error)}); the server rolled the revision back"
+    )
+
+
+# What a failure means, the first that applies, in order; any other is the revision's own
+# (errors.failure: its SQL or its code).
+_MEANINGS = (_interrupted, _already_said, _table_lock_timeout, _lost)
 
 
 class StepRecorder(Protocol):
@@ -618,9 +687,10 @@ def run_env(
             ) from None
 
 
-def version_table_of(name: str, schema: str | None) -> TableClause:
-    """The version table env.py names, as much of it as reading the revisions needs."""
-    return sa_table(name, sa_column("version_num"), schema=schema)
+def versions_statement(name: str, schema: str | None) -> TextClause:
+    """catalog.select_versions as SQLAlchemy runs it: text() would read a `:` in the table's
+    name as a parameter, so it is escaped."""
+    return text(catalog.select_versions(name, schema).replace(":", "\\:"))
 
 
 def version_table_oid(context: MigrationContext) -> int:
@@ -629,8 +699,7 @@ def version_table_oid(context: MigrationContext) -> int:
     schema snapshot and the safety measurement leave out."""
     connection = context.connection
     assert connection is not None
-    table = version_table_of(context.version_table, context.version_table_schema)
-    name = connection.dialect.identifier_preparer.format_table(table)
+    name = catalog.version_table(context.version_table, context.version_table_schema)
     return int(connection.execute(_OID_OF, {"name": name}).scalar_one())
 
 

@@ -19,6 +19,7 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
+from migrator.catalog import this_database, user_schema
 from migrator.errors import UsageError
 from migrator.run import version_table_oid
 
@@ -45,18 +46,18 @@ SEVERITIES = ("info", "warning", "error")
 # Objects from 16384 (FirstNormalObjectId) on are the database's own: the built-in catalogs
 # below it are left out by oid, through the index, rather than by a scan of their rows.
 _RELATIONS = text(
-    """
+    f"""
     SELECT c.oid, format('%I.%I', n.nspname, c.relname), c.relkind, c.relfilenode,
            coalesce(i.indrelid, 0)
     FROM pg_class c
     JOIN pg_namespace n ON n.oid = c.relnamespace
     LEFT JOIN pg_index i ON i.indexrelid = c.oid
     WHERE c.relkind IN ('r', 'p', 'm', 'i', 'I') AND c.oid >= 16384
-      AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
+      AND {user_schema("n.nspname")}
     """
 )
 _COLUMNS = text(
-    """
+    f"""
     SELECT a.attrelid, a.attnum, a.attname, a.attnotnull,
            -- NOT NULL, and nothing fills the rows there are: no default, no value kept for
            -- them (attmissingval: a default added with the column, even if dropped since),
@@ -68,7 +69,7 @@ _COLUMNS = text(
     JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE a.attnum > 0 AND NOT a.attisdropped AND a.attrelid >= 16384
       AND c.relkind IN ('r', 'p')
-      AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
+      AND {user_schema("n.nspname")}
     """
 )
 # Columns a validated CHECK (column IS NOT NULL) already proves: SET NOT NULL skips the scan.
@@ -95,10 +96,10 @@ _CONSTRAINTS = text(
     """
 )
 _LOCKS = text(
-    """
+    f"""
     SELECT relation, mode FROM pg_locks
     WHERE pid = pg_backend_pid() AND locktype = 'relation' AND granted
-      AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND {this_database("database")}
     """
 )
 _SIZE = text(

@@ -23,12 +23,12 @@ from sqlalchemy.exc import NoSuchModuleError
 from sqlalchemy.pool import NullPool
 
 from migrator import signals, wait
+from migrator.catalog import IN_RECOVERY, READ_ONLY, SESSION_MARK, SESSION_TOKEN, user_schema
 from migrator.config import Settings, milliseconds, search_path
 from migrator.errors import ConnectionLost, LockLost, MigratorError, UsageError
 from migrator.logs import log
 from migrator.scratch import Identity, session_identity
 
-TOKEN_SETTING = "migrator.session"
 KEEP_BUSY_SECONDS = 2.0
 # The server's side of the session's liveness, by the server version that has the setting.
 _SERVER_SETTINGS_SINCE = {
@@ -38,13 +38,13 @@ _SERVER_SETTINGS_SINCE = {
 }
 _ALIVE = text("SELECT 1")
 _SET = text("SELECT set_config(key, value, false) FROM json_each_text(CAST(:values AS json))")
-_MARK = text(f"SELECT current_setting('{TOKEN_SETTING}', true)")
+_MARK = text(f"SELECT {SESSION_MARK}")
 _CHECK = text(
     f"""
     SELECT pg_backend_pid() AS pid,
-           current_setting('{TOKEN_SETTING}', true) AS token,
-           pg_is_in_recovery() AS in_recovery,
-           current_setting('transaction_read_only') = 'on' AS read_only,
+           {SESSION_MARK} AS token,
+           {IN_RECOVERY},
+           {READ_ONLY},
            current_setting('statement_timeout') AS statement_timeout,
            current_setting('lock_timeout') AS lock_timeout,
            (SELECT setting FROM pg_settings WHERE name = 'statement_timeout') AS statement_ms,
@@ -53,11 +53,11 @@ _CHECK = text(
     """
 )
 _INVALID_INDEXES = text(
-    """
+    f"""
     SELECT i.indexrelid::regclass::text AS index, i.indrelid::regclass::text AS "table"
     FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
     JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE NOT i.indisvalid AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+    WHERE NOT i.indisvalid AND {user_schema("n.nspname")}
     ORDER BY 1
     """
 )
@@ -230,7 +230,7 @@ class Session:
     def _prepare(self, connection: Connection) -> None:
         """Set the session up, read it back, and refuse what this run cannot work on."""
         version = _version_number(connection)
-        values = {TOKEN_SETTING: self.token, **self._server_settings()}
+        values = {SESSION_TOKEN: self.token, **self._server_settings()}
         for name, since in _SERVER_SETTINGS_SINCE.items():
             if version < since:
                 values.pop(name, None)

@@ -23,6 +23,7 @@ from sqlalchemy.pool import NullPool
 
 from migrator import ledger, run, scratch_database, signals
 from migrator import scratch as scratch_process
+from migrator.catalog import user_schema
 from migrator.config import Settings
 from migrator.errors import MigrationFailed, MigratorError, UsageError, reason
 from migrator.logs import log
@@ -288,12 +289,15 @@ def enum_label_differences(connection: Connection, metadata: MetaData) -> list[s
 # views, sequences) but the run's version table, whose rows change with every step.
 # `oid >= 16384` (FirstNormalObjectId: every object made after initdb has an oid from there)
 # leaves out the built-in functions and their descriptions by index, not by a scan of each.
-_PROJECT = r"""
+_PROJECT = (
+    r"""
     ns AS (
         SELECT oid, nspname,
                CASE WHEN nspname = current_schema() THEN '' ELSE nspname || '.' END AS prefix
         FROM pg_namespace
-        WHERE nspname <> 'information_schema' AND nspname NOT LIKE 'pg\_%'
+        WHERE """
+    + user_schema("nspname")
+    + r"""
     ),
     rel AS (
         SELECT c.oid, c.relkind, c.relpersistence, c.relowner, c.relacl, c.reloptions,
@@ -304,6 +308,7 @@ _PROJECT = r"""
         WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm', 'S') AND c.oid <> :version_table
     )
 """
+)
 _PARTS = {
     # A table's persistence (UNLOGGED) and partition key; a view's query; a sequence's
     # parameters (ALTER SEQUENCE).

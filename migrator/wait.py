@@ -23,7 +23,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from tenacity import RetryCallState, retry_if_exception, wait_random_exponential
 
-from migrator import retry, signals
+from migrator import logs, retry, signals
 from migrator.errors import DatabaseUnreachable, database_error, reason, refusal
 from migrator.logs import log
 
@@ -75,12 +75,7 @@ def connect(
     if not announce:
         return connection
     version = ".".join(str(part) for part in connection.dialect.server_version_info or ())
-    log.info(
-        "database ready after %.2f s (PostgreSQL %s)",
-        time.monotonic() - started,
-        version,
-        extra={"fields": {"event": "connected", "server_version": version}},
-    )
+    logs.database_ready(time.monotonic() - started, version)
     return connection
 
 

@@ -144,6 +144,8 @@ def test_a_database_at_a_revision_the_project_does_not_know_takes_the_full_path(
     result = upgrade(database, project)
 
     assert result.status == 2, result.output
+    assert f"fast path: the database is at ffffffffffff; {DECLINED}" in result.stderr
+    assert ANSWERED not in result.stderr
     assert "a revision this project does not know" in result.stderr
 
 
@@ -156,6 +158,8 @@ def test_a_read_only_database_takes_the_full_path(database: Database, project: P
     result = upgrade(database, project, MIGRATOR_WAIT_TIMEOUT="1")
 
     assert result.status == 3, result.output
+    assert f"fast path: a pooler, or a read-only server; {DECLINED}" in result.stderr
+    assert ANSWERED not in result.stderr
     assert "read-only" in result.stderr
 
 

@@ -80,7 +80,11 @@ def test_ci_is_least_privilege_pinned_and_bounded() -> None:
         "scripts/ci/kind.sh",
         "scripts/ci/package.sh",
     ):
-        assert script in runs, script
+        assert any(run.split()[:1] == [script] for run in runs), script
+    # The test job runs scripts/test.sh's two stages side by side: together, every test.
+    test_job = ci["jobs"]["test"]
+    assert test_job["strategy"]["matrix"]["stage"] == ["not slow", "slow"]
+    assert test_job["steps"][-1]["run"] == 'scripts/test.sh -m "$STAGE"'
 
 
 def test_every_action_is_pinned_by_sha_with_its_tag_and_one_pin_per_action() -> None:
@@ -279,7 +283,7 @@ def test_the_action_plans_without_changing_anything(
     assert "4 revision(s) would run" in run.step_summary.splitlines()[0]
     listed = re.findall(r"^\d+\. `(\w+)` (.*)$", run.step_summary, flags=re.MULTILINE)
     assert listed == [(step["revision"], step["message"]) for step in planned]
-    assert "### Safety report: upgrade from base to head" in run.step_summary
+    assert f"### Safety report: upgrade from base to {HEAD} (head)" in run.step_summary
 
 
 def test_the_action_plan_weighs_what_verify_recorded_in_the_checkout(
@@ -309,7 +313,7 @@ def test_the_action_plan_weighs_what_verify_recorded_in_the_checkout(
     )
 
     assert run.status == 0, run.log
-    assert "### Safety report: upgrade from 0d25ea6c8183 to head" in run.step_summary
+    assert f"### Safety report: upgrade from 0d25ea6c8183 to {HEAD} (head)" in run.step_summary
     rows = {(row[1], row[2], row[3]) for row in table_rows(run.step_summary) if len(row) == 9}
     assert ("`data-change`", "`public.cars`", "20,000 rows") in rows
     assert "not weighed" not in run.step_summary

@@ -4,6 +4,7 @@ and its rendered Job run for real under Docker against a real PostgreSQL."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import uuid
@@ -17,6 +18,7 @@ import yaml
 from conftest import PASSWORD, PYTHON_IMAGE, ROLE, ROOT, Database, assert_no_password
 
 import migrator
+from migrator import errors
 
 CHART = ROOT / "helm" / "migrator"
 # Every minor release the chart supports (Chart.yaml kubeVersion), each validated strictly:
@@ -158,7 +160,11 @@ def test_every_rendering_is_valid_kubernetes_and_keeps_what_matters(
     assert job["spec"]["podFailurePolicy"]["rules"] == [
         {
             "action": "FailJob",
-            "onExitCodes": {"containerName": "migrator", "operator": "In", "values": [2, 5, 6, 8]},
+            "onExitCodes": {
+                "containerName": "migrator",
+                "operator": "In",
+                "values": errors.permanent_exit_statuses(),
+            },
         },
         {
             "action": "Ignore",
@@ -326,6 +332,49 @@ def test_lint_is_clean_and_app_version_follows_the_package() -> None:
     assert report["errors"] == []
     assert [m for m in report["messages"] if m["severity"] >= 2] == []
     assert chart["appVersion"] == migrator.__version__
+
+
+# Where the chart and the docs say, in words, which exit statuses fail at once.
+PERMANENT_IN_WORDS = [
+    CHART / "values.yaml",
+    CHART / "templates" / "NOTES.txt",
+    CHART / "README.md",
+    ROOT / "README.md",
+    ROOT / "docs" / "kubernetes.md",
+    ROOT / "docs" / "fleets.md",
+]
+
+
+def test_the_chart_and_the_docs_fail_at_once_on_the_statuses_errors_py_calls_permanent() -> None:
+    """The statuses are errors.py's (each exception type says whether it is permanent); the
+    podFailurePolicy above lists them, and every sentence that names them names the same."""
+    permanent = errors.permanent_exit_statuses()
+    in_words = ", ".join(map(str, permanent[:-1])) + f" and {permanent[-1]}"
+    listed = r"(\d+(?:, \d+)* and \d+)"
+    for path in PERMANENT_IN_WORDS:
+        prose = " ".join(path.read_text().replace("#", " ").split())
+        named = re.findall(rf"{listed} fail\b", prose) + re.findall(
+            rf"at once on (?:exit )?{listed}", prose
+        )
+        assert named, f"{path} does not say which exit statuses fail at once"
+        assert set(named) == {in_words}, path
+    # The README's exit-status table has a row for each status an exception type ends in.
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("## Exit status", 1)[1].strip().split("\n\n", 1)[0]
+    rows = {
+        int(status)
+        for row in re.findall(r"^\| ([\d, ]+) \|", table, re.M)
+        for status in row.split(",")
+    }
+    statuses = {kind.exit_status for kind in _exception_types() if "exit_status" in vars(kind)}
+    assert statuses - {0} <= rows and set(permanent) <= rows
+
+
+def _exception_types() -> list[type[errors.MigratorError]]:
+    found: list[type[errors.MigratorError]] = [errors.MigratorError]
+    for kind in found:
+        found += kind.__subclasses__()
+    return found
 
 
 BAD_VALUES = {

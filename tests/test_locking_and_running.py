@@ -223,14 +223,22 @@ def test_table_lock_timeout_is_retried_until_the_blocker_commits(database: Datab
 def test_table_lock_retries_exhausted_fail_naming_the_blocker(database: Database) -> None:
     run_migrator("upgrade", "8d2c5a61e0f4", env=database.env)
     env = {**database.env, "MIGRATOR_DDL_LOCK_TIMEOUT": "0.2", "MIGRATOR_DDL_LOCK_RETRIES": "1"}
-    with session(database, "app-blocker") as blocker:
+    # A session with a temporary table of its own (schema pg_temp_N, the system's) blocks
+    # nothing of the project's: it is not named, though its transaction is the oldest.
+    with (
+        session(database, "app-temporary") as temporary,
+        session(database, "app-blocker") as blocker,
+    ):
+        temporary.execute(sa.text("CREATE TEMPORARY TABLE scratch (n int)"))
         blocker.execute(sa.text("UPDATE cars SET colour = colour"))
         result = run_migrator("upgrade", "head", env=env)
         blocker.rollback()
+        temporary.rollback()
 
     assert result.status == 1, result.output
     assert "could not take its table lock after 2 tries; rolled back" in result.stderr
     assert "app-blocker" in result.stderr
+    assert "app-temporary" not in result.stderr
     assert database.revision() == "8d2c5a61e0f4"
     assert "services" not in database.tables()
 

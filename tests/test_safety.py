@@ -60,8 +60,9 @@ def large(at_p1: Database) -> Database:
 
 
 def findings(result: Any) -> dict[tuple[str, str], dict[str, Any]]:
-    """The plan's findings by (revision, rule)."""
-    assert result.status in (0, 8), result.output
+    """The plan's findings by (revision, rule). Under MIGRATOR_SAFETY=warn (the default) a
+    plan reports its findings and exits 0, error-level ones included."""
+    assert result.status == 0, result.output
     report = json.loads(result.stdout)["safety"]
     return {(f["revision"], f["rule"]): f for f in report["findings"]}
 

@@ -14,8 +14,9 @@
      statuses a retry cannot fix: FailJob, or FailIndex in an Indexed Job (that index alone
      fails; the others go on, within fleet.maxFailedIndexes). */}}
 {{- define "migrator.podFailurePolicy" }}
-  # A retry cannot fix bad configuration (2), a difference found by check/verify (5) or
-  # refused credentials (6): fail at once. An evicted pod does not count as a failure.
+  # A retry cannot fix bad configuration (2), a difference found by check/verify (5),
+  # refused credentials (6) or a refusal by the safety gate (8): fail at once (the
+  # exceptions marked permanent in migrator/errors.py). An evicted pod is no failure.
   podFailurePolicy:
     rules:
       - action: {{ . }}
