@@ -50,8 +50,9 @@ from migrator.errors import (
     reason,
 )
 from migrator.lock import MigrationLock, table_lock_holders, table_locks
-from migrator.logs import Summary, log
+from migrator.logs import log
 from migrator.scratch import Identity, session_identity
+from migrator.summary import Summary
 
 Direction = Literal["upgrade", "downgrade"]
 # How often a revision that timed out on a table lock looks whether the holders are gone.
