@@ -469,6 +469,17 @@ def describe_resolution_error(script: ScriptDirectory, target: str, error: Excep
             f"target {target!r} is ambiguous: the migrations have {len(heads)} heads "
             f"({', '.join(heads)}); name one of them, or 'heads' for all"
         )
+    # Alembic says "Can't locate" for a prefix of several revisions too; its cause names it.
+    prefix = getattr(error.__cause__, "argument", None)
+    if isinstance(prefix, str):
+        starting = sorted(
+            rev.revision for rev in script.walk_revisions() if rev.revision.startswith(prefix)
+        )
+        if len(starting) > 1:
+            return (
+                f"target {target!r} is ambiguous: {len(starting)} revisions start with "
+                f"{prefix!r} ({', '.join(starting)}); give more of the one you mean"
+            )
     return f"target {target!r}: {error}"
 
 

@@ -7,9 +7,11 @@ that received the signal sits inside libpq waiting for a query (a long `UPDATE`,
 wait), so the main thread stays free to take the signal and cancel the queries in
 flight. Tenacity's waits sleep on `stop_requested`, so a wait ends at once too.
 
-The handler is installed first of all (`catch()`, the first line of `migrator`), before
-SQLAlchemy and Alembic are imported: a signal during the imports is recorded, and the run
-that follows stops before any database work. So this module imports the standard library
+What a stop concerns is one run's (`Stop`): each run has its own (`new_run`), so a second
+run in one process (a test calling `cli.main` twice) starts clean. The handler is installed
+first of all (`catch()`, the first line of `migrator`), before SQLAlchemy and Alembic are
+imported: a signal during the imports is recorded, and the run that follows stops before
+any database work. So this module imports the standard library
 alone when it is loaded; SQLAlchemy and the errors are imported where they are used.
 """
 
