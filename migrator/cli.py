@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -243,7 +242,6 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     environ = os.environ if environ is None else environ
     early_format = environ.get("MIGRATOR_LOG_FORMAT", "").strip().lower()
     setup_logging("json" if early_format == "json" else "text", "INFO")
-    logging.captureWarnings(True)  # a library's warning is a log line too, in the log's format
     try:
         settings, command = _read(arguments, environ)
     except MigratorError as error:  # bad input: one line, nothing done

@@ -78,6 +78,7 @@ def setup_logging(
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    logging.captureWarnings(True)  # a library's warning is a log line too, in the log's format
     # Alembic and SQLAlchemy speak only of warnings unless asked to debug.
     root.setLevel(logging.WARNING)
     log.setLevel(level)
