@@ -514,7 +514,7 @@ def parse_url(text: str, label: str = "DATABASE_URL") -> URL:
         )
     if url.port is not None and not 1 <= url.port <= 65535:
         raise UsageError(f"{label}: port {url.port} is out of range (1-65535)")
-    _names_fit({"host": url.host, "user": url.username, "database": url.database}, label)
+    check_names({"host": url.host, "user": url.username, "database": url.database}, label)
     return _with_driver(url, label)
 
 
@@ -534,7 +534,7 @@ def database_parts(environ: Mapping[str, str]) -> dict[str, Any]:
     if not _WHOLE_NUMBER.fullmatch(raw_port) or not 1 <= int(raw_port) <= 65535:
         raise UsageError(f"{values.label('DB_PORT')}: {raw_port!r} is not a port (1-65535)")
     for name, part in (("DB_HOST", "host"), ("DB_USER", "user"), ("DB_NAME", "database")):
-        _names_fit({part: values.raw(name)}, name)
+        check_names({part: values.raw(name)}, name)
     return {
         "username": values.raw("DB_USER"),
         "password": _secret(values, "DB_PASSWORD"),
@@ -544,7 +544,7 @@ def database_parts(environ: Mapping[str, str]) -> dict[str, Any]:
     }
 
 
-def _names_fit(names: Mapping[str, str | None], label: str) -> None:
+def check_names(names: Mapping[str, str | None], label: str) -> None:
     """Refuse a host, user or database name no connection could use as given."""
     for part, name in names.items():
         if name is None:

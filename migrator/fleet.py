@@ -37,7 +37,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from migrator import signals
-from migrator.config import FleetSettings, Settings, parse_url, schema_name
+from migrator.config import FleetSettings, Settings, check_names, parse_url, schema_name
 from migrator.errors import Interrupted, UsageError, permission_denied
 from migrator.job import Command, run_one
 from migrator.logs import log
@@ -170,6 +170,7 @@ def _target(text: str, number: int, settings: Settings) -> Target:
         raise UsageError(
             f"{label}: {text!r} is not a database name, a postgresql:// URL or schema=NAME"
         )
+    check_names({"database": text}, label)  # as DATABASE_URL's would be
     return Target(number, text, base.set(database=text))
 
 

@@ -310,6 +310,8 @@ def test_urls_as_targets_never_show_their_password(
         (["tenant_a", "tenant_b", "tenant_a"], "line 3: tenant_a is line 1 again"),
         (["tenant_a", "tenant a"], "line 2: 'tenant a' is not a database name"),
         (["schema=Bad-Name"], "line 1: 'Bad-Name' is not a plain schema name"),
+        # PostgreSQL would cut it to 63 bytes, and migrate another database.
+        (["tenant_a", "t" * 64], "line 2: the database name is 64 bytes"),
         (["postgresql://u:Sup3r@Secret@db/x"], "line 1: more than one @ before the host"),
         (["# nothing but a comment", ""], "names no target"),
     ],
