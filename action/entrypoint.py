@@ -122,7 +122,7 @@ def step_summary(
             cell(value)
             for value in (
                 summary.get("from") or "base",
-                summary.get("to") or ("(unchanged: a plan)" if command == "plan" else ""),
+                summary.get("to") or "",
                 summary.get("applied", 0),
                 summary.get("seconds", ""),
                 summary.get("status", ""),

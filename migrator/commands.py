@@ -78,7 +78,10 @@ def plan(
     steps = [{"revision": step.revision, "message": step.doc} for step in state.steps]
     summary.revisions = steps
     source = run.heads_name(state.heads)
-    lines = [f"{direction} from {source} to {target}: {len(steps)} revision(s)"] + [
+    # A plan changes nothing; its summary's `to` is where the plan would take the database.
+    summary.to_revision = run.heads_name(_heads_after(state, direction))
+    named = target if summary.to_revision == target else f"{summary.to_revision} ({target})"
+    lines = [f"{direction} from {source} to {named}: {len(steps)} revision(s)"] + [
         f"  {position}. {step['revision']}  {step['message']}"
         for position, step in enumerate(steps, start=1)
     ]
@@ -86,13 +89,14 @@ def plan(
         "direction": direction,
         "from": list(state.heads),
         "to": target,
+        "reaches": sorted(_heads_after(state, direction)),
         "revisions": steps,
     }
     if report is not None:
         payload["safety"] = asdict(report)
         lines += safety_report.text_lines(report)
     if as_markdown:
-        print(_plan_markdown(direction, source, target, steps, report))
+        print(_plan_markdown(direction, source, named, steps, report))
     else:
         _emit(as_json, payload, lines)
     if report is not None and settings.safety == "block":
@@ -669,14 +673,28 @@ def _accept(state: State, direction: Direction, settings: Settings, summary: Sum
         log.info("nothing to do: the database is at %s", run.heads_name(state.heads))
 
 
+def _heads_after(state: State, direction: Direction) -> set[str]:
+    """The database's revisions once `state.steps` have run: each step replaces the
+    revisions below it (upgrade), or is replaced by them (downgrade)."""
+    stepped = {str(step.revision) for step in state.steps}
+    below = {revision for step in state.steps for revision in _down_revisions(step)}
+    if direction == "upgrade":
+        return (set(state.heads) - below) | (stepped - below)
+    return (set(state.heads) - stepped) | (below - stepped)
+
+
+def _down_revisions(step: Script) -> tuple[str, ...]:
+    below = step.down_revision
+    return (below,) if isinstance(below, str) else tuple(below or ())
+
+
 def _destination(state: State, direction: Direction, target: str) -> str:
     """A relative target (+2, -1) as the revision it reaches from where the database is."""
     if not re.fullmatch(r"[+-]\d+", target) or not state.steps:
         return target
     if direction == "upgrade":
         return str(state.steps[-1].revision)
-    below = state.steps[-1].down_revision
-    return run.heads_name(tuple([below] if isinstance(below, str) else below or ()))
+    return run.heads_name(_down_revisions(state.steps[-1]))
 
 
 def _under_the_lock(read: Callable[[], State]) -> State:

@@ -12,7 +12,10 @@ import sys
 import threading
 from typing import IO
 
+import pytest
 from conftest import ROOT
+
+pytestmark = pytest.mark.slow  # about 95 s: the second stage of scripts/test.sh
 
 
 def _relay(stream: IO[str], lines: list[str], prefix: str) -> None:

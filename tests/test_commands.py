@@ -152,12 +152,20 @@ def test_plan_lists_what_would_run_and_changes_nothing(database: Database) -> No
 
     assert text.status == 0
     assert text.stdout.splitlines() == [
-        "upgrade from 4b1e7f3a9c20 to head: 2 revision(s)",
+        "upgrade from 4b1e7f3a9c20 to c3f9b7d21a58 (head): 2 revision(s)",
         "  1. 8d2c5a61e0f4  backfill electric fuel_type",
         "  2. c3f9b7d21a58  add services",
     ]
+    # The summary names where the plan leads, resolved, not `-`.
+    assert " command=plan from=4b1e7f3a9c20 to=c3f9b7d21a58 " in text.stderr
     assert [step["revision"] for step in down["revisions"]] == ["4b1e7f3a9c20", "0d25ea6c8183"]
+    assert (down["to"], down["reaches"]) == ("base", [])
     assert database.revision() == "4b1e7f3a9c20"
+    back_one = run_migrator("plan", "downgrade", "-1", env=database.env)
+    assert back_one.stdout.splitlines()[0] == (
+        "downgrade from 4b1e7f3a9c20 to 0d25ea6c8183 (-1): 1 revision(s)"
+    )
+    assert " to=0d25ea6c8183 " in back_one.stderr
 
 
 def test_offline_sql_needs_no_database() -> None:

@@ -171,7 +171,7 @@ RUN_ELSEWHERE = {
 }
 # Not commands: what a command prints, or what a user types in their own project.
 NOT_RUN = {
-    ("docs/safety.md", "upgrade from 0d25ea6c8183 to head: 3 revision(s)"): (
+    ("docs/safety.md", "upgrade from 0d25ea6c8183 to c3f9b7d21a58 (head): 3 revision(s)"): (
         "output of plan --safety; its findings are asserted in "
         "tests/test_safety.py::test_the_example_tree_reads_as_a_reviewer_expects"
     ),
@@ -190,6 +190,43 @@ def test_every_example_is_accounted_for() -> None:
     assert sorted(found - known) == []  # a new example: run it, or say who does, or why not
     assert sorted(known - found) == []  # an example changed: this file names it anew
     assert all(reason.strip() for reason in [*RUN_ELSEWHERE.values(), *NOT_RUN.values()])
+
+
+# A measured figure: seconds to the millisecond, milliseconds, or a ratio ("4.8x").
+MEASURED = re.compile(r"\b\d+\.\d{3} s\b|\b\d+(?:\.\d+)? ?ms\b|\b\d+(?:\.\d+)?x\b")
+BENCH_FILE = re.compile(r"bench/[\w.-]+\.(?:py|md)")
+# Figures that look measured and are not.
+NOT_MEASURED = {("docs/configuration.md", "2147483647 ms"): "PostgreSQL's own limit"}
+
+
+def test_every_measured_figure_cites_the_bench_file_it_comes_from() -> None:
+    """Each paragraph, list item or table with a measured figure names a bench file that
+    exists, in itself or in the paragraph that introduces it."""
+    uncited = []
+    for page in PAGES:
+        name = str(page.relative_to(ROOT))
+        prose = re.sub(r"^```.*?^```", "", page.read_text(), flags=re.MULTILINE | re.DOTALL)
+        blocks = re.split(r"\n\s*\n", prose)
+        for before, block in zip(["", *blocks], blocks, strict=False):
+            figures = [f for f in MEASURED.findall(block) if (name, f) not in NOT_MEASURED]
+            cited = BENCH_FILE.findall(block) or BENCH_FILE.findall(before)
+            if figures and not cited:
+                uncited.append((name, figures[0], block[:80]))
+            assert all((ROOT / path).is_file() for path in cited), (name, cited)
+    assert uncited == []
+
+
+def test_the_development_page_names_every_step_of_ci_run_in_order() -> None:
+    """docs/development.md's `.ci/run` item names each script `.ci/run` runs, in its order."""
+    script = "\n".join(
+        line.split("#")[0] for line in (ROOT / ".ci/run").read_text().splitlines()
+    )
+    steps = re.findall(r"(?:scripts|bench)/[\w/.-]+\.(?:sh|py)", script)
+    page = (ROOT / "docs/development.md").read_text()
+    item = re.search(r"^- `\.ci/run`:.*?(?=^- )", page, flags=re.MULTILINE | re.DOTALL)
+    assert item is not None
+    named = re.findall(r"(?:scripts|bench)/[\w/.-]+\.(?:sh|py)", item.group(0))
+    assert [step for step in named if step in steps] == steps
 
 
 def commands(text: str) -> list[str]:
@@ -283,7 +320,7 @@ def test_the_readme_pip_path(database: Database, tmp_path: Path) -> None:
     results = [run_migrator(*shlex.split(line)[1:], env=env) for line in lines[2:]]
 
     assert [r.status for r in results] == [0, 0], [r.output for r in results]
-    assert "upgrade from base to head: 4 revision(s)" in results[0].stdout
+    assert f"upgrade from base to {HEAD} (head): 4 revision(s)" in results[0].stdout
     assert database.revision() == HEAD
 
 

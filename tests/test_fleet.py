@@ -109,6 +109,7 @@ def targets_of(stdout: str) -> dict[str, dict[str, object]]:
     return {entry["name"]: entry for entry in json.loads(stdout)["targets"]}
 
 
+@pytest.mark.slow
 def test_fifty_databases_and_fifty_schemas_reach_head_then_a_second_run_is_a_no_op(
     make_fleet: Callable[[int, int], Fleet],
 ) -> None:

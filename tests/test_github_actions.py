@@ -273,7 +273,8 @@ def test_the_action_plans_without_changing_anything(
         "4",
         "0",
     )
-    assert run.outputs["from-revision"] == "base"
+    # A plan's to-revision is where it would take the database; the database stays at base.
+    assert (run.outputs["from-revision"], run.outputs["to-revision"]) == ("base", HEAD)
     assert planned[-1]["revision"] == HEAD
     assert "4 revision(s) would run" in run.step_summary.splitlines()[0]
     listed = re.findall(r"^\d+\. `(\w+)` (.*)$", run.step_summary, flags=re.MULTILINE)

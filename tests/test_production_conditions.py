@@ -25,6 +25,9 @@ from conftest import (
 from conftest import wait_for_line as read_until
 from test_locking_and_running import applied_counts, holding_the_lock
 
+# Stalls, outages and timeouts that take seconds each: the second stage of scripts/test.sh.
+pytestmark = pytest.mark.slow
+
 # Slow test revisions (SAMPLE_SLEEP) test running and locking: not measured first on a
 # scratch database as well (MIGRATOR_SAFETY, tests/test_safety.py).
 AUDITED = {"MIGRATOR_CONFIG": str(PROJECTS / "audited" / "alembic.ini"), "MIGRATOR_SAFETY": "off"}

@@ -117,7 +117,7 @@ def test_verify_and_plan_leave_a_database_at_head_untouched(
 
     plan = run_migrator("plan", "--safety", "upgrade", "head", env=env)
     assert plan.status == 0, plan.output
-    assert f"upgrade from {HEAD} to head: 0 revision(s)" in plan.stdout
+    assert f"upgrade from {HEAD} to {HEAD} (head): 0 revision(s)" in plan.stdout
 
     assert snapshot(database) == before
     assert scratch_databases(server) == []
@@ -131,7 +131,7 @@ def test_plan_weighs_pending_revisions_on_a_database_with_rows_and_leaves_it_unt
     measured = {**env, "MIGRATOR_SAFETY_MEASURE": "deploy"}
     plan = run_migrator("plan", "--safety", "upgrade", "head", env=measured)
     assert plan.status == 0, plan.output
-    assert f"upgrade from {EARLIER} to head: 5 revision(s)" in plan.stdout
+    assert f"upgrade from {EARLIER} to {HEAD} (head): 5 revision(s)" in plan.stdout
     assert f"5. {HEAD}  streaming" in plan.stdout
     # Measured on a scratch database, weighed with this database's rows: consolidate_queues
     # builds two indexes on workflow_status inside its transaction.
