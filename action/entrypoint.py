@@ -14,9 +14,8 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
+from migrator.config import truth
 from migrator.masking import passwords_in, spellings
-
-TRUE = {"true", "1", "yes", "on"}
 
 
 def given(name: str, default: str = "") -> str:
@@ -165,7 +164,7 @@ def main() -> int:
     register_masks(url)
     command = given("command", "upgrade")
     target = given("target", "head")
-    dry_run = given("dry-run", "false").lower() in TRUE
+    dry_run = truth(given("dry-run", "false")) is True
     config = given("config", "alembic.ini")
     safety = given("safety", "warn")
     arguments, chosen = command_line(command, target, dry_run, safety)

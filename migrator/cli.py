@@ -3,24 +3,26 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import sqlalchemy
 
 import alembic
-from migrator import __version__, commands, signals
+from migrator import __version__, commands, job
 from migrator.config import (
     LOG_FORMATS,
+    Settings,
     command_from_environment,
+    load_fleet_settings,
     load_settings,
     resolve_target,
 )
-from migrator.errors import MigratorError, UsageError, reason
-from migrator.logs import MaskedStream, Summary, log, report_summary, setup_logging
+from migrator.errors import MigratorError, UsageError
+from migrator.logs import log, setup_logging
 from migrator.masking import Mask
 
 
@@ -29,40 +31,207 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)  # one line, exit 2, like every other bad input
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = _Parser(add_help=False)
-    # SUPPRESS: an option given before the command is not reset by the command's parser.
-    common.add_argument(
-        "--config",
-        default=argparse.SUPPRESS,
-        metavar="PATH",
-        help="alembic.ini to use (MIGRATOR_CONFIG)",
-    )
-    common.add_argument(
+@dataclass(frozen=True)
+class _Subcommand:
+    """A command of the command line: its function in migrator.commands (None: `fleet`, a
+    group of commands), its help, and its own arguments (add_argument's, in order)."""
+
+    name: str
+    function: Callable[..., None] | None
+    help: str
+    arguments: tuple[_Argument, ...] = ()
+    subcommands: tuple[_Subcommand, ...] = ()
+
+
+# add_argument's positional and keyword arguments.
+_Argument = tuple[tuple[str, ...], dict[str, Any]]
+
+
+def _argument(*names: str, **options: Any) -> _Argument:
+    return names, options
+
+
+_JSON = _argument("--json", dest="as_json", action="store_true", help="machine-readable output")
+_TARGET = _argument("target", metavar="TARGET")
+_TARGET_OR_HEAD = _argument("target", nargs="?", metavar="TARGET")
+_DIRECTION = _argument("direction", choices=("upgrade", "downgrade"))
+
+# Every option a command takes before or after its name. SUPPRESS: an option given before
+# the command is not reset by the command's parser.
+_COMMON = (
+    _argument("--config", metavar="PATH", help="alembic.ini to use (MIGRATOR_CONFIG)"),
+    _argument(
         "--wait-timeout",
-        default=argparse.SUPPRESS,
         metavar="SECONDS",
         help="seconds to wait for the database (MIGRATOR_WAIT_TIMEOUT)",
-    )
-    common.add_argument(
+    ),
+    _argument(
         "--lock-timeout",
-        default=argparse.SUPPRESS,
         metavar="SECONDS",
         help="seconds to wait for the migration lock (MIGRATOR_LOCK_TIMEOUT)",
-    )
-    common.add_argument(
-        "--log-format",
-        default=argparse.SUPPRESS,
-        choices=LOG_FORMATS,
-        help="text or json (MIGRATOR_LOG_FORMAT)",
-    )
-    common.add_argument(
+    ),
+    _argument("--log-format", choices=LOG_FORMATS, help="text or json (MIGRATOR_LOG_FORMAT)"),
+    _argument(
         "--debug",
         action="store_true",
-        default=argparse.SUPPRESS,
         help="log at DEBUG, with tracebacks (MIGRATOR_LOG_LEVEL=DEBUG)",
-    )
+    ),
+)
 
+_FLEET_COMMANDS = (
+    _Subcommand(
+        "upgrade",
+        commands.fleet_upgrade,
+        "upgrade each target to TARGET",
+        (
+            _JSON,
+            _TARGET_OR_HEAD,
+            _argument(
+                "--canary-only",
+                action="store_true",
+                help="only the first MIGRATOR_FLEET_CANARY targets (a canary Job before the fleet)",
+            ),
+        ),
+    ),
+    _Subcommand(
+        "downgrade", commands.fleet_downgrade, "downgrade each target to TARGET", (_JSON, _TARGET)
+    ),
+    _Subcommand("current", commands.fleet_current, "each target's revision", (_JSON,)),
+    _Subcommand(
+        "plan",
+        commands.fleet_plan,
+        "the revisions each target would run",
+        (_JSON, _DIRECTION, _TARGET),
+    ),
+)
+
+_COMMANDS = (
+    _Subcommand(
+        "upgrade",
+        commands.upgrade,
+        "upgrade to TARGET (default head)",
+        (
+            _TARGET_OR_HEAD,
+            _argument("--sql", action="store_true", help="print the SQL; no database needed"),
+        ),
+    ),
+    _Subcommand(
+        "downgrade",
+        commands.downgrade,
+        "downgrade to TARGET",
+        (
+            _TARGET,
+            _argument(
+                "--sql", action="store_true", help="print the SQL for FROM:TO; no database needed"
+            ),
+        ),
+    ),
+    _Subcommand(
+        "plan",
+        commands.plan,
+        "the revisions an upgrade or downgrade would run",
+        (
+            _DIRECTION,
+            _TARGET,
+            _JSON,
+            _argument(
+                "--safety",
+                action="store_true",
+                help="weigh what each revision locks, rewrites and scans (as measured where the "
+                "project was built: verify) with this database's table sizes",
+            ),
+            _argument(
+                "--markdown", dest="as_markdown", action="store_true", help="Markdown output"
+            ),
+        ),
+    ),
+    _Subcommand(
+        "verify",
+        commands.verify,
+        "on a scratch database: one head, every downgrade undoes its upgrade, models match",
+        (
+            _argument(
+                "target",
+                nargs="?",
+                metavar="TARGET",
+                help="the heads to verify, when there are several",
+            ),
+            _JSON,
+        ),
+    ),
+    _Subcommand(
+        "current",
+        commands.current,
+        "the database's revision, and whether it is head",
+        (_JSON,),
+    ),
+    _Subcommand(
+        "history",
+        commands.history,
+        "every revision, applied ones marked with their deploy ledger row",
+        (
+            _JSON,
+            _argument(
+                "--ledger", action="store_true", help="every row of the deploy ledger, oldest first"
+            ),
+        ),
+    ),
+    _Subcommand(
+        "check",
+        commands.check,
+        "exit 5 unless the database is at head and the models match",
+        (_JSON,),
+    ),
+    _Subcommand(
+        "stamp",
+        commands.stamp,
+        "mark the database as at TARGET; no revision runs",
+        (
+            _TARGET,
+            _argument(
+                "--if-matches",
+                dest="if_matches",
+                action="store_true",
+                help="only when the database's schema matches the models (exit 5 otherwise)",
+            ),
+        ),
+    ),
+    _Subcommand(
+        "accept",
+        commands.accept,
+        "record an applied revision's edited file as reviewed",
+        (_argument("revision", metavar="REVISION"),),
+    ),
+    _Subcommand(
+        "fleet",
+        None,
+        "run a command on every target of MIGRATOR_FLEET_FILE (tenant databases or schemas), "
+        "a few at a time",
+        subcommands=_FLEET_COMMANDS,
+    ),
+    _Subcommand("wait", commands.wait, "only wait until the database accepts connections"),
+    _Subcommand(
+        "manifest",
+        commands.manifest,
+        "write the project's manifest (at image build time: fast no-op deploys)",
+        (
+            _argument(
+                "--measure",
+                action="store_true",
+                help="also measure each revision's effects on a scratch database on the "
+                "configured server and record them, for the deploys' safety report (as "
+                "verify does)",
+            ),
+        ),
+    ),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, from the tables above."""
+    common = _Parser(add_help=False)
+    for names, options in _COMMON:
+        common.add_argument(*names, default=argparse.SUPPRESS, **options)
     parser = _Parser(
         prog="migrator",
         parents=[common],
@@ -70,163 +239,67 @@ def build_parser() -> argparse.ArgumentParser:
         "With no arguments, MIGRATOR_COMMAND and MIGRATOR_TARGET say what to do.",
     )
     parser.add_argument("--version", action="version", version=_version())
-    subcommands = parser.add_subparsers(
-        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
-    )
-
-    def add(command: Callable[..., None], name: str, help_text: str) -> argparse.ArgumentParser:
-        subparser = subcommands.add_parser(
-            name, parents=[common], help=help_text, description=help_text
-        )
-        subparser.set_defaults(func=command)
-        return subparser
-
-    def add_json(subparser: argparse.ArgumentParser) -> None:
-        subparser.add_argument(
-            "--json", dest="as_json", action="store_true", help="machine-readable output"
-        )
-
-    upgrade = add(commands.upgrade, "upgrade", "upgrade to TARGET (default head)")
-    upgrade.add_argument("target", nargs="?", metavar="TARGET")
-    upgrade.add_argument("--sql", action="store_true", help="print the SQL; no database needed")
-    downgrade = add(commands.downgrade, "downgrade", "downgrade to TARGET")
-    downgrade.add_argument("target", metavar="TARGET")
-    downgrade.add_argument(
-        "--sql", action="store_true", help="print the SQL for FROM:TO; no database needed"
-    )
-    plan = add(commands.plan, "plan", "the revisions an upgrade or downgrade would run")
-    plan.add_argument("direction", choices=("upgrade", "downgrade"))
-    plan.add_argument("target", metavar="TARGET")
-    add_json(plan)
-    plan.add_argument(
-        "--safety",
-        action="store_true",
-        help="weigh what each revision locks, rewrites and scans (as measured where the "
-        "project was built: verify) with this database's table sizes",
-    )
-    plan.add_argument("--markdown", dest="as_markdown", action="store_true", help="Markdown output")
-    verify = add(
-        commands.verify,
-        "verify",
-        "on a scratch database: one head, every downgrade undoes its upgrade, models match",
-    )
-    verify.add_argument(
-        "target", nargs="?", metavar="TARGET", help="the heads to verify, when there are several"
-    )
-    add_json(verify)
-    add_json(add(commands.current, "current", "the database's revision, and whether it is head"))
-    history = add(commands.history, "history", "every revision, applied ones marked")
-    add_json(history)
-    history.add_argument(
-        "--ledger", action="store_true", help="every row of the deploy ledger, oldest first"
-    )
-    add_json(
-        add(commands.check, "check", "exit 5 unless the database is at head and the models match")
-    )
-    stamp = add(commands.stamp, "stamp", "mark the database as at TARGET; no revision runs")
-    stamp.add_argument("target", metavar="TARGET")
-    stamp.add_argument(
-        "--if-matches",
-        dest="if_matches",
-        action="store_true",
-        help="only when the database's schema matches the models (exit 5 otherwise)",
-    )
-    accept = add(commands.accept, "accept", "record an applied revision's edited file as reviewed")
-    accept.add_argument("revision", metavar="REVISION")
-    fleet = subcommands.add_parser(
-        "fleet",
-        help="run a command on every target of MIGRATOR_FLEET_FILE (tenant databases or "
-        "schemas), a few at a time",
-    )
-    fleet_commands = fleet.add_subparsers(
-        dest="fleet_command", required=True, metavar="COMMAND", parser_class=_Parser
-    )
-
-    def add_fleet(
-        command: Callable[..., None], name: str, help_text: str
-    ) -> argparse.ArgumentParser:
-        subparser = fleet_commands.add_parser(
-            name, parents=[common], help=help_text, description=help_text
-        )
-        subparser.set_defaults(func=command)
-        add_json(subparser)
-        return subparser
-
-    fleet_upgrade = add_fleet(commands.fleet_upgrade, "upgrade", "upgrade each target to TARGET")
-    fleet_upgrade.add_argument("target", nargs="?", metavar="TARGET")
-    fleet_upgrade.add_argument(
-        "--canary-only",
-        action="store_true",
-        help="only the first MIGRATOR_FLEET_CANARY targets (a canary Job before the fleet)",
-    )
-    add_fleet(
-        commands.fleet_downgrade, "downgrade", "downgrade each target to TARGET"
-    ).add_argument("target", metavar="TARGET")
-    add_fleet(commands.fleet_current, "current", "each target's revision")
-    fleet_plan = add_fleet(commands.fleet_plan, "plan", "the revisions each target would run")
-    fleet_plan.add_argument("direction", choices=("upgrade", "downgrade"))
-    fleet_plan.add_argument("target", metavar="TARGET")
-    add(commands.wait, "wait", "only wait until the database accepts connections")
-    add(
-        commands.manifest,
-        "manifest",
-        "write the project's manifest (at image build time: fast no-op deploys)",
-    ).add_argument(
-        "--measure",
-        action="store_true",
-        help="also measure each revision's effects on a scratch database on the configured "
-        "server and record them, for the deploys' safety report (as verify does)",
-    )
+    _add_subcommands(parser, "command", _COMMANDS, common)
     return parser
 
 
+def _add_subcommands(
+    parser: argparse.ArgumentParser,
+    dest: str,
+    table: tuple[_Subcommand, ...],
+    common: _Parser,
+) -> None:
+    subparsers = parser.add_subparsers(
+        dest=dest, required=True, metavar="COMMAND", parser_class=_Parser
+    )
+    for command in table:
+        if command.function is None:  # a group: `fleet COMMAND`
+            group = subparsers.add_parser(command.name, help=command.help)
+            _add_subcommands(group, f"{command.name}_command", command.subcommands, common)
+            continue
+        subparser = subparsers.add_parser(
+            command.name, parents=[common], help=command.help, description=command.help
+        )
+        subparser.set_defaults(func=command.function)
+        for names, options in command.arguments:
+            subparser.add_argument(*names, **options)
+
+
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """The `migrator` command: `argv` (else sys.argv's) and `environ` (else os.environ's) to
+    one run; its exit status."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     environ = os.environ if environ is None else environ
     early_format = environ.get("MIGRATOR_LOG_FORMAT", "").strip().lower()
     setup_logging("json" if early_format == "json" else "text", "INFO")
-    logging.captureWarnings(True)  # a library's warning is a log line too, in the log's format
     try:
-        from_environment = not arguments
-        args = build_parser().parse_args(arguments or command_from_environment(environ))
-        settings = load_settings(environ, _flags(args))
-        mask = Mask(settings.passwords)
-        setup_logging(settings.log_format, settings.log_level, mask, settings.tenant)
-        sys.stdout = MaskedStream(sys.stdout, mask)
-        options = _options(args)
-        command = args.fleet_command if args.command == "fleet" else args.command
-        target = resolve_target(
-            command, options.get("target"), environ, from_environment=from_environment
-        )
-        if "target" in options:
-            options["target"] = target
+        settings, command = _read(arguments, environ)
     except MigratorError as error:  # bad input: one line, nothing done
         log.error("%s", error)
         return error.exit_status
+    return job.run_one(settings, command).exit_status
 
-    summary = Summary(command=args.command)
-    debug = settings.log_level == "DEBUG"
-    try:
-        # Relative paths in alembic.ini (prepend_sys_path, script_location) mean what they
-        # mean to `alembic` run beside the file.
-        os.chdir(settings.alembic_ini.parent)
-        signals.run_interruptibly(lambda: args.func(settings, summary, **options))
-        exit_status = 0
-    except MigratorError as error:
-        log.error("%s", error, exc_info=debug)
-        if isinstance(error, UsageError):
-            return error.exit_status  # nothing was done: the one line says it all
-        summary.status, exit_status = error.status, error.exit_status
-    except Exception as error:  # a bug or something unforeseen: still one line, still masked
-        log.error("unexpected %s: %s", type(error).__name__, reason(error), exc_info=debug)
-        summary.status, exit_status = "failed", 1
-    report_summary(summary, mask, settings.termination_log, settings.summary_file)
-    if signals.abandoned.is_set():
-        # The worker holds a driver lock inside a stalled socket: a normal interpreter exit
-        # would wait on it when closing connections. Leave now; the server cleans up.
-        logging.shutdown()
-        os._exit(exit_status)
-    return exit_status
+
+def _read(arguments: list[str], environ: Mapping[str, str]) -> tuple[Settings, job.Command]:
+    """The settings and the command that the arguments (none: MIGRATOR_COMMAND) and the
+    environment ask for, every value checked."""
+    from_environment = not arguments
+    args = build_parser().parse_args(arguments or command_from_environment(environ))
+    settings = load_settings(environ, _flags(args))
+    # From here on, a bad value is said in the log format asked for, its secrets masked.
+    mask = Mask(settings.passwords)
+    setup_logging(settings.log_format, settings.log_level, mask, settings.tenant)
+    options = _options(args)
+    command = args.fleet_command if args.command == "fleet" else args.command
+    target = resolve_target(
+        command, options.get("target"), environ, from_environment=from_environment
+    )
+    if "target" in options:
+        options["target"] = target
+    if args.command == "fleet":
+        # A relative MIGRATOR_FLEET_FILE is beside alembic.ini, where the run works.
+        options["fleet_settings"] = load_fleet_settings(environ, settings.alembic_ini.parent)
+    return settings, job.Command(args.command, args.func, options)
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:

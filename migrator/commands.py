@@ -24,7 +24,7 @@ from migrator import errors, fleet, logs, retry, run, signals
 from migrator import ledger as deploy_ledger
 from migrator import manifest as project_manifest
 from migrator import safety as safety_report
-from migrator.config import Settings, load_fleet_settings
+from migrator.config import FleetSettings, Settings
 from migrator.errors import (
     ConnectionLost,
     DifferenceFound,
@@ -34,11 +34,13 @@ from migrator.errors import (
     SafetyRefused,
     UsageError,
 )
+from migrator.job import Command
 from migrator.lock import MigrationLock, migration_lock
-from migrator.logs import Summary, log
+from migrator.logs import log
 from migrator.project_files import revision_checksum
 from migrator.run import Direction, State
 from migrator.session import Session
+from migrator.summary import Summary
 from migrator.wait import patient_connections
 
 # How the safety report's note on pending revisions it could not weigh begins.
@@ -61,7 +63,7 @@ def plan(
     summary: Summary,
     direction: Direction,
     target: str,
-    as_json: bool,
+    as_json: bool = False,
     safety: bool = False,
     as_markdown: bool = False,
 ) -> None:
@@ -365,6 +367,7 @@ def wait(settings: Settings, summary: Summary) -> None:
 def fleet_upgrade(
     settings: Settings,
     summary: Summary,
+    fleet_settings: FleetSettings,
     target: str,
     as_json: bool = False,
     canary_only: bool = False,
@@ -372,84 +375,117 @@ def fleet_upgrade(
     """Upgrade every target of MIGRATOR_FLEET_FILE to `target`, a few at a time, each as its
     own run; with `canary_only`, only the first MIGRATOR_FLEET_CANARY (a Job before the
     fleet's)."""
-    _fleet(settings, summary, ["upgrade", target], target, as_json, canary_only)
+    each = Command("upgrade", upgrade, {"target": target})
+    _fleet(settings, summary, fleet_settings, each, target, as_json, canary_only)
 
 
 def fleet_downgrade(
-    settings: Settings, summary: Summary, target: str, as_json: bool = False
+    settings: Settings,
+    summary: Summary,
+    fleet_settings: FleetSettings,
+    target: str,
+    as_json: bool = False,
 ) -> None:
     """Downgrade every target of MIGRATOR_FLEET_FILE to `target`."""
-    _fleet(settings, summary, ["downgrade", target], target, as_json)
+    each = Command("downgrade", downgrade, {"target": target})
+    _fleet(settings, summary, fleet_settings, each, target, as_json)
 
 
-def fleet_current(settings: Settings, summary: Summary, as_json: bool = False) -> None:
+def fleet_current(
+    settings: Settings, summary: Summary, fleet_settings: FleetSettings, as_json: bool = False
+) -> None:
     """Each target's revision, and whether it is head."""
-    _fleet(settings, summary, ["current"], None, as_json)
+    _fleet(settings, summary, fleet_settings, Command("current", current), None, as_json)
 
 
 def fleet_plan(
-    settings: Settings, summary: Summary, direction: Direction, target: str, as_json: bool = False
+    settings: Settings,
+    summary: Summary,
+    fleet_settings: FleetSettings,
+    direction: Direction,
+    target: str,
+    as_json: bool = False,
 ) -> None:
     """The revisions an upgrade or downgrade would run on each target; changes nothing."""
-    _fleet(settings, summary, ["plan", direction, target], None, as_json)
+    each = Command("plan", plan, {"direction": direction, "target": target})
+    _fleet(settings, summary, fleet_settings, each, None, as_json)
 
 
 def _fleet(
     settings: Settings,
     summary: Summary,
-    arguments: list[str],
+    fleet_settings: FleetSettings,
+    each: Command,
     target: str | None,
     as_json: bool,
     canary_only: bool = False,
 ) -> None:
-    summary.command = f"fleet-{arguments[0]}"
-    fleet_settings = load_fleet_settings(os.environ)
-    if canary_only and fleet_settings.canary == 0:
-        raise UsageError("--canary-only: set MIGRATOR_FLEET_CANARY to the number of canaries")
-    targets = fleet.read_targets(fleet_settings, settings)
-    if canary_only:
-        targets = targets[: fleet_settings.canary]
-    else:
-        targets = fleet.share(targets, fleet_settings)
+    """`each` on every target of this pod's share (with `canary_only`, on the canaries),
+    as a run of its own; the targets' outcomes on stdout, counted in the summary. `target`:
+    the revision every target ends at, when the command names one."""
+    summary.command = f"fleet-{each.name}"
+    targets = _fleet_targets(settings, fleet_settings, canary_only)
     config, script = run.alembic_project(settings)
     wanted = None
     if target is not None:
         run.refuse_unresolvable_target(script, target)
         wanted = run.revisions_at(script, target)
+    shared = f" (share {fleet_settings.shard} of {fleet_settings.shards})"
     log.info(
         "fleet %s: %d target(s), %d at a time%s",
-        " ".join(arguments),
+        " ".join([each.name, *each.options.values()]),
         len(targets),
         fleet_settings.parallelism,
-        f" (share {fleet_settings.shard} of {fleet_settings.shards})"
-        if fleet_settings.shards > 1
-        else "",
+        shared if fleet_settings.shards > 1 else "",
     )
     table = run.version_table(config, script) if wanted is not None else None
-    outcomes = fleet.run(settings, fleet_settings, targets, arguments, wanted, table)
+    outcomes = fleet.run(settings, fleet_settings, targets, each, wanted, table)
     summary.fleet = fleet.counts(outcomes)
+    _fleet_report(outcomes, as_json)
+    _fleet_judge(outcomes, summary.fleet)
+
+
+def _fleet_targets(
+    settings: Settings, fleet_settings: FleetSettings, canary_only: bool
+) -> list[fleet.Target]:
+    """The targets this run migrates: this pod's share, or with `canary_only` the canaries."""
+    if canary_only and fleet_settings.canary == 0:
+        raise UsageError("--canary-only: set MIGRATOR_FLEET_CANARY to the number of canaries")
+    targets = fleet.read_targets(fleet_settings, settings)
+    if canary_only:
+        return targets[: fleet_settings.canary]
+    return fleet.share(targets, fleet_settings)
+
+
+def _fleet_report(outcomes: list[fleet.Outcome], as_json: bool) -> None:
+    """One line per target on stdout, with its run's own output indented below; or JSON."""
     if as_json:
         print(json.dumps({"targets": [_fleet_entry(outcome) for outcome in outcomes]}))
-    else:
-        for outcome in outcomes:
-            print(
-                f"{outcome.target.name}: {outcome.status} "
-                f"({outcome.from_revision or '-'} -> {outcome.to_revision or '-'}, "
-                f"{outcome.applied} applied, {outcome.seconds:.2f} s)"
-            )
-            print("".join(f"  {line}\n" for line in outcome.output.splitlines()), end="")
+        return
+    for outcome in outcomes:
+        print(
+            f"{outcome.target.name}: {outcome.status} "
+            f"({outcome.from_revision or '-'} -> {outcome.to_revision or '-'}, "
+            f"{outcome.applied} applied, {outcome.seconds:.2f} s)"
+        )
+        print("".join(f"  {line}\n" for line in outcome.output.splitlines()), end="")
+
+
+def _fleet_judge(outcomes: list[fleet.Outcome], counted: dict[str, int]) -> None:
+    """The fleet's own status: interrupted when it was stopped; else the first failed
+    target's."""
     if signals.stop_requested.is_set():
-        # The fleet's own status: a target killed after the grace period (137) is in the
-        # report above, not the fleet's exit status.
+        # A target killed after the grace period (137) is in the report, not the fleet's
+        # exit status.
         raise signals.interrupted(
-            f"; fleet: {summary.fleet['failed']} target(s) failed or interrupted, "
-            f"{summary.fleet['skipped']} skipped"
+            f"; fleet: {counted['failed']} target(s) failed or interrupted, "
+            f"{counted['skipped']} skipped"
         )
     status = fleet.exit_status(outcomes)
     if status:
         raise FleetFailed(
-            f"fleet: {summary.fleet['failed']} target(s) failed, "
-            f"{summary.fleet['skipped']} skipped; exit status of the first failed: {status}",
+            f"fleet: {counted['failed']} target(s) failed, "
+            f"{counted['skipped']} skipped; exit status of the first failed: {status}",
             status,
         )
 

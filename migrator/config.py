@@ -46,8 +46,10 @@ KEEPALIVES = (
 )
 # The drivers the migrator runs on (synchronous, libpq-based): psycopg 3 and psycopg2.
 DRIVERS = ("psycopg", "psycopg2")
-_TRUE = ("true", "1", "yes", "on")
-_FALSE = ("false", "0", "no", "off")
+# How a yes-or-no value is written (any case): the MIGRATOR_ALLOW_* settings, the action's
+# inputs (action/entrypoint.py).
+TRUE_WORDS = ("true", "1", "yes", "on")
+FALSE_WORDS = ("false", "0", "no", "off")
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _WHOLE_NUMBER = re.compile(r"[0-9]{1,18}")  # ASCII digits: int() takes "٣", and fails on "²"
 # PostgreSQL keeps statement_timeout and lock_timeout as an int of milliseconds.
@@ -230,7 +232,8 @@ class FleetSettings:
     shard: int  # this pod's share: the targets whose position modulo `shards` is `shard`
 
 
-def load_fleet_settings(environ: Mapping[str, str]) -> FleetSettings:
+def load_fleet_settings(environ: Mapping[str, str], directory: Path) -> FleetSettings:
+    """`fleet`'s settings; a relative MIGRATOR_FLEET_FILE is in `directory`."""
     values = _Values(environ, {})
     raw_file = values.raw("MIGRATOR_FLEET_FILE")
     if raw_file is None:
@@ -243,7 +246,7 @@ def load_fleet_settings(environ: Mapping[str, str]) -> FleetSettings:
             "set MIGRATOR_FLEET_SHARDS to the Job's completions"
         )
     return FleetSettings(
-        targets_file=Path(raw_file).absolute(),
+        targets_file=(directory / raw_file).absolute(),
         parallelism=_at_least_one(values, "MIGRATOR_FLEET_PARALLELISM", 4),
         canary=_count(values, "MIGRATOR_FLEET_CANARY", 0),
         max_failures=_at_least_one(values, "MIGRATOR_FLEET_MAX_FAILURES", 1),
@@ -425,13 +428,18 @@ def _count(values: _Values, name: str, default: int) -> int:
     return int(raw)
 
 
+def truth(text: str) -> bool | None:
+    """What a yes-or-no value says (TRUE_WORDS, FALSE_WORDS); None: neither."""
+    word = text.strip().lower()
+    return True if word in TRUE_WORDS else False if word in FALSE_WORDS else None
+
+
 def _flag(values: _Values, name: str) -> bool:
     raw = values.raw(name)
-    if raw is None or raw.lower() in _FALSE:
-        return False
-    if raw.lower() in _TRUE:
-        return True
-    raise UsageError(f"{values.label(name)}: {raw!r} is not true or false")
+    said = False if raw is None else truth(raw)
+    if said is None:
+        raise UsageError(f"{values.label(name)}: {raw!r} is not true or false")
+    return said
 
 
 def _choice(
@@ -531,7 +539,7 @@ def parse_url(text: str, label: str = "DATABASE_URL") -> URL:
         )
     if url.port is not None and not 1 <= url.port <= 65535:
         raise UsageError(f"{label}: port {url.port} is out of range (1-65535)")
-    _names_fit({"host": url.host, "user": url.username, "database": url.database}, label)
+    check_names({"host": url.host, "user": url.username, "database": url.database}, label)
     return _with_driver(url, label)
 
 
@@ -551,7 +559,7 @@ def database_parts(environ: Mapping[str, str]) -> dict[str, Any]:
     if not _WHOLE_NUMBER.fullmatch(raw_port) or not 1 <= int(raw_port) <= 65535:
         raise UsageError(f"{values.label('DB_PORT')}: {raw_port!r} is not a port (1-65535)")
     for name, part in (("DB_HOST", "host"), ("DB_USER", "user"), ("DB_NAME", "database")):
-        _names_fit({part: values.raw(name)}, name)
+        check_names({part: values.raw(name)}, name)
     return {
         "username": values.raw("DB_USER"),
         "password": _secret(values, "DB_PASSWORD"),
@@ -561,7 +569,7 @@ def database_parts(environ: Mapping[str, str]) -> dict[str, Any]:
     }
 
 
-def _names_fit(names: Mapping[str, str | None], label: str) -> None:
+def check_names(names: Mapping[str, str | None], label: str) -> None:
     """Refuse a host, user or database name no connection could use as given."""
     for part, name in names.items():
         if name is None:

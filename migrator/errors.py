@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import signal
 import sysconfig
 import traceback
 from importlib import resources
@@ -109,6 +110,9 @@ class Interrupted(MigratorError):
     """SIGTERM or SIGINT stopped the run; the revision in flight was rolled back."""
 
     status = "interrupted"
+    # What a stopped run's process exits with: 128 + the signal that stopped it, or 137 when
+    # it was killed (SIGKILL) for not stopping in time.
+    EXIT_STATUSES = (128 + signal.SIGTERM, 128 + signal.SIGINT, 128 + signal.SIGKILL)
 
     def __init__(self, message: str, signal_number: int) -> None:
         super().__init__(message)

@@ -23,8 +23,9 @@ from urllib.parse import quote
 
 from migrator import catalog, config, logs, manifest, signals
 from migrator.config import Settings
-from migrator.logs import Summary, log, report_summary, setup_logging
+from migrator.logs import log, report_summary, setup_logging
 from migrator.masking import Mask
+from migrator.summary import Summary
 
 # The schemes the fast path reads, and the driver each names (None: SQLAlchemy's default).
 _SCHEMES = {

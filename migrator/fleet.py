@@ -20,12 +20,11 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
-import signal
 import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
@@ -36,35 +35,21 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
+from sqlalchemy.sql.elements import TextClause
 
 from migrator import signals
-from migrator.config import FleetSettings, Settings, parse_url, schema_name
-from migrator.errors import UsageError, permission_denied
+from migrator.config import FleetSettings, Settings, check_names, parse_url, schema_name
+from migrator.errors import Interrupted, UsageError, permission_denied
+from migrator.job import Command, run_one
 from migrator.logs import log
-from migrator.masking import Mask
+from migrator.masking import Mask, passwords_in
 from migrator.run import versions_statement
 from migrator.scratch import Identity
 
-# What a target's process may not inherit: the fleet's own connection, command and outputs.
-_NOT_INHERITED = (
-    "DATABASE_URL",
-    "DATABASE_URL_FILE",
-    "DB_HOST",
-    "DB_PORT",
-    "DB_NAME",
-    "DB_USER",
-    "DB_PASSWORD",
-    "DB_PASSWORD_FILE",
-    "MIGRATOR_COMMAND",
-    "MIGRATOR_TARGET",
-    "MIGRATOR_SUMMARY_FILE",
-    "MIGRATOR_TERMINATION_LOG",
-    "MIGRATOR_SCHEMA",
-)
 # Imported once by the process server; every target's process starts with them loaded.
 _PRELOAD = [
-    "migrator.cli",
     "migrator.commands",
+    "migrator.job",
     "sqlalchemy.dialects.postgresql.psycopg",
     "sqlalchemy.dialects.postgresql.psycopg2",
 ]
@@ -186,6 +171,7 @@ def _target(text: str, number: int, settings: Settings) -> Target:
         raise UsageError(
             f"{label}: {text!r} is not a database name, a postgresql:// URL or schema=NAME"
         )
+    check_names({"database": text}, label)  # as DATABASE_URL's would be
     return Target(number, text, base.set(database=text))
 
 
@@ -200,12 +186,13 @@ def run(
     settings: Settings,
     fleet: FleetSettings,
     targets: Sequence[Target],
-    arguments: Sequence[str],
+    command: Command,
     wanted: Sequence[str] | None,
     version_table: tuple[str, str | None] | None,
 ) -> list[Outcome]:
-    """Run `migrator ARGUMENTS` on each target: the first `fleet.canary` first, the rest only
-    when all of those succeeded; no new target once `fleet.max_failures` have failed.
+    """Run `command` on each target, as a run of its own: the first `fleet.canary` first,
+    the rest only when all of those succeeded; no new target once `fleet.max_failures` have
+    failed.
 
     First a look at every target: two that reach one tenant stop the fleet (UsageError)
     before any runs. With `wanted` (the revisions the command ends at) and the version
@@ -231,7 +218,7 @@ def run(
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(_PRELOAD)
     with tempfile.TemporaryDirectory(prefix="migrator-fleet-", dir=temporary) as scratch:
-        runner = _Runner(context, settings, arguments, Path(scratch), outcomes)
+        runner = _Runner(context, settings, command, Path(scratch), outcomes)
         if canary:
             log.info("fleet: canary stage, %d target(s) first", len(canary))
             runner.run(canary, fleet.parallelism, max_failures=1)
@@ -276,43 +263,18 @@ def _look(
     version_table: tuple[str, str | None] | None,
 ) -> dict[Target, _Look]:
     """Every target, one connection each, several at a time: what it reached; and, with
-    `wanted`, whether its version table holds exactly that. Any doubt (no connection, no
-    table) leaves a target to its run, which says what is wrong, if anything."""
+    `wanted`, whether its version table holds exactly that. Over many targets, how far it got
+    every PROGRESS_SECONDS."""
     heads_query = None
     if wanted is not None and version_table is not None:
         heads_query = versions_statement(*version_table)
-
-    def look(target: Target) -> _Look:
-        if signals.stop_requested.is_set():
-            return _Look()
-        started = time.monotonic()
-        engine = create_engine(
-            target_settings(settings, target).connection_url(), poolclass=NullPool
-        )
-        reached = None
-        try:
-            with engine.connect() as connection:
-                reached = _reached(connection, target)
-                if heads_query is None or wanted is None:
-                    return _Look(reached)
-                heads = sorted(connection.execute(heads_query).scalars())
-        except Exception as doubt:
-            log.debug(
-                "[%s] not known to be at the target (%s)",
-                target.name,
-                type(doubt).__name__,
-                extra=_about(target),
-            )
-            return _Look(reached)
-        finally:
-            engine.dispose()
-        there = heads == sorted(wanted)
-        return _Look(reached, time.monotonic() - started if there else None)
-
     looks: list[_Look] = []
     reported = time.monotonic()
     with ThreadPoolExecutor(max_workers=max(fleet.parallelism, 4)) as pool:
-        for found in pool.map(look, targets):
+        found_all = pool.map(
+            lambda target: _look_at(settings, target, wanted, heads_query), targets
+        )
+        for found in found_all:
             looks.append(found)
             if time.monotonic() - reported >= PROGRESS_SECONDS and len(looks) < len(targets):
                 reported = time.monotonic()
@@ -324,6 +286,40 @@ def _look(
                     f", {there} already at the target" if wanted is not None else "",
                 )
     return dict(zip(targets, looks, strict=True))
+
+
+def _look_at(
+    settings: Settings,
+    target: Target,
+    wanted: Sequence[str] | None,
+    heads_query: TextClause | None,
+) -> _Look:
+    """One target: what it reached, and whether `heads_query` finds exactly `wanted`. Any
+    doubt (no connection, no table) leaves the target to its run, which says what is wrong,
+    if anything."""
+    if signals.stop_requested.is_set():
+        return _Look()
+    started = time.monotonic()
+    engine = create_engine(target_settings(settings, target).connection_url(), poolclass=NullPool)
+    reached = None
+    try:
+        with engine.connect() as connection:
+            reached = _reached(connection, target)
+            if heads_query is None or wanted is None:
+                return _Look(reached)
+            heads = sorted(connection.execute(heads_query).scalars())
+    except Exception as doubt:
+        log.debug(
+            "[%s] not known to be at the target (%s)",
+            target.name,
+            type(doubt).__name__,
+            extra=_about(target),
+        )
+        return _Look(reached)
+    finally:
+        engine.dispose()
+    there = heads == sorted(wanted)
+    return _Look(reached, time.monotonic() - started if there else None)
 
 
 def _reached(connection: Connection, target: Target) -> Identity:
@@ -360,7 +356,15 @@ def refuse_one_tenant_twice(reached: Sequence[tuple[Target, Identity | None]]) -
 
 
 def target_settings(settings: Settings, target: Target) -> Settings:
-    return replace(settings, database_url=target.url, schema=target.schema, tenant=target.name)
+    """The fleet's settings, for a run on `target`: its URL, schema and name (every log line
+    names it), its password masked too."""
+    return replace(
+        settings,
+        database_url=target.url,
+        schema=target.schema,
+        tenant=target.name,
+        passwords=(*settings.passwords, *passwords_in(target.url)),
+    )
 
 
 class _Runner:
@@ -370,13 +374,13 @@ class _Runner:
         self,
         context: Any,
         settings: Settings,
-        arguments: Sequence[str],
+        command: Command,
         scratch: Path,
         outcomes: dict[Target, Outcome],
     ) -> None:
         self.context = context
         self.settings = settings
-        self.arguments = list(arguments)
+        self.command = command
         self.scratch = scratch
         self.outcomes = outcomes
         self.failures = 0
@@ -419,30 +423,18 @@ class _Runner:
             self._record(target, process.exitcode, time.monotonic() - started)
 
     def _start(self, target: Target) -> Any:
-        settings = self.settings
-        environ = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
-        url = target.url.render_as_string(hide_password=False)
-        environ.update(
-            DATABASE_URL=url,
-            MIGRATOR_TENANT=target.name,
-            MIGRATOR_SUMMARY_FILE=str(self._summary_path(target)),
+        settings = replace(
+            target_settings(self.settings, target),
+            summary_file=self._summary_path(target),
             # The fleet writes the one termination message; the measurement would repeat
             # the same revisions once per tenant (run `plan --safety` on one instead).
-            MIGRATOR_TERMINATION_LOG=str(self.scratch / "no-termination-log"),
-            MIGRATOR_SAFETY="off",
-            # What the fleet's own flags set (--config, --log-format, ...), for its runs too.
-            MIGRATOR_CONFIG=str(settings.alembic_ini),
-            MIGRATOR_WAIT_TIMEOUT=str(settings.wait_timeout),
-            MIGRATOR_LOCK_TIMEOUT=str(settings.lock_timeout),
-            MIGRATOR_LOG_FORMAT=settings.log_format,
-            MIGRATOR_LOG_LEVEL=settings.log_level,
+            termination_log=self.scratch / "no-termination-log",
+            safety="off",
         )
-        if target.schema is not None:
-            environ["MIGRATOR_SCHEMA"] = target.schema
         output = self.scratch / f"{target.line}.out"
         process = self.context.Process(
             target=_run_target,
-            args=(self.arguments, environ, str(output)),
+            args=(settings, self.command, str(output)),
             name=f"migrator-{target.line}",
             daemon=False,
         )
@@ -468,8 +460,8 @@ class _Runner:
             outcome.output = (self.scratch / f"{target.line}.out").read_text(encoding="utf-8")
         if exit_status == 0:
             outcome.status = "ok"
-        elif exit_status in (128 + signal.SIGTERM, 128 + signal.SIGINT, 128 + signal.SIGKILL):
-            outcome.status = "interrupted"
+        elif exit_status in Interrupted.EXIT_STATUSES:
+            outcome.status = Interrupted.status
             self.failures += 1
         else:
             outcome.status = "failed"
@@ -490,17 +482,13 @@ def _about(target: Target) -> dict[str, Any]:
     return {"fields": {"tenant": target.name}}
 
 
-def _run_target(arguments: list[str], environ: Mapping[str, str], output: str) -> None:
-    """A target's process: the migrator's own main, its stdout kept for the fleet."""
+def _run_target(settings: Settings, command: Command, output: str) -> None:
+    """A target's process: one run, its stdout kept for the fleet."""
     signals.catch()  # a SIGTERM from the fleet at once is reported too, as in migrator/__main__
-    from migrator.cli import main
-
-    os.environ.clear()
-    os.environ.update(environ)
     descriptor = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.dup2(descriptor, 1)
     os.close(descriptor)
-    sys.exit(main(arguments, environ))
+    sys.exit(run_one(settings, command).exit_status)
 
 
 def counts(outcomes: Sequence[Outcome]) -> dict[str, int]:
@@ -508,7 +496,7 @@ def counts(outcomes: Sequence[Outcome]) -> dict[str, int]:
     return {
         "targets": len(outcomes),
         "ok": statuses.count("ok"),
-        "failed": statuses.count("failed") + statuses.count("interrupted"),
+        "failed": statuses.count("failed") + statuses.count(Interrupted.status),
         "skipped": statuses.count("skipped"),
     }
 
@@ -516,6 +504,6 @@ def counts(outcomes: Sequence[Outcome]) -> dict[str, int]:
 def exit_status(outcomes: Sequence[Outcome]) -> int:
     """0 when every target is there; else the first failed target's (in the file's order)."""
     for outcome in outcomes:
-        if outcome.status in ("failed", "interrupted"):
+        if outcome.status in ("failed", Interrupted.status):
             return outcome.exit_status or 1
     return 0 if all(outcome.status == "ok" for outcome in outcomes) else 1

@@ -1,4 +1,5 @@
-"""Logging: one line per event on stderr, text or JSON, every secret masked; the summary line."""
+"""Logging: one line per event on stderr, text or JSON, every secret masked; the summary line
+(what the run did: migrator.summary) as the last of them."""
 
 from __future__ import annotations
 
@@ -6,49 +7,13 @@ import json
 import logging
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from migrator.masking import Mask
+from migrator.summary import Summary
 
 log = logging.getLogger("migrator")
-
-
-@dataclass
-class Summary:
-    """What the run did; commands fill it in as they go, so a failure still reports it."""
-
-    command: str
-    from_revision: str | None = None
-    to_revision: str | None = None
-    applied: int = 0
-    status: str = "ok"
-    started: float = field(default_factory=time.monotonic)
-    # Each revision that ran: revision, direction, seconds; or, for `plan`, that would run.
-    revisions: list[dict[str, Any]] = field(default_factory=list)
-    # `fleet`: how many targets, and how many of them ok, failed and skipped.
-    fleet: dict[str, int] | None = None
-
-    def fields(self) -> dict[str, Any]:
-        if self.fleet is not None:
-            return {
-                "command": self.command,
-                **self.fleet,
-                "seconds": round(time.monotonic() - self.started, 3),
-                "status": self.status,
-            }
-        # A downgrade reverts: said so, and `applied` kept for what reads the JSON.
-        counted = {"reverted": self.applied} if self.command == "downgrade" else {}
-        return {
-            "command": self.command,
-            "from": self.from_revision,
-            "to": self.to_revision,
-            **counted,
-            "applied": self.applied,
-            "seconds": round(time.monotonic() - self.started, 3),
-            "status": self.status,
-        }
 
 
 # A failing 5 MB statement must not give 5 MB of log: each line is cut, after masking (a cut
@@ -113,6 +78,7 @@ def setup_logging(
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    logging.captureWarnings(True)  # a library's warning is a log line too, in the log's format
     # Alembic and SQLAlchemy speak only of warnings unless asked to debug.
     root.setLevel(logging.WARNING)
     log.setLevel(level)

@@ -24,9 +24,10 @@ REPORT_EVERY_SECONDS = 5.0
 
 def retrying(*, stop: stop_base, **policy: Any) -> Retrying:
     """tenacity's Retrying, stopped by a signal as well as by `stop`; its sleep (a given
-    `sleep` must end when the run is asked to stop too) is woken by a signal."""
+    `sleep` must end when the run is asked to stop too) is woken by a signal. For the run
+    going on (migrator.signals)."""
     policy.setdefault("sleep", signals.sleep)
-    return Retrying(stop=stop | stop_when_event_set(signals.stop_requested), **policy)
+    return Retrying(stop=stop | stop_when_event_set(signals.current().requested), **policy)
 
 
 def before_deadline(seconds: float) -> stop_base:

@@ -49,8 +49,9 @@ from migrator.errors import (
     reason,
 )
 from migrator.lock import MigrationLock, table_lock_holders, table_locks
-from migrator.logs import Summary, log
+from migrator.logs import log
 from migrator.scratch import Identity, session_identity
+from migrator.summary import Summary
 
 Direction = Literal["upgrade", "downgrade"]
 # How often a revision that timed out on a table lock looks whether the holders are gone.
@@ -578,6 +579,17 @@ def describe_resolution_error(script: ScriptDirectory, target: str, error: Excep
             f"target {target!r} is ambiguous: the migrations have {len(heads)} heads "
             f"({', '.join(heads)}); name one of them, or 'heads' for all"
         )
+    # Alembic says "Can't locate" for a prefix of several revisions too; its cause names it.
+    prefix = getattr(error.__cause__, "argument", None)
+    if isinstance(prefix, str):
+        starting = sorted(
+            rev.revision for rev in script.walk_revisions() if rev.revision.startswith(prefix)
+        )
+        if len(starting) > 1:
+            return (
+                f"target {target!r} is ambiguous: {len(starting)} revisions start with "
+                f"{prefix!r} ({', '.join(starting)}); give more of the one you mean"
+            )
     return f"target {target!r}: {error}"
 
 

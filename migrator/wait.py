@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection, Engine
 from tenacity import RetryCallState, retry_if_exception, wait_random_exponential
 
 from migrator import logs, retry, signals
-from migrator.errors import DatabaseUnreachable, database_error, reason, refusal
+from migrator.errors import DatabaseUnreachable, MigratorError, database_error, reason, refusal
 from migrator.logs import log
 
 T = TypeVar("T")
@@ -180,19 +180,25 @@ def _patiently(
     try:
         return retrying(attempt)
     except Exception as error:
-        if signals.stop_requested.is_set():
-            raise signals.interrupted(" while waiting for the database") from None
-        if not worth_waiting(error):
-            permanent = refusal(error) if database_error(error) else None
-            if permanent is None:
-                raise
-            raise permanent from None
-        held = (
-            " while this run held the migration lock (released; nothing more ran)"
-            if patience.under_lock
-            else ""
-        )
-        state = "ready" if isinstance(error, NotReady) else "reachable"
-        raise DatabaseUnreachable(
-            f"database not {state} within {patience.seconds:g} s{held}: {reason(error)}"
-        ) from None
+        failure = _gave_up(error, patience)
+        if failure is None:
+            raise
+        raise failure from None
+
+
+def _gave_up(error: Exception, patience: Patience) -> MigratorError | None:
+    """What the last error of a wait means: interrupted by a stop; a refusal's own failure;
+    an outage (3) when time might still have fixed it; None: the error as it is."""
+    if signals.stop_requested.is_set():
+        return signals.interrupted(" while waiting for the database")
+    if not worth_waiting(error):
+        return refusal(error) if database_error(error) else None
+    held = (
+        " while this run held the migration lock (released; nothing more ran)"
+        if patience.under_lock
+        else ""
+    )
+    state = "ready" if isinstance(error, NotReady) else "reachable"
+    return DatabaseUnreachable(
+        f"database not {state} within {patience.seconds:g} s{held}: {reason(error)}"
+    )

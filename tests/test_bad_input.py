@@ -106,14 +106,12 @@ CONFIGURATION: list[tuple[str, dict[str, str], list[str], str]] = [
     ),
     ("unknown command", {}, ["frobnicate"], "invalid choice: 'frobnicate'"),
     ("downgrade without target", {}, ["downgrade"], "required: TARGET"),
-    ("unknown target", {}, ["upgrade", "deadbeef"], "deadbeef"),
     (
         "target that is not a revision",
         {},
         ["upgrade", "head; drop table cars"],
         "TARGET: 'head; drop table cars' is not a revision",
     ),
-    ("ambiguous target prefix", {"MIGRATOR_CONFIG": TWO_HEADS}, ["upgrade", "bbb"], "bbb"),
     (
         "head with two heads",
         {"MIGRATOR_CONFIG": TWO_HEADS},
@@ -634,6 +632,43 @@ def test_bad_input_is_one_line_and_changes_nothing(
         else []
     )
     assert len(failures) == (1 if row.status == 1 else 0)
+
+
+@pytest.mark.parametrize(
+    ("config", "at", "target", "message"),
+    [
+        (
+            None,
+            "c3f9b7d21a58",
+            "deadbeef",
+            "target 'deadbeef': Can't locate revision identified by 'deadbeef'",
+        ),
+        (
+            TWO_HEADS,
+            "aaa111",
+            "bbb",
+            "target 'bbb' is ambiguous: 2 revisions start with 'bbb' (bbb111, bbb222); give "
+            "more of the one you mean",
+        ),
+    ],
+    ids=["unknown target", "ambiguous target prefix"],
+)
+def test_a_target_no_revision_answers_is_one_whole_line_and_changes_nothing(
+    database: Database, config: str | None, at: str, target: str, message: str
+) -> None:
+    env = {**database.env, "MIGRATOR_WAIT_TIMEOUT": "2"}
+    if config is not None:
+        env["MIGRATOR_CONFIG"] = config
+    assert run_migrator("upgrade", at, env=env).status == 0
+    before = (database.revision(), database.tables())
+
+    result = run_migrator("upgrade", target, env=env)
+
+    assert result.status == 2, result.output
+    assert result.stdout == ""
+    (line,) = result.stderr.splitlines()  # refused before connecting: the one line only
+    assert re.fullmatch(LOG_LINE.pattern + " *" + re.escape(message), line), line
+    assert (database.revision(), database.tables()) == before == (at, before[1])
 
 
 def test_no_database_configured(tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Every linter CI runs: Python (ruff, mypy --strict), Dockerfiles (hadolint), GitHub
-# Actions and Dependabot (actionlint, zizmor, the GitHub JSON schemas), and the Helm chart
-# (Helm's lint).
+# Every linter CI runs: Python (ruff, mypy --strict, import-linter's module layers),
+# Dockerfiles (hadolint), GitHub Actions and Dependabot (actionlint, zizmor, the GitHub JSON
+# schemas), and the Helm chart (Helm's lint).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bin=.venv/bin
@@ -12,6 +12,8 @@ $bin/ruff check .
 $bin/ruff format --check migrator bench
 echo "== mypy --strict"
 $bin/mypy --strict migrator
+echo "== import-linter (the modules' layers: pyproject.toml)"
+$bin/lint-imports
 echo "== hadolint"
 $bin/hadolint Dockerfile action.Dockerfile
 echo "== actionlint"
