@@ -134,6 +134,21 @@ def permanent_exit_statuses() -> list[int]:
 # What a database error means, by SQLSTATE wherever the driver has one (psycopg2's `pgcode`,
 # psycopg 3's `sqlstate`): the same in every language the server speaks.
 _ACCESS_CODES = {"42501", "28P01", "28000"}  # insufficient privilege, invalid password or role
+# A refused connection, read from its text: what fixes an access refusal (True), or another.
+_REFUSAL_FIXES = {
+    True: "check the user and password of DATABASE_URL (or DB_USER, DB_PASSWORD), and that "
+    "the role may log in and connect (GRANT CONNECT ON DATABASE ... TO the role)",
+    False: "check the database name and options of DATABASE_URL (or DB_NAME)",
+}
+# What fixes each: the grant, or the setting.
+_ACCESS_FIXES = {
+    "42501": "grant the role that privilege (the message names the object: GRANT ... TO the "
+    "role; CONNECT ON DATABASE to connect), or run as a role that has it",
+    "28P01": "check the user and password of DATABASE_URL (or DB_USER and DB_PASSWORD, "
+    "DB_PASSWORD_FILE)",
+    "28000": "the server has no pg_hba.conf entry for this role, host and database, or no such "
+    "role: check DATABASE_URL's user (or DB_USER), or the server's pg_hba.conf",
+}
 # The session is gone (terminated, idle timeout, server restart, network): nothing it held
 # (the migration lock, an open transaction) survives it.
 _LOST_CODES = {
@@ -188,10 +203,11 @@ def refusal(error: BaseException) -> MigratorError | None:
     code = _sqlstate(error)
     text = reason(error)
     if code in _ACCESS_CODES:
-        return AccessDenied(f"the database refused access: {text}")
+        return AccessDenied(f"the database refused access: {text}; {_ACCESS_FIXES[code]}")
     for pattern, error_type in _connection_refusals():
         if pattern.search(text):
-            return error_type(f"the database refused the connection: {text}")
+            fix = _REFUSAL_FIXES[error_type is AccessDenied]
+            return error_type(f"the database refused the connection: {text}; {fix}")
     if not _is_operational(error) and not connection_lost(error):
         return UsageError(f"cannot connect: {text}")
     return None
@@ -226,7 +242,12 @@ def failure(error: BaseException, what: str) -> MigratorError:
     """The failure a database error means once connected: `what` says what was being done."""
     code = _sqlstate(error)
     if code in _ACCESS_CODES:
-        return AccessDenied(f"{what}: permission denied: {reason(error)}")
+        return AccessDenied(f"{what}: permission denied: {reason(error)}; {_ACCESS_FIXES[code]}")
+    if code == "57014" and not connection_lost(error):  # query_canceled: statement_timeout
+        return MigrationFailed(
+            f"{what}: {failure_detail(error)}; MIGRATOR_STATEMENT_TIMEOUT (statement_timeout) "
+            "ends a statement that runs longer: raise it, or unset it, if this one needs longer"
+        )
     if connection_lost(error):
         return ConnectionLost(f"{what}: the connection was lost: {reason(error)}")
     return MigrationFailed(f"{what}: {failure_detail(error)}")

@@ -180,7 +180,10 @@ class MigrationLock:
             return False
         if signals.stop_requested.is_set():
             raise signals.interrupted(" while waiting for the migration lock")
-        raise LockTimeout(f"migration lock not taken within {timeout:g} s; held by {self.holder}")
+        raise LockTimeout(
+            f"migration lock not taken within {timeout:g} s (MIGRATOR_LOCK_TIMEOUT); held by "
+            f"{self.holder}"
+        )
 
     def _poll(
         self, started: float, give_up_at: float, still_needed: Callable[[], bool]
@@ -194,7 +197,8 @@ class MigrationLock:
                 if signals.stop_requested.is_set():
                     raise
                 raise LockTimeout(
-                    f"migration lock not taken within {give_up_at - started:g} s: {error}"
+                    f"migration lock not taken within {give_up_at - started:g} s "
+                    f"(MIGRATOR_LOCK_TIMEOUT): {error}"
                 ) from None
         outcome = _Outcome.BUSY
         waited = self.session.answer_deadline  # a look's statements are quick

@@ -486,7 +486,8 @@ def _table_lock_timeout(failed: _Failed) -> MigratorError | None:
     return MigrationFailed(
         f"{failed.what} could not take its table lock after "
         f"{failed.settings.ddl_lock_retries + 1} tries; rolled back; blocked by "
-        f"{table_lock_holders(failed.lock.session)}"
+        f"{table_lock_holders(failed.lock.session)}; MIGRATOR_DDL_LOCK_TIMEOUT and "
+        "MIGRATOR_DDL_LOCK_RETRIES say how long and how often a revision waits for it"
     )
 
 

@@ -68,7 +68,8 @@ def made(settings: Settings, scratch: Settings, patience: float) -> Iterator[Ide
     engine = create_engine(
         settings.connection_url(), poolclass=NullPool, isolation_level="AUTOCOMMIT"
     )
-    with wait.connect(engine, patience) as connection:
+    setting = "MIGRATOR_WAIT_TIMEOUT" if patience == settings.wait_timeout else None
+    with wait.connect(engine, patience, setting=setting) as connection:
         configured = session_identity(connection)
         _drop_leftovers(connection)
         try:
@@ -127,7 +128,8 @@ def _configured_identity(settings: Settings, patience: float) -> Identity | None
         return None
     engine = create_engine(settings.connection_url(), poolclass=NullPool)
     try:
-        with wait.connect(engine, patience, announce=False) as connection:
+        setting = "MIGRATOR_WAIT_TIMEOUT" if patience == settings.wait_timeout else None
+        with wait.connect(engine, patience, announce=False, setting=setting) as connection:
             return session_identity(connection)
     finally:
         engine.dispose()

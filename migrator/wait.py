@@ -42,6 +42,7 @@ class Patience:
 
     seconds: float
     under_lock: bool = False
+    setting: str | None = "MIGRATOR_WAIT_TIMEOUT"  # the one that says how long, if any
 
 
 def connect(
@@ -50,6 +51,7 @@ def connect(
     prepare: Callable[[Connection], None] | None = None,
     *,
     announce: bool = True,
+    setting: str | None = "MIGRATOR_WAIT_TIMEOUT",
 ) -> Connection:
     """A connection, once the database accepts one and `prepare` accepts it (it may raise
     NotReady); raise at the timeout or at once on a permanent error."""
@@ -70,7 +72,10 @@ def connect(
         return connection
 
     connection = _patiently(
-        attempt, Patience(timeout), "waiting for the database", first_line=_first_wait_line
+        attempt,
+        Patience(timeout, setting=setting),
+        "waiting for the database",
+        first_line=_first_wait_line,
     )
     if not announce:
         return connection
@@ -199,6 +204,7 @@ def _gave_up(error: Exception, patience: Patience) -> MigratorError | None:
         else ""
     )
     state = "ready" if isinstance(error, NotReady) else "reachable"
+    named = f" ({patience.setting})" if patience.setting and not patience.under_lock else ""
     return DatabaseUnreachable(
-        f"database not {state} within {patience.seconds:g} s{held}: {reason(error)}"
+        f"database not {state} within {patience.seconds:g} s{named}{held}: {reason(error)}"
     )

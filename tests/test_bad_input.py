@@ -687,4 +687,5 @@ def test_a_role_denied_the_version_table_is_exit_6(database: Database) -> None:
 
     assert result.status == 6, result.output
     assert "permission denied" in result.stderr
+    assert "grant the role that privilege (the message names the object" in result.stderr
     assert "unexpected" not in result.stderr

@@ -98,7 +98,9 @@ def test_lock_timeout_exits_4_naming_the_holder(database: Database) -> None:
         )
 
     assert result.status == 4, result.output
-    assert "migration lock not taken within 1.5 s; held by pid" in result.stderr
+    assert "migration lock not taken within 1.5 s (MIGRATOR_LOCK_TIMEOUT); held by pid" in (
+        result.stderr
+    )
     assert "(deploy-holder, " in result.stderr
     assert "status=lock timeout" in result.stderr
     assert database.tables() == set()
@@ -201,6 +203,7 @@ def test_statement_timeout_applies_to_migrations(database: Database) -> None:
 
     assert result.status == 1
     assert "canceling statement due to statement timeout" in result.stderr
+    assert "MIGRATOR_STATEMENT_TIMEOUT (statement_timeout) ends a statement" in result.stderr
     assert database.revision() == "a1a1a1a1a1a1"
 
 
@@ -237,6 +240,7 @@ def test_table_lock_retries_exhausted_fail_naming_the_blocker(database: Database
 
     assert result.status == 1, result.output
     assert "could not take its table lock after 2 tries; rolled back" in result.stderr
+    assert "MIGRATOR_DDL_LOCK_TIMEOUT and MIGRATOR_DDL_LOCK_RETRIES say how long" in result.stderr
     assert "app-blocker" in result.stderr
     assert "app-temporary" not in result.stderr
     assert database.revision() == "8d2c5a61e0f4"

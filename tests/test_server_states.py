@@ -109,7 +109,7 @@ def test_a_server_that_never_accepts_gives_exit_3_naming_why(
     )
 
     assert result.status == 3
-    assert "not reachable within 1 s" in result.stderr
+    assert "not reachable within 1 s (MIGRATOR_WAIT_TIMEOUT)" in result.stderr
     assert "not accepting connections" in result.stderr
 
 

@@ -30,7 +30,7 @@ def test_server_absent_gives_up_at_the_wait_timeout_with_exit_3(driver: str) -> 
     assert first.endswith(
         "waiting for the database (not accepting connections yet): connection refused"
     ), first
-    assert "database not reachable within 1.5 s" in result.stderr
+    assert "database not reachable within 1.5 s (MIGRATOR_WAIT_TIMEOUT)" in result.stderr
     assert "Connection refused" in result.stderr
     assert 1.0 < result.seconds < 10
     assert "status=unreachable" in result.stderr
@@ -75,6 +75,7 @@ def test_wrong_password_fails_at_once_with_exit_6(database: Database) -> None:
 
     assert result.status == 6, result.output
     assert "password authentication failed" in result.stderr
+    assert "check the user and password of DATABASE_URL (or DB_USER" in result.stderr
     assert result.seconds < 10  # well before the 60 s wait timeout
     assert "status=access denied" in result.stderr
 
@@ -95,6 +96,7 @@ def test_unknown_database_fails_at_once_with_exit_2(database: Database) -> None:
 
     assert result.status == 2
     assert 'database "no_such_db" does not exist' in result.stderr
+    assert "check the database name and options of DATABASE_URL (or DB_NAME)" in result.stderr
     assert result.seconds < 10
 
 
