@@ -42,12 +42,12 @@ LEDGER_OUTCOMES_IN_THE_DATABASE = ("applied", "adopted", "accepted", "stamped", 
 
 def ledger_newest_rows(schema: str | None) -> str:
     """The statement that reads each revision's newest row that put it in the database or
-    took it out (reverted): revision, outcome, checksum."""
+    took it out (reverted): revision, outcome, checksum, finished_at, deploy, seconds."""
     outcomes = ", ".join(
         f"'{outcome}'" for outcome in (*LEDGER_OUTCOMES_IN_THE_DATABASE, "reverted")
     )
     return (
-        f"SELECT DISTINCT ON (revision) revision, outcome, checksum "
+        "SELECT DISTINCT ON (revision) revision, outcome, checksum, finished_at, deploy, seconds "
         f"FROM {version_table(LEDGER_TABLE, schema)} WHERE outcome IN ({outcomes}) "
         "ORDER BY revision, id DESC"
     )

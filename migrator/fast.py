@@ -206,7 +206,7 @@ def _check_ledger(cursor: Any, schema: str | None, checksums: dict[str, str], er
         cursor.execute(catalog.ledger_newest_rows(schema))
     except errors:
         raise Doubt("no deploy ledger yet") from None  # the full path creates it
-    recorded = {revision: (outcome, checksum) for revision, outcome, checksum in cursor.fetchall()}
+    recorded = {row[0]: (row[1], row[2]) for row in cursor.fetchall()}  # outcome, checksum
     for revision, checksum in checksums.items():
         outcome, known = recorded.get(revision, ("missing", None))
         if outcome in ("reverted", "missing") or known != checksum:

@@ -33,6 +33,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    text,
 )
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
@@ -102,19 +103,9 @@ def create(connection: Connection, ledger: Table) -> None:
 
 def entries(connection: Connection, ledger: Table) -> dict[str, Entry]:
     """Each revision's newest row that put it in the database, by revision: one query."""
-    rows = connection.execute(
-        select(
-            ledger.c.revision,
-            ledger.c.outcome,
-            ledger.c.checksum,
-            ledger.c.finished_at,
-            ledger.c.deploy,
-            ledger.c.seconds,
-        )
-        .where(ledger.c.outcome.in_((*IN_THE_DATABASE, "reverted")))
-        .distinct(ledger.c.revision)
-        .order_by(ledger.c.revision, ledger.c.id.desc())
-    ).all()
+    # The fast path reads the same statement: text() would take a ':' in a name as a parameter.
+    newest = catalog.ledger_newest_rows(ledger.schema).replace(":", "\\:")
+    rows = connection.execute(text(newest)).all()
     return {row.revision: Entry(*row) for row in rows if row.outcome != "reverted"}
 
 
