@@ -318,15 +318,18 @@ class _Apply:
             )
         except Exception as error:
             failure = _failure(error, self.progress, self.lock, self.settings)
-            self.record_failure(failure)
+            self.record_failure(failure, error)
             raise failure from error
 
-    def record_failure(self, failure: MigratorError) -> None:
-        """The deploy ledger's row for the revision in flight, after its rollback. A lost
-        session or lock leaves none: no session holding the lock is left to write it on (a
-        new one would write beside another run's work)."""
+    def record_failure(self, failure: MigratorError, error: BaseException) -> None:
+        """The deploy ledger's row for the revision in flight, after its rollback. A lost or
+        stalled session, or a lost lock, leaves none: no session holding the lock is left to
+        write it on (a new one would write beside another run's work; a stalled one would
+        hold the run past its stop)."""
         current = self.progress.current
         if current is None or isinstance(failure, (ConnectionLost, LockLost)):
+            return
+        if connection_lost(errors.underlying(error)) or self.session.connection.invalidated:
             return
         self.recorder.failed(
             self.session.connection,
