@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -183,6 +183,9 @@ class Recorder:
     table: Table
     who: Who
     script: ScriptDirectory
+    # Each revision file's checksum, once a run: the look before the lock, the look under
+    # it and the revision's own row all ask (files do not change during a run).
+    checksums: dict[str, str | None] = field(default_factory=dict, compare=False)
 
     def row_for(self, connection: Connection, step: MigrationInfo) -> tuple[str, dict[str, Any]]:
         """The INSERT of a revision's row and its parameters, for the lock's fence to run in
@@ -266,8 +269,10 @@ class Recorder:
         return [script.revision for script in reversed(list(below)) if script]
 
     def checksum_of(self, revision: str) -> str | None:
-        found = self.script.get_revision(revision)
-        return None if found is None else revision_checksum(found.path)
+        if revision not in self.checksums:
+            found = self.script.get_revision(revision)
+            self.checksums[revision] = None if found is None else revision_checksum(found.path)
+        return self.checksums[revision]
 
 
 @dataclass(frozen=True)
