@@ -620,21 +620,19 @@ def stamp(settings: Settings, summary: Summary, target: str, if_matches: bool = 
             f"stamp --if-matches {target}: the models describe the head, so only a stamp to "
             "head can be compared with them; stamp without --if-matches, or to head"
         )
-    with _database(settings, config, writable=True) as session:
-        state = _inspect(session, config, script, "upgrade", "heads")
-        recorder = _recorder(settings, script, state)
-        with _ledger_settled(session, script, state, recorder) as held:
-            if held is None:
-                return
-            lock, now = held
-            summary.from_revision = run.heads_name(now.heads)
-            if if_matches:
-                _refuse_unless_models_match(config, script, target)
-            run.stamp(config, script, target, lock=lock, recorder=recorder, heads=now.heads)
-            done = _under_the_lock(
-                lambda: run.look_again(session.connection, script, state, "upgrade", "heads")
-            )
-            summary.to_revision = run.heads_name(done.heads)
+    with _ledger_locked(settings, config, script) as held:
+        if held is None:
+            return
+        summary.from_revision = run.heads_name(held.now.heads)
+        if if_matches:
+            _refuse_unless_models_match(config, script, target)
+        run.stamp(
+            config, script, target, lock=held.lock, recorder=held.recorder, heads=held.now.heads
+        )
+        done = _under_the_lock(
+            lambda: run.look_again(held.session.connection, script, held.now, "upgrade", "heads")
+        )
+        summary.to_revision = run.heads_name(done.heads)
     log.info("stamp done: at %s (no revision ran)", summary.to_revision)
 
 
@@ -661,21 +659,41 @@ def accept(settings: Settings, summary: Summary, revision: str) -> None:
     run.refuse_unresolvable_target(script, revision)
     resolved = script.get_revision(revision)
     assert resolved is not None
-    with _database(settings, config, writable=True) as session:
-        state = _inspect(session, config, script, "upgrade", "heads")
-        recorder = _recorder(settings, script, state)
-        with _ledger_settled(session, script, state, recorder) as held:
-            if held is None:
-                return
-            _, now = held
-            summary.from_revision = summary.to_revision = run.heads_name(now.heads)
-            recorded = deploy_ledger.accept(
-                session.connection, recorder, resolved.revision, _known_heads(now)
-            )
+    with _ledger_locked(settings, config, script) as held:
+        if held is None:
+            return
+        summary.from_revision = summary.to_revision = run.heads_name(held.now.heads)
+        recorded = deploy_ledger.accept(
+            held.session.connection, held.recorder, resolved.revision, _known_heads(held.now)
+        )
     if recorded:
         log.info("accept: %s's file as it is now is recorded as reviewed", resolved.revision)
     else:
         log.info("accept: nothing to do: the ledger has %s's file as it is", resolved.revision)
+
+
+@dataclass(frozen=True)
+class _LedgerLocked:
+    """What `stamp` and `accept` work with: the run's session, the migration lock, the
+    ledger's recorder, and where the database is, read under the lock."""
+
+    session: Session
+    lock: MigrationLock
+    recorder: deploy_ledger.Recorder
+    now: State
+
+
+@contextmanager
+def _ledger_locked(
+    settings: Settings, config: Config, script: ScriptDirectory
+) -> Iterator[_LedgerLocked | None]:
+    """A writable session, the migration lock and the ledger brought up to date; None when
+    the lock was not needed after all."""
+    with _database(settings, config, writable=True) as session:
+        state = _inspect(session, config, script, "upgrade", "heads")
+        recorder = _recorder(settings, script, state)
+        with _ledger_settled(session, script, state, recorder) as held:
+            yield None if held is None else _LedgerLocked(session, held[0], recorder, held[1])
 
 
 @contextmanager

@@ -44,7 +44,6 @@ from migrator.logs import log
 from migrator.project_files import revision_checksum
 
 TABLE_NAME = catalog.LEDGER_TABLE
-IN_THE_DATABASE = catalog.LEDGER_OUTCOMES_IN_THE_DATABASE
 
 
 def table(schema: str | None) -> Table:
