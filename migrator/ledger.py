@@ -31,7 +31,6 @@ from sqlalchemy import (
     Table,
     Text,
     func,
-    insert,
     select,
     text,
 )
@@ -123,24 +122,51 @@ def write(
 ) -> None:
     """One row, on `connection`, in its transaction. Without `started_at` the row times the
     transaction it is written in (a revision's own: it started with the revision)."""
-    started = func.now() if started_at is None else started_at
+    statement, parameters = row(
+        connection,
+        ledger,
+        who,
+        revision=revision,
+        direction=direction,
+        outcome=outcome,
+        checksum=checksum,
+        started_at=started_at,
+        detail=detail,
+    )
     connection.execute(
-        insert(ledger).values(
-            revision=revision,
-            direction=direction,
-            outcome=outcome,
-            checksum=checksum,
-            started_at=started,
-            finished_at=func.clock_timestamp(),
-            seconds=func.extract("epoch", func.clock_timestamp() - started),
-            migrator_version=__version__,
-            host=who.host,
-            deploy=who.deploy,
-            detail=detail,
-        ),
+        text(statement),
+        parameters,
         # After a stop was requested, as the rollback is: signals refuses other statements.
         execution_options={"migrator_cleanup": cleanup},
     )
+
+
+def row(
+    connection: Connection,
+    ledger: Table,
+    who: Who,
+    *,
+    revision: str,
+    direction: str,
+    outcome: str,
+    checksum: str | None,
+    started_at: datetime | None = None,
+    detail: str | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """The INSERT of one row and its parameters: `write` runs it alone; the lock's fence
+    runs a revision's in its own statement (one round trip)."""
+    table = connection.dialect.identifier_preparer.format_table(ledger).replace(":", "\\:")
+    return _row_insert(table), {
+        "ledger_revision": revision,
+        "ledger_direction": direction,
+        "ledger_outcome": outcome,
+        "ledger_checksum": checksum,
+        "ledger_started_at": started_at,
+        "ledger_version": __version__,
+        "ledger_host": who.host,
+        "ledger_deploy": who.deploy,
+        "ledger_detail": detail,
+    }
 
 
 def history(connection: Connection, ledger: Table) -> list[dict[str, Any]]:
@@ -165,13 +191,15 @@ def changed(
 
 @functools.cache
 def _row_insert(table: str) -> str:
-    """A revision's row, timed by its transaction (it started with the revision)."""
+    """A row, timed from `ledger_started_at`, else from its transaction's start (a
+    revision's own: it started with the revision)."""
+    started = "coalesce(CAST(:ledger_started_at AS timestamptz), now())"
     return (
         f"INSERT INTO {table} (revision, direction, outcome, checksum, started_at, "
-        "finished_at, seconds, migrator_version, host, deploy) VALUES (:ledger_revision, "
-        ":ledger_direction, :ledger_outcome, :ledger_checksum, now(), clock_timestamp(), "
-        "extract(epoch FROM clock_timestamp() - now()), :ledger_version, :ledger_host, "
-        ":ledger_deploy)"
+        "finished_at, seconds, migrator_version, host, deploy, detail) VALUES (:ledger_revision, "
+        f":ledger_direction, :ledger_outcome, :ledger_checksum, {started}, clock_timestamp(), "
+        f"extract(epoch FROM clock_timestamp() - {started}), :ledger_version, :ledger_host, "
+        ":ledger_deploy, :ledger_detail)"
     )
 
 
@@ -191,17 +219,15 @@ class Recorder:
         the same round trip, inside the revision's transaction (after the version table's
         update): the row commits with the revision or not at all."""
         revision = str(step.up_revision_id)  # on a downgrade too: the revision reverted
-        upgrade = step.is_upgrade
-        table = connection.dialect.identifier_preparer.format_table(self.table)
-        return _row_insert(table), {
-            "ledger_revision": revision,
-            "ledger_direction": "upgrade" if upgrade else "downgrade",
-            "ledger_outcome": "applied" if upgrade else "reverted",
-            "ledger_checksum": self.checksum_of(revision),
-            "ledger_version": __version__,
-            "ledger_host": self.who.host,
-            "ledger_deploy": self.who.deploy,
-        }
+        return row(
+            connection,
+            self.table,
+            self.who,
+            revision=revision,
+            direction="upgrade" if step.is_upgrade else "downgrade",
+            outcome="applied" if step.is_upgrade else "reverted",
+            checksum=self.checksum_of(revision),
+        )
 
     def failed(
         self,
