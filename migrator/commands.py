@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic.config import Config
 from alembic.script import Script, ScriptDirectory
@@ -43,6 +43,7 @@ from migrator.session import Session
 from migrator.summary import Summary
 from migrator.wait import patient_connections
 
+T = TypeVar("T")
 # How the safety report's note on pending revisions it could not weigh begins.
 UNWEIGHED = "not weighed"
 
@@ -587,8 +588,7 @@ def _run_locked(
             # Weighed under the lock, with the sizes of the tables as they run.
             _weigh_safety(settings, migration.script, now.steps, session, measured)
         # Not before a refusal: a refused run changes nothing, the ledger included.
-        seen = deploy_ledger.look(session.connection, recorder, _known_heads(now))
-        deploy_ledger.settle(session.connection, recorder, seen)
+        _under_the_lock(lambda: _settle_ledger(session, recorder, now))
         _hand_over(session, migration.config)  # a new session after a reconnect while waiting
         run.apply(
             migration.config,
@@ -710,9 +710,14 @@ def _ledger_settled(
         now = _under_the_lock(
             lambda: run.look_again(session.connection, script, state, "upgrade", "heads")
         )
-        seen = deploy_ledger.look(session.connection, recorder, _known_heads(now))
-        deploy_ledger.settle(session.connection, recorder, seen)
+        _under_the_lock(lambda: _settle_ledger(session, recorder, now))
         yield lock, now
+
+
+def _settle_ledger(session: Session, recorder: deploy_ledger.Recorder, now: State) -> None:
+    """Under the lock: the ledger created, adopted or brought up to date."""
+    seen = deploy_ledger.look(session.connection, recorder, _known_heads(now))
+    deploy_ledger.settle(session.connection, recorder, seen)
 
 
 def _known_heads(state: State) -> tuple[str, ...]:
@@ -938,11 +943,11 @@ def _destination(state: State, direction: Direction, target: str) -> str:
     return run.heads_name(_down_revisions(state.steps[-1]))
 
 
-def _under_the_lock(read: Callable[[], State]) -> State:
-    """`read()` on the lock's session: that session lost is the lock lost (7), not an
+def _under_the_lock(work: Callable[[], T]) -> T:
+    """`work()` on the lock's session: that session lost is the lock lost (7), not an
     outage met before any work (3)."""
     try:
-        return read()
+        return work()
     except ConnectionLost as error:
         raise LockLost(f"the migration lock was lost: its session ended ({error})") from None
 
