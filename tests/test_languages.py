@@ -10,6 +10,7 @@ psycopg 3 alike.
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import subprocess
 import tempfile
@@ -159,6 +160,17 @@ def test_the_right_credentials_migrate(
     assert applied.status == 0, applied.output
     assert f"to={rev_id} applied=1" in applied.stderr
     assert current.status == 0 and rev_id in current.stdout, current.output
+    # The deploy ledger on that server: the row, and an edit of the applied revision's code
+    # stops the next run (exit 2), whatever language the server speaks.
+    ledger = _run(driver, port, "postgres", SECRET, database, "history", "--ledger", "--json",
+                  config=config)  # fmt: skip
+    assert [(row["revision"], row["outcome"]) for row in json.loads(ledger.stdout)] == [
+        (rev_id, "applied")
+    ], ledger.output
+    revision.write_text(revision.read_text().replace(f"widgets_{rev_id}", f"gadgets_{rev_id}"))
+    edited = _run(driver, port, "postgres", SECRET, database, "upgrade", "head", config=config)
+    assert edited.status == 2, edited.output
+    assert f"revision {rev_id} was changed after it was applied" in edited.stderr
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
