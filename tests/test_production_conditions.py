@@ -285,6 +285,8 @@ def test_ten_runs_through_a_session_pool_of_five_all_finish(
     assert [result.status for result in results] == [0] * 10, [r.stderr for r in results]
     assert applied_counts(database) == ALL_ONCE
     assert database.advisory_locks() == 0
+    # The deploy ledger through the pool: one row each, as the version table says.
+    assert ledger_rows(database) == [(revision, "applied") for revision in sorted(ALL_ONCE)]
 
 
 def test_timeouts_hold_behind_a_pooler_that_ignores_startup_options(
