@@ -148,7 +148,24 @@ def step_summary(
         ]
     elif command in ("upgrade", "downgrade") and status == 0:
         lines += ["Nothing to do: the database was already at the target."]
+    lines += ledger_lines(summary.get("ledger"))
     return "\n".join(lines) + "\n"
+
+
+def ledger_lines(row: dict[str, Any] | None) -> list[str]:
+    """The deploy ledger's newest row when the run ended: what last happened to the database,
+    when, and by which deploy (a failure's row says why)."""
+    if not row:
+        return []
+    columns = ("revision", "direction", "outcome", "finished_at", "seconds", "deploy", "detail")
+    return [
+        "",
+        "Deploy ledger, newest row:",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "| " + " | ".join("---" for _ in columns) + " |",
+        "| " + " | ".join(cell(row.get(column)) for column in columns) + " |",
+    ]
 
 
 def append(variable: str, text: str) -> None:

@@ -6,6 +6,8 @@ importing SQLAlchemy; the full path wraps it in `text()`.
 
 from __future__ import annotations
 
+from typing import Any
+
 # The setting the run's session is marked with (session.py): a second connection that finds
 # it was handed a used session by a pooler; the lock's fence compares it with the token.
 SESSION_TOKEN = "migrator.session"
@@ -50,6 +52,42 @@ def ledger_newest_rows(schema: str | None) -> str:
         "SELECT DISTINCT ON (revision) revision, outcome, checksum, finished_at, deploy, seconds "
         f"FROM {version_table(LEDGER_TABLE, schema)} WHERE outcome IN ({outcomes}) "
         "ORDER BY revision, id DESC"
+    )
+
+
+# A ledger row as a run's summary, the fleet's report and the action's job summary show it:
+# one JSON object, its time in UTC, built by the server so both paths (fast.py's driver
+# and SQLAlchemy) read it alike.
+LEDGER_ROW_JSON = (
+    "json_build_object('revision', revision, 'direction', direction, 'outcome', outcome, "
+    "'finished_at', to_char(finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), "
+    "'seconds', round(seconds::numeric, 3), 'deploy', deploy, 'host', host, 'detail', detail)"
+)
+
+
+def ledger_doubt(rows: list[Any], checksums: dict[str, str]) -> str | None:
+    """Why `ledger_newest_rows`' rows do not name each of `checksums`' revisions as in the
+    database with that checksum (a revision applied outside the migrator, or edited since):
+    a run must look closer. None when they do."""
+    recorded = {row[0]: (row[1], row[2]) for row in rows}  # outcome, checksum
+    for revision, checksum in checksums.items():
+        outcome, known = recorded.get(revision, ("missing", None))
+        if outcome in ("reverted", "missing") or known != checksum:
+            return f"the deploy ledger has {revision} {outcome}, or another checksum"
+    return None
+
+
+def literal_colons(sql: str) -> str:
+    """A statement without parameters, for SQLAlchemy's text(): a ':' in a name or a format
+    is not a parameter."""
+    return sql.replace(":", "\\:")
+
+
+def ledger_last_row(schema: str | None) -> str:
+    """The statement that reads the ledger's newest row, as LEDGER_ROW_JSON."""
+    return (
+        f"SELECT {LEDGER_ROW_JSON} FROM {version_table(LEDGER_TABLE, schema)} "
+        "ORDER BY id DESC LIMIT 1"
     )
 
 

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from alembic.config import Config
 from alembic.script import Script, ScriptDirectory
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 from tenacity import RetryCallState, retry_if_exception_type, wait_random_exponential
 
 from migrator import errors, fleet, logs, retry, run, signals
@@ -427,10 +428,7 @@ def _fleet(
     summary.command = f"fleet-{each.name}"
     targets = _fleet_targets(settings, fleet_settings, canary_only)
     config, script = run.alembic_project(settings)
-    wanted = None
-    if target is not None:
-        run.refuse_unresolvable_target(script, target)
-        wanted = run.revisions_at(script, target)
+    wanted = _fleet_wanted(config, script, target) if target is not None else None
     shared = f" (share {fleet_settings.shard} of {fleet_settings.shards})"
     log.info(
         "fleet %s: %d target(s), %d at a time%s",
@@ -439,11 +437,22 @@ def _fleet(
         fleet_settings.parallelism,
         shared if fleet_settings.shards > 1 else "",
     )
-    table = run.version_table(config, script) if wanted is not None else None
-    outcomes = fleet.run(settings, fleet_settings, targets, each, wanted, table)
+    outcomes = fleet.run(settings, fleet_settings, targets, each, wanted)
     summary.fleet = fleet.counts(outcomes)
     _fleet_report(outcomes, as_json)
     _fleet_judge(outcomes, summary.fleet)
+
+
+def _fleet_wanted(config: Config, script: ScriptDirectory, target: str) -> fleet.Wanted | None:
+    """Where every target ends, as the fleet's look finds a target already there: None when
+    that is not one set of revisions (a relative target)."""
+    run.refuse_unresolvable_target(script, target)
+    revisions = run.revisions_at(script, target)
+    if revisions is None:
+        return None
+    applied = script.iterate_revisions(revisions, "base")
+    checksums = {found.revision: revision_checksum(found.path) for found in applied if found}
+    return fleet.Wanted(revisions, run.version_table(config, script), checksums)
 
 
 def _fleet_targets(
@@ -495,6 +504,8 @@ def _fleet_entry(outcome: fleet.Outcome) -> dict[str, Any]:
     entry = outcome.fields()
     if outcome.revisions:
         entry["revisions"] = outcome.revisions
+    if outcome.ledger is not None:
+        entry["ledger"] = outcome.ledger
     return entry
 
 
@@ -518,10 +529,9 @@ def _migrate(
             if not seen.complete:  # the first run since the ledger: adopt, under the lock
                 with _ledger_settled(session, script, state, recorder):
                     pass
-            return
-        if not _run_locked(migration, session, state, recorder):
-            return
-    log.info("%s done: at %s", direction, summary.to_revision)
+        elif _run_locked(migration, session, state, recorder):
+            log.info("%s done: at %s", direction, summary.to_revision)
+        _note_ledger(summary, session, recorder)
 
 
 @dataclass(frozen=True)
@@ -633,6 +643,7 @@ def stamp(settings: Settings, summary: Summary, target: str, if_matches: bool = 
             lambda: run.look_again(held.session.connection, script, held.now, "upgrade", "heads")
         )
         summary.to_revision = run.heads_name(done.heads)
+        _note_ledger(summary, held.session, held.recorder)
     log.info("stamp done: at %s (no revision ran)", summary.to_revision)
 
 
@@ -666,6 +677,7 @@ def accept(settings: Settings, summary: Summary, revision: str) -> None:
         recorded = deploy_ledger.accept(
             held.session.connection, held.recorder, resolved.revision, _known_heads(held.now)
         )
+        _note_ledger(summary, held.session, held.recorder)
     if recorded:
         log.info("accept: %s's file as it is now is recorded as reviewed", resolved.revision)
     else:
@@ -718,6 +730,17 @@ def _settle_ledger(session: Session, recorder: deploy_ledger.Recorder, now: Stat
     """Under the lock: the ledger created, adopted or brought up to date."""
     seen = deploy_ledger.look(session.connection, recorder, _known_heads(now))
     deploy_ledger.settle(session.connection, recorder, seen)
+
+
+def _note_ledger(summary: Summary, session: Session, recorder: deploy_ledger.Recorder) -> None:
+    """The ledger's newest row into the summary, once the work is done: a failure to read it
+    is said, and is not the run's."""
+    try:
+        summary.ledger = deploy_ledger.newest(_connected(session), recorder.table)
+    except (DBAPIError, MigratorError) as error:
+        log.warning(
+            "ledger: its newest row was not read for the summary (%s)", errors.reason(error)
+        )
 
 
 def _known_heads(state: State) -> tuple[str, ...]:

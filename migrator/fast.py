@@ -76,7 +76,7 @@ def _answer(arguments: Sequence[str], environ: Mapping[str, str], summary: Summa
         raise Doubt("the project has several heads")
     (head,) = known["heads"]
     started = time.monotonic()
-    heads, version = _database_heads(driver, parameters, known)
+    heads, version, last_row = _database_heads(driver, parameters, known)
     if heads != [head]:
         raise Doubt(f"the database is at {', '.join(heads) or 'base'}")
     _check_stop()
@@ -84,6 +84,7 @@ def _answer(arguments: Sequence[str], environ: Mapping[str, str], summary: Summa
     logs.database_ready(time.monotonic() - started, version)
     logs.nothing_to_do(head)
     summary.from_revision = summary.to_revision = head
+    summary.ledger = last_row
     report_summary(summary, mask, settings.termination_log, settings.summary_file)
     log.debug("answered by the manifest (SQLAlchemy imported: %s)", "sqlalchemy" in sys.modules)
     return 0
@@ -161,9 +162,10 @@ def _check_userinfo(rest: str) -> None:
 
 def _database_heads(
     driver: Driver, parameters: dict[str, Any], known: dict[str, Any]
-) -> tuple[list[str], str]:
-    """The version table's rows, on a writable session that no pooler handed on: the first
-    connection marks its session; the second must not find a mark (as in session.py)."""
+) -> tuple[list[str], str, dict[str, Any] | None]:
+    """The version table's rows, on a writable session that no pooler handed on (the first
+    connection marks its session; the second must not find a mark, as in session.py), the
+    server's version, and, at the manifest's heads, the ledger's newest row."""
     first = driver.module.connect(**parameters)
     try:
         with first.cursor() as cursor:
@@ -187,30 +189,34 @@ def _database_heads(
             table = known["version_table"], known["version_table_schema"]
             cursor.execute(catalog.select_versions(*table))
             heads = sorted(row[0] for row in cursor.fetchall())
+            last_row = None
             if heads == sorted(known["heads"]):  # else the caller says where it is
                 schema = known["version_table_schema"]
-                _check_ledger(cursor, schema, known["checksums"], driver.module.Error)
+                last_row = _check_ledger(cursor, schema, known["checksums"], driver.module.Error)
         number = second.info.server_version
         if number < 100000:
             raise Doubt("PostgreSQL before 10")
-        return heads, f"{number // 10000}.{number % 10000}"
+        return heads, f"{number // 10000}.{number % 10000}", last_row
     finally:
         second.close()
 
 
-def _check_ledger(cursor: Any, schema: str | None, checksums: dict[str, str], errors: Any) -> None:
+def _check_ledger(
+    cursor: Any, schema: str | None, checksums: dict[str, str], errors: Any
+) -> dict[str, Any] | None:
     """The ledger names every revision as applied with its file's checksum as the manifest
-    has it; else (no ledger yet, a revision applied outside, an edited one) the full path
-    decides."""
+    has it (else, with no ledger yet, a revision applied outside or an edited one, the full
+    path decides); its newest row, for the summary."""
     try:
         cursor.execute(catalog.ledger_newest_rows(schema))
     except errors:
         raise Doubt("no deploy ledger yet") from None  # the full path creates it
-    recorded = {row[0]: (row[1], row[2]) for row in cursor.fetchall()}  # outcome, checksum
-    for revision, checksum in checksums.items():
-        outcome, known = recorded.get(revision, ("missing", None))
-        if outcome in ("reverted", "missing") or known != checksum:
-            raise Doubt(f"the deploy ledger has {revision} {outcome}, or another checksum")
+    doubt = catalog.ledger_doubt(cursor.fetchall(), checksums)
+    if doubt is not None:
+        raise Doubt(doubt)
+    cursor.execute(catalog.ledger_last_row(schema))
+    last_row: dict[str, Any] | None = (cursor.fetchone() or [None])[0]
+    return last_row
 
 
 @dataclass

@@ -35,9 +35,9 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
-from sqlalchemy.sql.elements import TextClause
 
 from migrator import signals
+from migrator.catalog import ledger_doubt, ledger_last_row, ledger_newest_rows, literal_colons
 from migrator.config import FleetSettings, Settings, check_names, parse_url, schema_name
 from migrator.errors import Interrupted, UsageError, permission_denied
 from migrator.job import Command, run_one
@@ -97,6 +97,17 @@ class Target:
     schema: str | None = None
 
 
+@dataclass(frozen=True)
+class Wanted:
+    """Where the command leaves every target: the revisions the version table then holds,
+    which version table, and the checksum the deploy ledger holds for each revision applied
+    (migrator.ledger): a target found so is answered by the fleet itself."""
+
+    revisions: tuple[str, ...]
+    version_table: tuple[str, str | None]
+    checksums: dict[str, str]
+
+
 @dataclass
 class Outcome:
     """What became of a target; `status` is ok, failed, interrupted or skipped."""
@@ -109,6 +120,7 @@ class Outcome:
     applied: int = 0
     seconds: float = 0.0
     revisions: list[dict[str, Any]] = field(default_factory=list)
+    ledger: dict[str, Any] | None = None  # the target's newest ledger row when its run ended
     output: str = ""  # what its command printed
 
     def fields(self) -> dict[str, Any]:
@@ -187,27 +199,28 @@ def run(
     fleet: FleetSettings,
     targets: Sequence[Target],
     command: Command,
-    wanted: Sequence[str] | None,
-    version_table: tuple[str, str | None] | None,
+    wanted: Wanted | None,
 ) -> list[Outcome]:
     """Run `command` on each target, as a run of its own: the first `fleet.canary` first,
     the rest only when all of those succeeded; no new target once `fleet.max_failures` have
     failed.
 
     First a look at every target: two that reach one tenant stop the fleet (UsageError)
-    before any runs. With `wanted` (the revisions the command ends at) and the version
-    table, a target already there is answered without a process.
+    before any runs. With `wanted`, a target already there, its deploy ledger agreeing, is
+    answered without a process.
     """
     temporary = _temporary_directory()
     outcomes = {target: Outcome(target) for target in targets}
-    looks = _look(settings, fleet, targets, wanted, version_table)
+    looks = _look(settings, fleet, targets, wanted)
     if not signals.stop_requested.is_set():  # else nothing runs: the stop is the report
         refuse_one_tenant_twice([(target, looks[target].reached) for target in targets])
-    there = {target: look.there for target, look in looks.items() if look.there is not None}
-    for target, seconds in there.items():
+    there = {target: look for target, look in looks.items() if look.there is not None}
+    for target, look in there.items():
         outcome = outcomes[target]
-        outcome.status, outcome.exit_status, outcome.seconds = "ok", 0, seconds
-        outcome.from_revision = outcome.to_revision = ",".join(wanted or ()) or "base"
+        outcome.status, outcome.exit_status, outcome.seconds = "ok", 0, look.there or 0.0
+        outcome.ledger = look.ledger
+        revisions = wanted.revisions if wanted is not None else ()
+        outcome.from_revision = outcome.to_revision = ",".join(revisions) or "base"
         log.info(
             "[%s] nothing to do: at %s", target.name, outcome.to_revision, extra=_about(target)
         )
@@ -249,31 +262,26 @@ def _temporary_directory() -> str:
 @dataclass(frozen=True)
 class _Look:
     """What the look before the runs found at a target: what it reached (None: not
-    reached), and the look's seconds when it is already at the wanted revision."""
+    reached); when it is already at the wanted revision, the look's seconds and the deploy
+    ledger's newest row."""
 
     reached: Identity | None = None
     there: float | None = None
+    ledger: dict[str, Any] | None = None
 
 
 def _look(
     settings: Settings,
     fleet: FleetSettings,
     targets: Sequence[Target],
-    wanted: Sequence[str] | None,
-    version_table: tuple[str, str | None] | None,
+    wanted: Wanted | None,
 ) -> dict[Target, _Look]:
     """Every target, one connection each, several at a time: what it reached; and, with
-    `wanted`, whether its version table holds exactly that. Over many targets, how far it got
-    every PROGRESS_SECONDS."""
-    heads_query = None
-    if wanted is not None and version_table is not None:
-        heads_query = versions_statement(*version_table)
+    `wanted`, whether it is there. Over many targets, how far it got every PROGRESS_SECONDS."""
     looks: list[_Look] = []
     reported = time.monotonic()
     with ThreadPoolExecutor(max_workers=max(fleet.parallelism, 4)) as pool:
-        found_all = pool.map(
-            lambda target: _look_at(settings, target, wanted, heads_query), targets
-        )
+        found_all = pool.map(lambda target: _look_at(settings, target, wanted), targets)
         for found in found_all:
             looks.append(found)
             if time.monotonic() - reported >= PROGRESS_SECONDS and len(looks) < len(targets):
@@ -288,15 +296,11 @@ def _look(
     return dict(zip(targets, looks, strict=True))
 
 
-def _look_at(
-    settings: Settings,
-    target: Target,
-    wanted: Sequence[str] | None,
-    heads_query: TextClause | None,
-) -> _Look:
-    """One target: what it reached, and whether `heads_query` finds exactly `wanted`. Any
-    doubt (no connection, no table) leaves the target to its run, which says what is wrong,
-    if anything."""
+def _look_at(settings: Settings, target: Target, wanted: Wanted | None) -> _Look:
+    """One target: what it reached, and whether its version table holds exactly `wanted`'s
+    revisions and its deploy ledger agrees. Any doubt (no connection, no table, no ledger
+    yet, an edited revision) leaves the target to its run, which says what is wrong, if
+    anything, and creates or adopts the ledger."""
     if signals.stop_requested.is_set():
         return _Look()
     started = time.monotonic()
@@ -305,9 +309,9 @@ def _look_at(
     try:
         with engine.connect() as connection:
             reached = _reached(connection, target)
-            if heads_query is None or wanted is None:
+            if wanted is None:
                 return _Look(reached)
-            heads = sorted(connection.execute(heads_query).scalars())
+            ledger = _there(connection, wanted)
     except Exception as doubt:
         log.debug(
             "[%s] not known to be at the target (%s)",
@@ -318,8 +322,25 @@ def _look_at(
         return _Look(reached)
     finally:
         engine.dispose()
-    there = heads == sorted(wanted)
-    return _Look(reached, time.monotonic() - started if there else None)
+    if ledger is None:
+        return _Look(reached)
+    return _Look(reached, time.monotonic() - started, ledger)
+
+
+def _there(connection: Connection, wanted: Wanted) -> dict[str, Any] | None:
+    """The ledger's newest row, when the target is at `wanted` and its ledger agrees (as the
+    no-op fast path judges, migrator.fast); None otherwise."""
+    heads = connection.execute(versions_statement(*wanted.version_table)).scalars()
+    if sorted(heads) != sorted(wanted.revisions):
+        return None
+    schema = wanted.version_table[1]
+    rows = connection.execute(text(literal_colons(ledger_newest_rows(schema)))).all()
+    if ledger_doubt(list(rows), wanted.checksums) is not None:
+        return None
+    newest: dict[str, Any] = connection.execute(
+        text(literal_colons(ledger_last_row(schema)))
+    ).scalar_one()
+    return newest
 
 
 def _reached(connection: Connection, target: Target) -> Identity:
@@ -456,6 +477,7 @@ class _Runner:
         outcome.to_revision = summary.get("to")
         outcome.applied = int(summary.get("applied") or 0)
         outcome.revisions = list(summary.get("revisions") or [])
+        outcome.ledger = summary.get("ledger")
         with suppress(OSError):
             outcome.output = (self.scratch / f"{target.line}.out").read_text(encoding="utf-8")
         if exit_status == 0:

@@ -101,9 +101,10 @@ def create(connection: Connection, ledger: Table) -> None:
 
 def entries(connection: Connection, ledger: Table) -> dict[str, Entry]:
     """Each revision's newest row that put it in the database, by revision: one query."""
-    # The fast path reads the same statement: text() would take a ':' in a name as a parameter.
-    newest = catalog.ledger_newest_rows(ledger.schema).replace(":", "\\:")
-    rows = connection.execute(text(newest)).all()
+    # The fast path reads the same statement.
+    rows = connection.execute(
+        text(catalog.literal_colons(catalog.ledger_newest_rows(ledger.schema)))
+    ).all()
     return {row.revision: Entry(*row) for row in rows if row.outcome != "reverted"}
 
 
@@ -119,9 +120,10 @@ def write(
     started_at: datetime | None = None,
     detail: str | None = None,
     cleanup: bool = False,
-) -> None:
-    """One row, on `connection`, in its transaction. Without `started_at` the row times the
-    transaction it is written in (a revision's own: it started with the revision)."""
+) -> dict[str, Any]:
+    """One row, on `connection`, in its transaction, returned as the summary shows it (the
+    ledger's newest row). Without `started_at` the row times the transaction it is written
+    in (a revision's own: it started with the revision)."""
     statement, parameters = row(
         connection,
         ledger,
@@ -133,12 +135,21 @@ def write(
         started_at=started_at,
         detail=detail,
     )
-    connection.execute(
-        text(statement),
+    written: dict[str, Any] = connection.execute(
+        text(f"{statement} RETURNING {catalog.literal_colons(catalog.LEDGER_ROW_JSON)}"),
         parameters,
         # After a stop was requested, as the rollback is: signals refuses other statements.
         execution_options={"migrator_cleanup": cleanup},
-    )
+    ).scalar_one()
+    return written
+
+
+def newest(connection: Connection, ledger: Table) -> dict[str, Any] | None:
+    """The ledger's newest row, as a run's summary shows it: for a fleet's target or the
+    action's job summary, what last happened to this database and by which deploy."""
+    last = text(catalog.literal_colons(catalog.ledger_last_row(ledger.schema)))
+    found: dict[str, Any] | None = connection.execute(last).scalar()
+    return found
 
 
 def row(
@@ -155,7 +166,7 @@ def row(
 ) -> tuple[str, dict[str, Any]]:
     """The INSERT of one row and its parameters: `write` runs it alone; the lock's fence
     runs a revision's in its own statement (one round trip)."""
-    table = connection.dialect.identifier_preparer.format_table(ledger).replace(":", "\\:")
+    table = catalog.literal_colons(connection.dialect.identifier_preparer.format_table(ledger))
     return _row_insert(table), {
         "ledger_revision": revision,
         "ledger_direction": direction,
@@ -237,13 +248,13 @@ class Recorder:
         outcome: str,
         detail: str,
         started_at: datetime,
-    ) -> None:
-        """After the revision's rollback, on the run's own session: a row saying so. A
-        session that is gone takes no row: the log and the summary still say what failed."""
+    ) -> dict[str, Any] | None:
+        """After the revision's rollback, on the run's own session: a row saying so, returned.
+        A session that is gone takes no row: the log and the summary still say what failed."""
         try:
             if connection.in_transaction():
                 connection.rollback()
-            write(
+            written = write(
                 connection,
                 self.table,
                 self.who,
@@ -256,6 +267,7 @@ class Recorder:
                 cleanup=True,
             )
             connection.commit()
+            return written
         except (DBAPIError, MigratorError) as error:  # the failure itself is what to report
             log.warning(
                 "ledger: the %s row for %s was not written (%s)",
@@ -263,6 +275,7 @@ class Recorder:
                 revision,
                 errors.reason(error),
             )
+            return None
 
     def stamped(self, before: tuple[str, ...]) -> Callable[..., None]:
         """An on_version_apply hook for a stamp from `before`: a row for each revision the

@@ -102,7 +102,7 @@ def report_summary(
     log.info(line, extra={"fields": {"event": "summary", **values}})
     outputs = [(termination_log, line + "\n")] if termination_log.exists() else []
     if summary_file is not None:
-        document = {**values, "revisions": summary.revisions}
+        document = {**values, "revisions": summary.revisions, "ledger": summary.ledger}
         outputs.append((summary_file, mask(json.dumps(document)) + "\n"))
     for path, text in outputs:
         try:

@@ -331,7 +331,7 @@ class _Apply:
             return
         if connection_lost(errors.underlying(error)) or self.session.connection.invalidated:
             return
-        self.recorder.failed(
+        self.progress.summary.ledger = self.recorder.failed(
             self.session.connection,
             str(current.revision),
             self.direction,

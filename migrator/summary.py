@@ -25,6 +25,9 @@ class Summary:
     started: float = field(default_factory=time.monotonic)
     # Each revision that ran: revision, direction, seconds; or, for `plan`, that would run.
     revisions: list[dict[str, Any]] = field(default_factory=list)
+    # The deploy ledger's newest row when the run ended (migrator.ledger), as the summary
+    # file shows it: what last happened to the database, and by which deploy.
+    ledger: dict[str, Any] | None = None
     # `fleet`: how many targets, and how many of them ok, failed and skipped.
     fleet: dict[str, int] | None = None
 

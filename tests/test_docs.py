@@ -196,6 +196,13 @@ NOT_RUN = {
         "the error line; asserted in tests/test_ledger.py::"
         "test_an_applied_revision_whose_code_changed_stops_the_run_and_a_comment_does_not"
     ),
+    (
+        "docs/ledger.md",
+        '{"revision": "c3f9b7d21a58", "direction": "upgrade", "outcome": "applied",',
+    ): (
+        "a summary file's ledger row; its keys are asserted in tests/test_ledger.py::"
+        "test_the_summary_file_carries_the_ledgers_newest_row_on_every_path"
+    ),
     ("docs/development.md", 'alembic revision --autogenerate -m "add mileage"'): (
         "a developer's own change to the models: plain Alembic, untouched by the migrator"
     ),

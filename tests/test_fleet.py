@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import signal
 import socket
 import time
@@ -12,6 +13,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -20,6 +22,7 @@ from conftest import (
     PASSWORD,
     PROJECTS,
     ROLE,
+    ROOT,
     Database,
     Server,
     finish,
@@ -29,6 +32,7 @@ from conftest import (
 from conftest import wait_for_line as read_until
 
 HEAD = "c3f9b7d21a58"  # the example project's head
+FIRST = "0d25ea6c8183"  # and its first revision
 AUDITED = {"MIGRATOR_CONFIG": str(PROJECTS / "audited" / "alembic.ini")}
 AUDITED_ONCE = {"a1a1a1a1a1a1": 1, "a2a2a2a2a2a2": 1, "a3a3a3a3a3a3": 1}
 
@@ -109,6 +113,11 @@ def targets_of(stdout: str) -> dict[str, dict[str, object]]:
     return {entry["name"]: entry for entry in json.loads(stdout)["targets"]}
 
 
+def ledger_rows(stdout: str) -> dict[str, dict[str, Any]]:
+    """Each target's newest deploy ledger row, as the fleet's --json shows it."""
+    return {entry["name"]: entry["ledger"] for entry in json.loads(stdout)["targets"]}
+
+
 @pytest.mark.slow
 def test_fifty_databases_and_fifty_schemas_reach_head_then_a_second_run_is_a_no_op(
     make_fleet: Callable[[int, int], Fleet],
@@ -121,6 +130,7 @@ def test_fifty_databases_and_fifty_schemas_reach_head_then_a_second_run_is_a_no_
     entries = targets_of(result.stdout)
     assert {entry["status"] for entry in entries.values()} == {"ok"}
     assert {entry["applied"] for entry in entries.values()} == {4}
+    assert {row["revision"] for row in ledger_rows(result.stdout).values()} == {HEAD}
     assert [database.revision() for database in fleet.databases] == [HEAD] * 50
     assert [fleet.schema_revision(schema) for schema in fleet.schemas] == [HEAD] * 50
     # A schema tenant's tables are its own: nothing was created in the configured schema.
@@ -139,6 +149,7 @@ def test_fifty_databases_and_fifty_schemas_reach_head_then_a_second_run_is_a_no_
     assert again.status == 0, again.stderr[-3000:]
     assert "targets=100 ok=100 failed=0 skipped=0" in summary_line(again.stderr)
     assert {entry["applied"] for entry in targets_of(again.stdout).values()} == {0}
+    assert ledger_rows(again.stdout) == ledger_rows(result.stdout)  # the rows of the first run
     # Answered by the fleet itself: one query per target, no run of its own, no lock taken.
     assert again.stderr.count("nothing to do: at") == 100
     assert "migration lock" not in again.stderr
@@ -167,6 +178,54 @@ def test_a_broken_tenant_fails_while_the_others_reach_head(
     assert any('relation "cars" already exists' in line for line in said), said
     assert broken.revision() is None
     assert all(database.revision() == HEAD for database in fleet.databases if database != broken)
+
+
+@pytest.mark.both_drivers
+def test_each_target_reports_its_ledgers_newest_row_and_an_edited_revision_is_not_a_no_op(
+    make_fleet: Callable[[int, int], Fleet], tmp_path: Path
+) -> None:
+    """The fleet's --json shows each target's newest ledger row: the failure's, or the
+    deploy's last revision; a target the fleet answers itself (already there) shows the row
+    that put it there. An applied revision edited since sends every target to its own run,
+    which stops it (exit 2), as a single run would."""
+    fleet = make_fleet(3, 1)
+    project = tmp_path / "project"
+    for part in ("alembic", "persistence"):
+        shutil.copytree(ROOT / part, project / part, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "alembic.ini", project / "alembic.ini")
+    env = fleet.env(MIGRATOR_CONFIG=str(project / "alembic.ini"), MIGRATOR_DEPLOY_ID="rel 1")
+    env["MIGRATOR_FLEET_MAX_FAILURES"] = "5"
+    broken = fleet.databases[0]
+    broken.query("CREATE TABLE cars (id int)")  # the first revision creates it: a conflict
+
+    first = run_migrator("fleet", "upgrade", "head", "--json", env=env, timeout=300)
+
+    assert first.status == 1, first.stderr[-3000:]
+    rows = ledger_rows(first.stdout)
+    failed = rows.pop(broken.name)
+    assert (failed["revision"], failed["outcome"]) == (FIRST, "failed")
+    assert 'relation "cars" already exists' in failed["detail"]
+    applied = {(row["revision"], row["outcome"], row["deploy"]) for row in rows.values()}
+    assert applied == {(HEAD, "applied", "rel 1")}
+
+    broken.query("DROP TABLE cars")
+    fleet.write(
+        [database.name for database in fleet.databases[1:]] + [f"schema={fleet.schemas[0]}"]
+    )
+    again_env = {**env, "MIGRATOR_DEPLOY_ID": "rel 2"}
+    again = run_migrator("fleet", "upgrade", "head", "--json", env=again_env, timeout=300)
+    assert again.status == 0, again.stderr[-3000:]
+    assert again.stderr.count("nothing to do: at") == 3  # answered by the fleet's look
+    assert ledger_rows(again.stdout) == rows
+
+    edited = next((project / "alembic" / "versions").glob(f"{FIRST}_*.py"))
+    edited.write_text(edited.read_text().replace('"cars"', '"automobiles"', 1))
+    stopped = run_migrator("fleet", "upgrade", "head", "--json", env=env, timeout=300)
+
+    assert stopped.status == 2, stopped.stderr[-3000:]
+    assert "nothing to do: at" not in stopped.stderr
+    assert {entry["exit_status"] for entry in targets_of(stopped.stdout).values()} == {2}
+    assert stopped.stderr.count(f"revision {FIRST} was changed after it was applied") >= 3
 
 
 def test_the_first_failure_stops_new_targets_by_default(

@@ -233,6 +233,13 @@ def test_the_action_runs_as_the_runner_runs_it(
             "wait-timeout": "30",
             "allow-downgrade": "false",
         },
+        # What the runner sets in every step's environment.
+        env={
+            "GITHUB_ACTIONS": "true",
+            "GITHUB_REPOSITORY": "acme/shop",
+            "GITHUB_SHA": "0123456789abcdef0123456789abcdef01234567",
+            "GITHUB_RUN_ID": "4242",
+        },
     )
 
     assert run.status == 0, run.log
@@ -253,8 +260,16 @@ def test_the_action_runs_as_the_runner_runs_it(
     rows = table_rows(run.step_summary)
     assert run.step_summary.startswith("### migrator upgrade: ok")
     assert rows[1][:3] == ["base", HEAD, "4"]
-    assert [row[1].strip("`") for row in rows[3:]] == [step["revision"] for step in revisions]
-    assert [float(row[4]) for row in rows[3:]] == [step["seconds"] for step in revisions]
+    listed = rows[3 : 3 + len(revisions)]
+    assert [row[1].strip("`") for row in listed] == [step["revision"] for step in revisions]
+    assert [float(row[4]) for row in listed] == [step["seconds"] for step in revisions]
+    # Last, the deploy ledger's newest row: the head's, by this workflow run.
+    assert "Deploy ledger, newest row:" in run.step_summary
+    ledger_row = dict(zip(rows[-2], rows[-1], strict=True))
+    assert ledger_row["revision"] == HEAD
+    assert (ledger_row["direction"], ledger_row["outcome"]) == ("upgrade", "applied")
+    assert ledger_row["deploy"] == "github acme/shop@0123456789ab run 4242"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", ledger_row["finished_at"])
     assert f"::add-mask::{PASSWORD}" in run.log
 
 
@@ -366,6 +381,7 @@ def test_a_failed_run_fails_the_step_and_says_why(
     assert run.outputs["status"] not in ("", "ok")
     assert run.outputs["applied"] == "0"
     assert run.step_summary.startswith("### migrator upgrade: failed (exit 6)")
+    assert "Deploy ledger" not in run.step_summary  # nothing reached the database
     assert database.revision() is None
 
 

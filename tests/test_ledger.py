@@ -262,3 +262,61 @@ def test_the_no_op_fast_path_defers_to_the_ledger_when_an_applied_revision_chang
         stopped.stderr
     )
     assert f"revision {HEAD} was changed after it was applied" in stopped.stderr
+
+
+def documented_row() -> dict[str, object]:
+    """The summary's ledger row as docs/ledger.md shows it."""
+    block = (ROOT / "docs" / "ledger.md").read_text().split("```json\n", 1)[1].split("```")[0]
+    row = json.loads(block)
+    assert isinstance(row, dict)
+    return row
+
+
+def test_the_summary_file_carries_the_ledgers_newest_row_on_every_path(
+    database: Database, project: Path, tmp_path: Path
+) -> None:
+    """What a fleet's report and the action's job summary show of a target (both read the
+    summary file): after a failure, the failed row; after a deploy, its last revision's row;
+    on a later no-op, full path or fast, that same row, with the deploy that wrote it."""
+    summary_file = tmp_path / "summary.json"
+    env = env_for(database, project, MIGRATOR_SUMMARY_FILE=str(summary_file))
+    broken = revision_file(project, HEAD)
+    original = broken.read_text()
+    broken.write_text(original.replace('"cars.id"', '"no_such_table.id"', 1))
+
+    def newest_row() -> dict[str, object]:
+        row = json.loads(summary_file.read_text())["ledger"]
+        assert isinstance(row, dict)
+        return row
+
+    failed = run_migrator("upgrade", "head", env={**env, "MIGRATOR_DEPLOY_ID": "release 1"})
+    assert failed.status == 1, failed.output
+    row = newest_row()
+    assert (row["revision"], row["outcome"], row["deploy"]) == (HEAD, "failed", "release 1")
+    assert "no_such_table" in str(row["detail"])
+
+    broken.write_text(original)
+    deployed = run_migrator("upgrade", "head", env={**env, "MIGRATOR_DEPLOY_ID": "release 2"})
+    assert deployed.status == 0, deployed.output
+    applied = newest_row()
+    assert (applied["revision"], applied["direction"], applied["outcome"]) == (
+        HEAD,
+        "upgrade",
+        "applied",
+    )
+    assert (applied["deploy"], applied["detail"]) == ("release 2", None)
+    assert applied.keys() == documented_row().keys()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", str(applied["finished_at"]))
+    newest = database.query("SELECT round(seconds::numeric, 3) FROM migrator_ledger ORDER BY id")[
+        -1
+    ][0]
+    assert applied["seconds"] == float(newest)
+
+    later = {**env, "MIGRATOR_DEPLOY_ID": "release 3", "MIGRATOR_LOG_LEVEL": "DEBUG"}
+    full_path = run_migrator("upgrade", "head", env=later)
+    assert full_path.status == 0 and "answered by the manifest" not in full_path.stderr
+    assert newest_row() == applied
+    assert run_migrator("manifest", env=later).status == 0
+    fast_path = run_migrator("upgrade", "head", env=later)
+    assert "answered by the manifest" in fast_path.stderr, fast_path.output
+    assert newest_row() == applied
