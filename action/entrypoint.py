@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -91,10 +92,11 @@ def step_summary(
     target: str,
     config: str,
     plan: str = "",
+    reason: str = "",
 ) -> str:
     """The Markdown the job's summary page shows: where the database was and is, each
     revision with its duration, or the plan (`plan`: the migrator's own Markdown, with the
-    safety report)."""
+    safety report); a failure's own error line."""
     revisions = summary.get("revisions") or []
     command = summary.get("command") or requested
     outcome = "ok" if status == 0 else f"failed (exit {status})"
@@ -105,15 +107,17 @@ def step_summary(
     else:
         title = f"### migrator {command}: {outcome}"
     lines = [title, ""]
+    said = ["The migrator said:", "", "> " + " ".join(reason.split()), ""] if reason else []
     if not summary:
         lines += [
             f"The migrator exited {status} before it ran (a usage or configuration error);"
             " the step's log says why.",
             "",
+            *said,
         ]
         return "\n".join(lines) + "\n"
     if status != 0:
-        lines += [f"The step's log says why (exit {status}).", ""]
+        lines += said or [f"The step's log says why (exit {status}).", ""]
     lines += [
         "| from | to | applied | seconds | status | config |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -168,6 +172,54 @@ def ledger_lines(row: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def error_line(line: str) -> str | None:
+    """The message of one of the migrator's error log lines (text or JSON), else None."""
+    text = line.strip()
+    if text.startswith("{"):
+        try:
+            event = json.loads(text)
+        except ValueError:
+            return None
+        if isinstance(event, dict) and str(event.get("level", "")).lower() == "error":
+            return str(event.get("message") or "") or None
+        return None
+    parts = text.split(maxsplit=2)
+    return parts[2] if len(parts) == 3 and parts[1] == "ERROR" else None
+
+
+def run_migrator(arguments: list[str], environment: dict[str, str]) -> tuple[int, str, str]:
+    """Run the migrator, its log passed through to the step's log as it comes; returns its
+    exit status, its standard output when it is a plan's Markdown (also printed), and its
+    last error line (the one-line reason the job summary quotes)."""
+    process = subprocess.Popen(
+        ["migrator", *arguments],
+        env=environment,
+        stdout=subprocess.PIPE if arguments else None,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    reasons: list[str] = []
+
+    def relay() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            sys.stderr.write(line)
+            sys.stderr.flush()
+            reason = error_line(line)
+            if reason:
+                reasons.append(reason)
+
+    relaying = threading.Thread(target=relay, daemon=True)
+    relaying.start()
+    # A plan's Markdown goes to the job summary, and to the log as well.
+    plan = process.stdout.read() if process.stdout is not None else ""
+    status = process.wait()
+    relaying.join()
+    print(plan, end="", flush=True)
+    return status, plan, reasons[-1] if reasons else ""
+
+
 def append(variable: str, text: str) -> None:
     """Append to a runner file command (GITHUB_OUTPUT, GITHUB_STEP_SUMMARY), when there is one."""
     path = os.environ.get(variable)
@@ -209,13 +261,7 @@ def main() -> int:
         "MIGRATOR_SUMMARY_FILE": str(summary_file),
     }
     try:
-        # A plan's Markdown goes to the job summary, and to the log as well.
-        capture = subprocess.PIPE if arguments else None
-        ran = subprocess.run(
-            ["migrator", *arguments], env=environment, stdout=capture, text=True, check=False
-        )
-        status, plan = ran.returncode, ran.stdout or ""
-        print(plan, end="", flush=True)
+        status, plan, reason = run_migrator(arguments, environment)
         summary = read_summary(summary_file)
     finally:
         summary_file.unlink(missing_ok=True)
@@ -225,7 +271,7 @@ def main() -> int:
     append("GITHUB_OUTPUT", "".join(f"{key}={value}\n" for key, value in outputs.items()))
     append(
         "GITHUB_STEP_SUMMARY",
-        step_summary(summary, status, requested, direction, target, config, plan),
+        step_summary(summary, status, requested, direction, target, config, plan, reason=reason),
     )
     return status
 

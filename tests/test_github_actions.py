@@ -381,6 +381,7 @@ def test_a_failed_run_fails_the_step_and_says_why(
     assert run.outputs["status"] not in ("", "ok")
     assert run.outputs["applied"] == "0"
     assert run.step_summary.startswith("### migrator upgrade: failed (exit 6)")
+    assert "\n> " in run.step_summary  # the refusal's own line, quoted (no password: above)
     assert "Deploy ledger" not in run.step_summary  # nothing reached the database
     assert database.revision() is None
 
@@ -397,6 +398,8 @@ def test_a_usage_error_still_writes_outputs_and_a_summary(
     assert run.status == 2, run.log
     assert run.outputs["exit-code"] == "2"
     assert "exit 2" in run.step_summary
+    # The migrator's own error line, quoted: the summary says why without the log.
+    assert "> target 'nosuch': Can't locate revision identified by 'nosuch'" in run.step_summary
 
 
 def test_the_roundtrip_script_proves_upgrade_downgrade_upgrade(
