@@ -38,19 +38,21 @@ def register_masks(url: str) -> None:
 
 
 def command_line(
-    command: str, target: str, dry_run: bool, safety: str
+    command: str, target: str, dry_run: bool, safety: str, phase: str = ""
 ) -> tuple[list[str], dict[str, str]]:
     """The migrator's arguments and the variables that say what to run. A dry run (`command:
     plan`, or `dry-run: true` with upgrade/downgrade) is `migrator plan DIRECTION TARGET
     --markdown`: the revisions that would run, nothing changed, and for an upgrade the safety
     report (unless `safety: off`). Everything else goes through
     MIGRATOR_COMMAND/MIGRATOR_TARGET, as a Job runs it (a downgrade then needs
-    allow-downgrade)."""
+    allow-downgrade). A phase is MIGRATOR_PHASE for both: the migrator validates it and says
+    which commands take one (a bad value is its own exit 2)."""
+    phased = {"MIGRATOR_PHASE": phase} if phase else {}
     if command == "plan" or (dry_run and command in ("upgrade", "downgrade")):
         direction = "upgrade" if command == "plan" else command
         weighed = ["--safety"] if direction == "upgrade" and safety != "off" else []
-        return ["plan", direction, target, "--markdown", *weighed], {}
-    return [], {"MIGRATOR_COMMAND": command, "MIGRATOR_TARGET": target}
+        return ["plan", direction, target, "--markdown", *weighed], phased
+    return [], {"MIGRATOR_COMMAND": command, "MIGRATOR_TARGET": target, **phased}
 
 
 def read_summary(path: Path) -> dict[str, Any]:
@@ -62,11 +64,14 @@ def read_summary(path: Path) -> dict[str, Any]:
     return document if isinstance(document, dict) else {}
 
 
-def outputs_for(summary: dict[str, Any], status: int, requested: str) -> dict[str, str]:
+def outputs_for(
+    summary: dict[str, Any], status: int, requested: str, phase: str = ""
+) -> dict[str, str]:
     revisions = summary.get("revisions") or []
     planned = summary.get("command") == "plan"
     return {
         "command": str(summary.get("command") or requested),
+        "phase": phase,
         "from-revision": str(summary.get("from") or ""),
         "to-revision": str(summary.get("to") or ""),
         "applied": str(summary.get("applied") or 0),
@@ -92,20 +97,23 @@ def step_summary(
     target: str,
     config: str,
     plan: str = "",
+    phase: str = "",
     reason: str = "",
 ) -> str:
     """The Markdown the job's summary page shows: where the database was and is, each
     revision with its duration, or the plan (`plan`: the migrator's own Markdown, with the
-    safety report); a failure's own error line."""
+    safety report); the phase, when one was given; a failure's own error line."""
     revisions = summary.get("revisions") or []
     command = summary.get("command") or requested
     outcome = "ok" if status == 0 else f"failed (exit {status})"
+    phased = f", phase `{phase}`" if phase else ""
     if command == "plan" and status == 0:
         title = (
-            f"### migrator plan: {direction} to `{target}`: {len(revisions)} revision(s) would run"
+            f"### migrator plan: {direction} to `{target}`{phased}: "
+            f"{len(revisions)} revision(s) would run"
         )
     else:
-        title = f"### migrator {command}: {outcome}"
+        title = f"### migrator {command}{phased}: {outcome}"
     lines = [title, ""]
     said = ["The migrator said:", "", "> " + " ".join(reason.split()), ""] if reason else []
     if not summary:
@@ -236,18 +244,19 @@ def main() -> int:
     dry_run = truth(given("dry-run", "false")) is True
     config = given("config", "alembic.ini")
     safety = given("safety", "warn")
-    arguments, chosen = command_line(command, target, dry_run, safety)
+    phase = given("phase")
+    arguments, chosen = command_line(command, target, dry_run, safety, phase)
     direction = arguments[1] if arguments else command
 
     handle, name = tempfile.mkstemp(prefix="migrator-summary-", suffix=".json")
     os.close(handle)
     summary_file = Path(name)
-    # What says what to run is ours alone: a MIGRATOR_COMMAND/TARGET in the step's env would
-    # otherwise disagree with the arguments of a plan (exit 2) or replace the inputs.
+    # What says what to run is ours alone: a MIGRATOR_COMMAND/TARGET/PHASE in the step's env
+    # would otherwise disagree with the arguments of a plan (exit 2) or replace the inputs.
     inherited = {
         key: value
         for key, value in os.environ.items()
-        if key not in ("MIGRATOR_COMMAND", "MIGRATOR_TARGET")
+        if key not in ("MIGRATOR_COMMAND", "MIGRATOR_TARGET", "MIGRATOR_PHASE")
     }
     environment = {
         **inherited,
@@ -267,11 +276,11 @@ def main() -> int:
         summary_file.unlink(missing_ok=True)
 
     requested = arguments[0] if arguments else command
-    outputs = outputs_for(summary, status, requested)
+    outputs = outputs_for(summary, status, requested, phase)
     append("GITHUB_OUTPUT", "".join(f"{key}={value}\n" for key, value in outputs.items()))
     append(
         "GITHUB_STEP_SUMMARY",
-        step_summary(summary, status, requested, direction, target, config, plan, reason=reason),
+        step_summary(summary, status, requested, direction, target, config, plan, phase, reason),
     )
     return status
 

@@ -1,5 +1,6 @@
-"""GitHub Actions: the workflows lint clean, the container action runs as the runner runs it,
-and the round-trip script CI calls proves a real upgrade/downgrade/upgrade."""
+"""GitHub Actions: the workflows lint clean, the container action runs as the runner runs it
+(one phase at a time, too), and the round-trip script CI calls proves a real
+upgrade/downgrade/upgrade."""
 
 from __future__ import annotations
 
@@ -446,3 +447,90 @@ def test_the_roundtrip_script_catches_a_schema_that_does_not_come_back(
     assert result.returncode == 1
     assert "objects left at base" in result.stderr
     assert "table leftover: " in result.stderr  # the table left, named
+
+
+PHASES = "examples/phases/alembic.ini"  # the example application's rename of cars.colour
+PRE_HEAD = "5e1f0a2b7c39"  # pre: adds cars.color, copied from colour
+POST_HEAD = "9a4d6c8e2f15"  # post: copies what the old release wrote meanwhile, drops colour
+
+
+def car_columns(database: Database) -> set[str]:
+    rows = database.query(
+        "SELECT column_name FROM information_schema.columns "
+        "WHERE table_schema = 'public' AND table_name = 'cars'"
+    )
+    return {row[0] for row in rows}
+
+
+def test_the_action_runs_the_pre_phase_then_the_post_phase(
+    action_image: str, database: Database, tmp_path: Path
+) -> None:
+    """Around a deploy: `phase: pre` expands (cars.color beside colour), a dry run of `phase:
+    post` plans the contraction alone, `phase: post` contracts (colour gone). Each run's
+    outputs and job summary say its phase."""
+    given = {"command": "upgrade", "config": PHASES}  # target: head, the phase's own
+    url = {"database-url": database.url}
+
+    pre = run_action(action_image, tmp_path / "pre", {**given, **url, "phase": "pre"})
+
+    assert pre.status == 0, pre.log
+    assert {"colour", "color"} <= car_columns(database)
+    assert database.revision() == PRE_HEAD
+    assert (pre.outputs["phase"], pre.outputs["from-revision"]) == ("pre", "base")
+    assert (pre.outputs["to-revision"], pre.outputs["applied"]) == (PRE_HEAD, "5")
+    assert POST_HEAD not in pre.outputs["revisions"]
+    assert pre.step_summary.startswith("### migrator upgrade, phase `pre`: ok")
+
+    plan = run_action(
+        action_image, tmp_path / "plan", {**given, **url, "phase": "post", "dry-run": "true"}
+    )
+
+    assert plan.status == 0, plan.log
+    assert (plan.outputs["phase"], plan.outputs["planned"]) == ("post", "1")
+    assert [step["revision"] for step in json.loads(plan.outputs["revisions"])] == [POST_HEAD]
+    assert "to `head`, phase `post`: 1 revision(s) would run" in plan.step_summary
+    assert database.revision() == PRE_HEAD  # a plan changes nothing
+
+    post = run_action(action_image, tmp_path / "post", {**given, **url, "phase": "post"})
+
+    assert post.status == 0, post.log
+    assert "colour" not in car_columns(database) and "color" in car_columns(database)
+    assert database.revision() == POST_HEAD
+    assert (post.outputs["phase"], post.outputs["from-revision"]) == ("post", PRE_HEAD)
+    assert (post.outputs["to-revision"], post.outputs["applied"]) == (POST_HEAD, "1")
+    assert post.step_summary.startswith("### migrator upgrade, phase `post`: ok")
+
+
+def test_the_post_phase_before_the_pre_phase_is_refused_and_the_summary_says_why(
+    action_image: str, database: Database, tmp_path: Path
+) -> None:
+    run = run_action(
+        action_image,
+        tmp_path,
+        {"phase": "post", "config": PHASES, "database-url": database.url},
+    )
+
+    assert run.status == 2, run.log
+    assert (run.outputs["exit-code"], run.outputs["phase"]) == ("2", "post")
+    assert run.step_summary.startswith("### migrator upgrade, phase `post`: failed (exit 2)")
+    # The migrator's own one line, quoted: the post revision and a pre revision it needs.
+    (said,) = [line for line in run.step_summary.splitlines() if line.startswith("> ")]
+    assert f"post revision {POST_HEAD} depends on pre revision " in said
+    assert database.revision() is None  # nothing ran
+    assert "cars" not in database.tables()
+
+
+def test_a_phase_that_is_neither_pre_nor_post_is_the_migrators_own_usage_error(
+    action_image: str, database: Database, tmp_path: Path
+) -> None:
+    """The action does not check the phase itself: the migrator says what is wrong."""
+    run = run_action(
+        action_image,
+        tmp_path,
+        {"phase": "during", "config": PHASES, "database-url": database.url},
+    )
+
+    assert run.status == 2, run.log
+    (said,) = [line for line in run.step_summary.splitlines() if line.startswith("> ")]
+    assert "MIGRATOR_PHASE" in said and "during" in said
+    assert database.revision() is None
