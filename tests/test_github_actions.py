@@ -1,6 +1,7 @@
 """GitHub Actions: the workflows lint clean, the container action runs as the runner runs it
-(one phase at a time, too), and the round-trip script CI calls proves a real
-upgrade/downgrade/upgrade."""
+(one phase at a time, too), the round-trip script CI calls proves a real
+upgrade/downgrade/upgrade, and the reusable workflow's phases script proves pre, deploy,
+post."""
 
 from __future__ import annotations
 
@@ -17,12 +18,14 @@ from urllib.parse import quote
 import pytest
 import yaml
 from conftest import (
+    HELPER_DRIVER,
     PASSWORD,
     PASSWORD_FORMS,
     ROOT,
     Database,
     docker_build,
     docker_env_flags,
+    migrator_env,
     run_migrator,
 )
 
@@ -126,6 +129,24 @@ def test_the_reusable_roundtrip_installs_the_locked_migrator_at_its_own_commit()
     assert "pip install --require-hashes -r .migrator/requirements.lock" in install
     assert "pip install --no-deps ./.migrator" in install
     assert "git+" not in install and "@v" not in install
+
+
+def test_the_reusable_roundtrip_proves_the_phases_with_the_scripts_at_its_own_commit() -> None:
+    """`phases: true` runs the phases script of the migrator's own checkout (the commit the
+    caller pinned), with the caller's deploy command through the environment (never spliced
+    into the script), after verify."""
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "roundtrip.yml").read_text())
+    inputs = workflow[True]["workflow_call"]["inputs"]  # PyYAML reads the `on` key as True
+    steps = workflow["jobs"]["verify"]["steps"]
+    verify = next(s for s in steps if s.get("name") == "migrator verify")
+    phases = next(s for s in steps if "phases.sh" in s.get("run", ""))
+
+    assert (inputs["phases"]["type"], inputs["phases"]["default"]) == ("boolean", False)
+    assert (inputs["deploy"]["type"], inputs["deploy"]["default"]) == ("string", "")
+    assert phases["if"] == "inputs.phases"
+    assert phases["run"] == "bash .migrator/scripts/ci/phases.sh"
+    assert phases["env"] == {"DEPLOY_COMMAND": "${{ inputs.deploy }}"}
+    assert steps.index(verify) < steps.index(phases)
 
 
 def build_stage(dockerfile: str) -> str:
@@ -534,3 +555,100 @@ def test_a_phase_that_is_neither_pre_nor_post_is_the_migrators_own_usage_error(
     (said,) = [line for line in run.step_summary.splitlines() if line.startswith("> ")]
     assert "MIGRATOR_PHASE" in said and "during" in said
     assert database.revision() is None
+
+
+# The rollout, between the phases: the old release, still running, writes colour alone (it
+# knows nothing of color); it runs only against the expanded schema.
+ROLLOUT = f"""
+import os
+import sys
+
+import sqlalchemy as sa
+
+url = sa.URL.create(
+    "postgresql+{HELPER_DRIVER}",
+    username=os.environ["DB_USER"],
+    password=os.environ["DB_PASSWORD"],
+    host=os.environ["DB_HOST"],
+    port=int(os.environ["DB_PORT"]),
+    database=os.environ["DB_NAME"],
+)
+with sa.create_engine(url).begin() as connection:
+    columns = set(
+        connection.execute(
+            sa.text("SELECT column_name FROM information_schema.columns WHERE table_name = 'cars'")
+        ).scalars()
+    )
+    if not {{"colour", "color"}} <= columns:
+        sys.exit(f"deploy: not the expanded schema: {{sorted(columns)}}")
+    connection.execute(
+        sa.text("INSERT INTO cars (make, model, colour) VALUES ('Old', 'during-rollout', 'red')")
+    )
+print("deploy: the old release wrote colour during the rollout")
+"""
+
+
+def run_phases_script(
+    database: Database, deploy: str, config: str = PHASES
+) -> subprocess.CompletedProcess[str]:
+    """scripts/ci/phases.sh as the reusable workflow runs it: `migrator` on PATH, the
+    database and the project in the migrator's own variables, the deploy command in
+    DEPLOY_COMMAND."""
+    env = migrator_env(
+        {
+            **database.env,
+            "MIGRATOR_CONFIG": str(ROOT / config),
+            "DEPLOY_COMMAND": deploy,
+            "PATH": f"{BIN}:{os.environ['PATH']}",
+        }
+    )
+    return subprocess.run(
+        ["scripts/ci/phases.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_the_phases_script_proves_pre_then_deploy_then_post(
+    database: Database, tmp_path: Path
+) -> None:
+    (tmp_path / "rollout.py").write_text(ROLLOUT)
+
+    result = run_phases_script(database, f"{BIN / 'python'} {tmp_path / 'rollout.py'}")
+
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    # In order: pre reached its heads, the deploy ran on the expanded schema, then post.
+    said = [
+        "phases: pre reached its heads; the post phase will run: " + POST_HEAD,
+        "deploy: the old release wrote colour during the rollout",
+        "phases: pre, deploy, post done; the database is at its heads",
+    ]
+    assert [result.stdout.index(line) for line in said] == sorted(
+        result.stdout.index(line) for line in said
+    )
+    assert database.revision() == POST_HEAD
+    assert "colour" not in car_columns(database)
+    # What the old release wrote during the rollout, the post phase copied before the drop.
+    assert database.query("SELECT color FROM cars WHERE model = 'during-rollout'") == [("red",)]
+    assert not any(form in output for form in PASSWORD_FORMS)
+
+
+def test_the_phases_script_never_runs_post_after_a_failed_deploy(database: Database) -> None:
+    result = run_phases_script(database, "echo 'rollout: pods crash-looping' >&2; exit 3")
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "phases: the deploy command failed (exit 3); the post phase did not run" in (
+        result.stderr
+    )
+    assert "== post" not in result.stdout
+    assert database.revision() == PRE_HEAD  # expanded, not contracted
+    assert {"colour", "color"} <= car_columns(database)
+
+
+def test_the_phases_script_passes_a_project_without_a_post_label(database: Database) -> None:
+    """The example application without phases: everything is pre, post has nothing to do."""
+    result = run_phases_script(database, "", config="alembic.ini")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "the post phase will run: nothing" in result.stdout
+    assert "no deploy command given" in result.stdout
+    assert database.revision() == HEAD
