@@ -16,6 +16,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,8 @@ def example(page: str, first_line: str) -> Example:
     return found
 
 
+PHASES_PIPELINE = "# Expand before the rollout, contract after it: one job per phase, in order."
+
 # Run by this file: (page, first line) -> the test here that runs it.
 RUN_HERE = {
     ("README.md", "docker build -t migrator .     # the migrator image, from this checkout"): (
@@ -94,6 +97,9 @@ RUN_HERE = {
     ),
     ("docs/github-actions.md", "- uses: migrator/migrator@<commit-sha> # v0.1.0"): (
         "test_action_steps_use_only_the_actions_inputs"
+    ),
+    ("docs/github-actions.md", PHASES_PIPELINE): (
+        "test_the_phases_pipeline_migrates_pre_then_deploys_then_migrates_post"
     ),
     (
         "README.md",
@@ -400,6 +406,39 @@ def test_the_fleet_values_render() -> None:
         if d
     ]
     assert kinds.count("Job") == 2  # the canary's Job, then the fleet's Indexed Job
+
+
+def test_the_phases_pipeline_migrates_pre_then_deploys_then_migrates_post(
+    tmp_path: Path,
+) -> None:
+    """The jobs run in a chain (pre, the rollout, post), each migrator step with the action's
+    own inputs only, and the whole lints clean as a workflow."""
+    text = example("docs/github-actions.md", PHASES_PIPELINE).text
+    jobs = yaml.safe_load(text)["jobs"]
+    inputs = yaml.safe_load((ROOT / "action.yml").read_text())["inputs"]
+    required = {name for name, spec in inputs.items() if spec.get("required")}
+
+    assert list(jobs) == ["migrate-pre", "deploy", "migrate-post"]
+    assert (jobs["deploy"]["needs"], jobs["migrate-post"]["needs"]) == ("migrate-pre", "deploy")
+    phases = []
+    for job in jobs.values():
+        for step in job["steps"]:
+            if step.get("uses", "").startswith("migrator/migrator@"):
+                assert required <= set(step["with"]) <= set(inputs)
+                phases.append(step["with"]["phase"])
+    assert phases == ["pre", "post"]
+    workflows = tmp_path / ".github" / "workflows"
+    workflows.mkdir(parents=True)
+    (workflows / "deploy.yml").write_text(
+        "name: deploy\non: push\npermissions:\n  contents: read\n" + text
+    )
+    linted = subprocess.run(
+        [str(Path(sys.executable).parent / "actionlint"), ".github/workflows/deploy.yml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert linted.returncode == 0, linted.stdout + linted.stderr
 
 
 @pytest.mark.parametrize("page", ["README.md", "docs/github-actions.md"])
