@@ -153,13 +153,21 @@ def test_a_phase_that_cannot_work_is_refused_before_anything_runs(
 
 
 @pytest.fixture
-def contracting_too_soon(tmp_path: Path) -> Path:
-    """examples/phases with a pre revision that drops cars.make: a contraction in the pre
-    phase, while the old release still reads the column."""
+def example(tmp_path: Path) -> Path:
+    """A copy of examples/phases (for a test that writes beside it: its manifest), its
+    alembic.ini."""
     copy = tmp_path / "phases"
-    shutil.copytree(EXAMPLE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(EXAMPLE, copy, ignore=shutil.ignore_patterns("__pycache__", "*.json"))
     ini = copy / "alembic.ini"
     ini.write_text(ini.read_text().replace("%(here)s/../..", str(ROOT)))
+    return ini
+
+
+@pytest.fixture
+def contracting_too_soon(example: Path) -> Path:
+    """examples/phases with a pre revision that drops cars.make: a contraction in the pre
+    phase, while the old release still reads the column."""
+    copy, ini = example.parent, example
     (copy / "alembic" / "versions" / "7b7b7b7b7b7b_drop_cars_make.py").write_text(
         '"""drop cars.make"""\n\n'
         "from alembic import op\n\n"
@@ -198,9 +206,11 @@ def test_a_drop_in_the_pre_phase_is_an_error_and_the_same_drop_after_it_is_not(
     assert database.revision() == TRUNK
 
 
-def test_verify_climbs_both_phases_heads_and_the_models_match(database: Database) -> None:
+def test_verify_climbs_both_phases_heads_and_the_models_match(
+    database: Database, example: Path
+) -> None:
     """A phased project has two heads by design: verify takes them as one whole."""
-    result = run_migrator("verify", "--json", env=env_for(database))
+    result = run_migrator("verify", "--json", env=env_for(database, example))
 
     assert result.status == 0, result.output
     report = json.loads(result.stdout)
