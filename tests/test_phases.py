@@ -6,11 +6,16 @@ as before; the safety report strict about a contraction in the pre phase."""
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 from pathlib import Path
 
 import pytest
+from alembic.config import Config
+from alembic.script import ScriptDirectory
 from conftest import ROOT, Database, run_alembic, run_migrator
+
+from migrator import phases
 
 pytestmark = pytest.mark.both_drivers
 
@@ -217,3 +222,28 @@ def test_verify_climbs_both_phases_heads_and_the_models_match(
     assert sorted(report["heads"]) == sorted([PRE, POST])
     assert [stair["revision"] for stair in report["stairs"]][-2:] == [PRE, POST]
     assert report["models"] == []
+
+
+def test_the_documented_alembic_commands_make_a_phased_project(tmp_path: Path) -> None:
+    """docs/phases.md's `alembic revision` lines, run on a copy of the example application,
+    make the example's two revisions, phased as the migrator reads them."""
+    project = tmp_path / "project"
+    for part in ("alembic", "persistence"):
+        shutil.copytree(ROOT / part, project / part, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "alembic.ini", project / "alembic.ini")
+    block = (ROOT / "docs" / "phases.md").read_text().split("```\nalembic revision", 1)[1]
+    lines = ("alembic revision" + block.split("```", 1)[0]).splitlines()
+
+    for line in lines:
+        ran = run_alembic(*shlex.split(line)[1:], cwd=project)
+        assert ran.returncode == 0, ran.stderr
+
+    config = Config(str(project / "alembic.ini"))
+    config.set_main_option("script_location", str(project / "alembic"))
+    script = ScriptDirectory.from_config(config)
+    pre, post = script.get_revision(PRE), script.get_revision(POST)
+    assert pre is not None and post is not None
+    assert phases.phased(script) and phases.two_phase_heads(script)
+    assert (phases.phase_of(pre), phases.phase_of(post)) == ("pre", "post")
+    assert post.dependencies == PRE and post.down_revision == TRUNK
+    assert phases.phase_of(script.get_revision(TRUNK)) == "pre"  # the history before the split
