@@ -15,6 +15,7 @@ import alembic
 from migrator import __version__, commands, job
 from migrator.config import (
     LOG_FORMATS,
+    PHASES,
     Settings,
     command_from_environment,
     load_fleet_settings,
@@ -55,6 +56,12 @@ _JSON = _argument("--json", dest="as_json", action="store_true", help="machine-r
 _TARGET = _argument("target", metavar="TARGET")
 _TARGET_OR_HEAD = _argument("target", nargs="?", metavar="TARGET")
 _DIRECTION = _argument("direction", choices=("upgrade", "downgrade"))
+_PHASE = _argument(
+    "--phase",
+    choices=PHASES,
+    help="only the revisions of this deploy phase: pre (before the rollout) or post (after it; "
+    "the branch labelled post) (MIGRATOR_PHASE)",
+)
 
 # Every option a command takes before or after its name. SUPPRESS: an option given before
 # the command is not reset by the command's parser.
@@ -86,6 +93,7 @@ _FLEET_COMMANDS = (
         (
             _JSON,
             _TARGET_OR_HEAD,
+            _PHASE,
             _argument(
                 "--canary-only",
                 action="store_true",
@@ -101,7 +109,7 @@ _FLEET_COMMANDS = (
         "plan",
         commands.fleet_plan,
         "the revisions each target would run",
-        (_JSON, _DIRECTION, _TARGET),
+        (_JSON, _DIRECTION, _TARGET, _PHASE),
     ),
 )
 
@@ -112,6 +120,7 @@ _COMMANDS = (
         "upgrade to TARGET (default head)",
         (
             _TARGET_OR_HEAD,
+            _PHASE,
             _argument("--sql", action="store_true", help="print the SQL; no database needed"),
         ),
     ),
@@ -134,6 +143,7 @@ _COMMANDS = (
             _DIRECTION,
             _TARGET,
             _JSON,
+            _PHASE,
             _argument(
                 "--safety",
                 action="store_true",
@@ -313,6 +323,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "lock_timeout",
         "log_format",
         "debug",
+        "phase",
     }
     return {name: value for name, value in vars(args).items() if name not in general}
 
@@ -325,6 +336,7 @@ def _flags(args: argparse.Namespace) -> dict[str, str | None]:
         "MIGRATOR_LOCK_TIMEOUT": getattr(args, "lock_timeout", None),
         "MIGRATOR_LOG_FORMAT": getattr(args, "log_format", None),
         "MIGRATOR_LOG_LEVEL": "DEBUG" if getattr(args, "debug", False) else None,
+        "MIGRATOR_PHASE": getattr(args, "phase", None),
     }
 
 

@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from tenacity import RetryCallState, retry_if_exception_type, wait_random_exponential
 
-from migrator import errors, fleet, logs, retry, run, signals
+from migrator import errors, fleet, logs, phases, retry, run, signals
 from migrator import ledger as deploy_ledger
 from migrator import manifest as project_manifest
 from migrator import safety as safety_report
@@ -73,15 +73,22 @@ def plan(
     `safety`, what each would lock, rewrite and scan (as measured where the project was
     built), weighed with this database's table sizes."""
     config, script = run.alembic_project(settings)
+    phase_target = _phase_target(settings, script, direction, target)
+    if phase_target is None:
+        return
+    target = phase_target
     run.refuse_unresolvable_target(script, target)
     report = None
     with _database(settings, config) as session:
         state = _inspect(session, config, script, direction, target)
-        _accept(state, direction, settings, summary)
+        _accept(state, direction, settings, summary, script)
         if safety:
             measured = _measured_at_deploy(settings, state, direction, target, session)
             report = _safety_report(settings, script, state.steps, session, measured)
     steps = [{"revision": step.revision, "message": step.doc} for step in state.steps]
+    if phases.phased(script):
+        for step, planned in zip(steps, state.steps, strict=True):
+            step["phase"] = phases.phase_of(planned)
     summary.revisions = steps
     source = run.heads_name(state.heads)
     # A plan changes nothing; its summary's `to` is where the plan would take the database.
@@ -89,6 +96,7 @@ def plan(
     named = target if summary.to_revision == target else f"{summary.to_revision} ({target})"
     lines = [f"{direction} from {source} to {named}: {len(steps)} revision(s)"] + [
         f"  {position}. {step['revision']}  {step['message']}"
+        + (f"  [{step['phase']}]" if "phase" in step else "")
         for position, step in enumerate(steps, start=1)
     ]
     payload: dict[str, Any] = {
@@ -428,7 +436,11 @@ def _fleet(
     summary.command = f"fleet-{each.name}"
     targets = _fleet_targets(settings, fleet_settings, canary_only)
     config, script = run.alembic_project(settings)
-    wanted = _fleet_wanted(config, script, target) if target is not None else None
+    wanted = None
+    if target is not None:  # each target's run resolves the phase too
+        direction: Direction = "downgrade" if each.name == "downgrade" else "upgrade"
+        phase_target = _phase_target(settings, script, direction, target)
+        wanted = _fleet_wanted(config, script, phase_target) if phase_target else None
     shared = f" (share {fleet_settings.shard} of {fleet_settings.shards})"
     log.info(
         "fleet %s: %d target(s), %d at a time%s",
@@ -513,6 +525,10 @@ def _migrate(
     settings: Settings, direction: Direction, target: str, summary: Summary, sql: bool
 ) -> None:
     config, script = run.alembic_project(settings)
+    phase_target = _phase_target(settings, script, direction, target)
+    if phase_target is None:
+        return
+    target = phase_target
     if sql:
         run.write_sql(config, script, direction, target)
         return
@@ -546,7 +562,7 @@ class _Migration:
     target: str
 
     def accept(self, state: State) -> None:
-        _accept(state, self.direction, self.settings, self.summary)
+        _accept(state, self.direction, self.settings, self.summary, self.script)
 
     def look_again(self, session: Session, state: State) -> State:
         """Where the database is now, read on the run's session (no env.py run)."""
@@ -839,6 +855,7 @@ def _safety_report(
         safety_report.allowances(script, [found.revision for found in effects]),
         settings.safety_warn_rows,
         settings.safety_error_rows,
+        phases.before_the_rollout(script, steps),
     )
     unmeasured = [step.revision for step in steps if step.revision not in measured]
     if unmeasured:
@@ -920,8 +937,17 @@ def _plan_markdown(
     return "\n".join(lines)
 
 
-def _accept(state: State, direction: Direction, settings: Settings, summary: Summary) -> None:
-    """Note where the database is; refuse a revision this project does not know."""
+def _accept(
+    state: State,
+    direction: Direction,
+    settings: Settings,
+    summary: Summary,
+    script: ScriptDirectory,
+) -> None:
+    """Note where the database is; refuse a revision this project does not know, and, in a
+    phase, a pending revision of the other phase."""
+    if settings.phase is not None:
+        phases.refuse_the_other_phase(script, state.steps, settings.phase)
     if summary.applied == 0:
         summary.from_revision = run.heads_name(state.heads)
     if state.unknown:
@@ -964,6 +990,30 @@ def _destination(state: State, direction: Direction, target: str) -> str:
     if direction == "upgrade":
         return str(state.steps[-1].revision)
     return run.heads_name(_down_revisions(state.steps[-1]))
+
+
+def _phase_target(
+    settings: Settings, script: ScriptDirectory, direction: Direction, target: str
+) -> str | None:
+    """The target of an upgrade in a phase (MIGRATOR_PHASE): the phase's head; None, said
+    in the log, when no revision is in that phase. Without a phase, `target`."""
+    if settings.phase is None:
+        return target
+    if direction != "upgrade":
+        raise UsageError(
+            f"MIGRATOR_PHASE={settings.phase}: only an upgrade runs in phases; unset "
+            "MIGRATOR_PHASE (--phase) to downgrade"
+        )
+    found = phases.target(script, settings.phase, target)
+    if found is None:
+        log.info(
+            "nothing to do: no revision of this project is in the %s phase (%s)",
+            settings.phase,
+            "none is on a branch labelled post" if settings.phase == "post" else "all are post",
+        )
+    else:
+        log.info("phase %s: up to %s", settings.phase, found)
+    return found
 
 
 def _under_the_lock(work: Callable[[], T]) -> T:

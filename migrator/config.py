@@ -37,6 +37,7 @@ SAFETY_MODES = ("off", "warn", "block")  # MIGRATOR_SAFETY: what upgrade does wi
 SAFETY_MEASURES = ("build", "deploy")
 # MIGRATOR_ON_CHANGED_REVISION: what a run does when an applied revision's file was edited.
 ON_CHANGED_REVISION = ("stop", "warn")
+PHASES = ("pre", "post")  # MIGRATOR_PHASE: which half of an expand/contract deploy (phases.py)
 KEEPALIVES = (
     "keepalives",
     "keepalives_idle",
@@ -97,6 +98,8 @@ class Settings:
     deploy_id: str | None = None
     # The tenant every log line names (`fleet` sets it for each target it runs).
     tenant: str | None = None
+    # An upgrade's deploy phase: pre (before the rollout) or post (after it); None: both.
+    phase: str | None = None
 
     def masked_url(self) -> str:
         if self.database_url is None:
@@ -204,6 +207,9 @@ def load_settings(
         # A Kubernetes pod's hostname is its name; elsewhere the machine's.
         host=values.raw("HOSTNAME") or socket.gethostname(),
         deploy_id=_deploy_id(values),
+        phase=None
+        if values.raw("MIGRATOR_PHASE") is None
+        else _choice(values, "MIGRATOR_PHASE", PHASES, "pre"),
     )
 
 

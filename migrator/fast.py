@@ -109,6 +109,8 @@ def _check_request(arguments: Sequence[str], environ: Mapping[str, str]) -> None
     for name in ("MIGRATOR_STATEMENT_TIMEOUT", "MIGRATOR_DDL_LOCK_TIMEOUT", "MIGRATOR_SCHEMA"):
         if environ.get(name, "").strip():
             raise Doubt(f"{name} is checked on the session")
+    if environ.get("MIGRATOR_PHASE", "").strip():
+        raise Doubt("MIGRATOR_PHASE: a phase's head is not the manifest's")
     if environ.get("MIGRATOR_VERIFY_URL", "").strip():
         raise Doubt("MIGRATOR_VERIFY_URL is checked by parsing it (SQLAlchemy's URL)")
 

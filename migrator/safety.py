@@ -394,6 +394,9 @@ class Rule:
     # takes: what it removes or renames breaks the running release, or it fails.
     with_rows: str | None = None
     blocks: str | None = None  # in place of what its lock blocks
+    # A contraction: it breaks the old release, which still runs during the pre phase of a
+    # deploy (migrator.phases), so there it is an error on any table that exists.
+    contracts: bool = False
 
     def found(self, measured: Effects) -> Iterator[tuple[str, str]]:
         for item in getattr(measured, self.effect):
@@ -459,6 +462,7 @@ RULE_TABLE = (
         "drops the table",
         f"drop it {_AFTER_THE_DEPLOY}",
         with_rows="warning",
+        contracts=True,
     ),
     Rule(
         "rename-table",
@@ -467,6 +471,7 @@ RULE_TABLE = (
         "rename it after the deploy, in a later revision, once no running release uses the old "
         "name (or leave a view by the old name for it)",
         with_rows="warning",
+        contracts=True,
     ),
     Rule(
         "drop-column",
@@ -474,6 +479,7 @@ RULE_TABLE = (
         "drops column {column}",
         f"drop it {_AFTER_THE_DEPLOY}",
         with_rows="warning",
+        contracts=True,
     ),
     Rule(
         "rename-column",
@@ -481,6 +487,7 @@ RULE_TABLE = (
         "renames column {column} to {to}",
         f"add the new column and write both; drop the old one {_AFTER_THE_DEPLOY}",
         with_rows="warning",
+        contracts=True,
     ),
     Rule(
         "required-column",
@@ -489,6 +496,7 @@ RULE_TABLE = (
         "on the empty scratch table)",
         "add it with a DEFAULT; or nullable, backfill it, then SET NOT NULL (see set-not-null)",
         with_rows="error",
+        contracts=True,  # the old release, which does not know the column, cannot insert
     ),
     Rule(
         "data-change",
@@ -500,6 +508,11 @@ RULE_TABLE = (
         ceiling="warning",  # not measured, so never an error on its own
         blocks="writes to the rows it changes, until it commits",
     ),
+)
+_TOO_SOON = "the old release, still running until the rollout ends, uses what it changes"
+_POST = (
+    "move it to the post phase, which runs once no pod of the old release is left: a "
+    "revision on the branch labelled post (alembic revision --head post@head)"
 )
 CATALOG_ONLY = Rule(
     "exclusive-lock",
@@ -520,21 +533,25 @@ class _Scale:
     allowances: dict[str, list[str]]
     warn_rows: int
     error_rows: int
+    before_rollout: set[str]  # revisions of a deploy's pre phase: the old release still runs
 
     def finding(self, measured: Effects, rule: Rule, table: str, what: str) -> Finding:
         lock = measured.locks.get(table)
         rows, size = self.sizes.get(table, (0, None))
+        severity, safer = self.severity(rule, table), rule.safer
+        if rule.contracts and measured.revision in self.before_rollout and table in self.sizes:
+            severity, what, safer = "error", f"{what}, in the pre phase: {_TOO_SOON}", _POST
         return Finding(
             revision=measured.revision,
             rule=rule.name,
             table=table,
-            severity=self.severity(rule, table),
+            severity=severity,
             lock=lock,
             blocks=rule.blocks or BLOCKS.get(lock or "", "nothing"),
             rows=rows,
             bytes=size,
             what=what,
-            safer=rule.safer,
+            safer=safer,
             allowed=_allows(self.allowances.get(measured.revision, []), rule.name, table),
         )
 
@@ -562,13 +579,15 @@ def weigh(
     allowances: dict[str, list[str]],
     warn_rows: int,
     error_rows: int,
+    before_rollout: set[str] | None = None,
 ) -> Report:
     """The findings of measured effects, sized by `sizes` (table: live rows, bytes), in the
     order the revisions run. A table an earlier one of them created has no finding (it is
     new and empty when they run); one an earlier one renamed is weighed with the size it has
-    on the database under its old name."""
+    on the database under its old name. A contraction by a revision `before_rollout` (a
+    deploy's pre phase) is an error."""
     sizes = dict(sizes)
-    scale = _Scale(sizes, allowances, warn_rows, error_rows)
+    scale = _Scale(sizes, allowances, warn_rows, error_rows, before_rollout or set())
     findings: list[Finding] = []
     notes: list[str] = []
     created: set[str] = set()  # by the revisions weighed so far

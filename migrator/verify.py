@@ -21,7 +21,7 @@ from sqlalchemy import Enum, MetaData, create_engine, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
-from migrator import ledger, run, scratch_database, signals
+from migrator import ledger, phases, run, scratch_database, signals
 from migrator import scratch as scratch_process
 from migrator.catalog import user_schema
 from migrator.config import Settings
@@ -83,7 +83,7 @@ def stairway(settings: Settings, target: str | None) -> Report:
     scratch = scratch_database.settings_for(settings, "verify")
     _, script = run.alembic_project(scratch)
     heads = script.get_heads()
-    if target is None and len(heads) > 1:
+    if target is None and len(heads) > 1 and not phases.two_phase_heads(script):
         return Report(
             heads=heads,
             problems=[

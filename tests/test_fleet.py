@@ -228,6 +228,35 @@ def test_each_target_reports_its_ledgers_newest_row_and_an_edited_revision_is_no
     assert stopped.stderr.count(f"revision {FIRST} was changed after it was applied") >= 3
 
 
+def test_each_phase_reaches_every_database_and_schema_target_before_the_next(
+    make_fleet: Callable[[int, int], Fleet],
+) -> None:
+    """examples/phases over a fleet: the pre phase everywhere (the rollout would go here),
+    then the post phase everywhere; post first is refused on every target."""
+    fleet = make_fleet(2, 2)
+    env = fleet.env(MIGRATOR_CONFIG=str(ROOT / "examples" / "phases" / "alembic.ini"))
+    env["MIGRATOR_FLEET_MAX_FAILURES"] = "10"
+
+    too_soon = run_migrator("fleet", "upgrade", "--phase", "post", "--json", env=env, timeout=300)
+    pre = run_migrator("fleet", "upgrade", "--phase", "pre", "--json", env=env, timeout=300)
+    after_pre = revisions_of(fleet)
+    post = run_migrator("fleet", "upgrade", "head", "--json", env={**env, "MIGRATOR_PHASE": "post"})
+
+    assert too_soon.status == 2, too_soon.stderr[-3000:]
+    assert {entry["exit_status"] for entry in targets_of(too_soon.stdout).values()} == {2}
+    assert pre.status == 0, pre.stderr[-3000:]
+    assert after_pre == ["5e1f0a2b7c39"] * 4
+    assert post.status == 0, post.stderr[-3000:]
+    assert revisions_of(fleet) == ["9a4d6c8e2f15"] * 4
+    assert {entry["applied"] for entry in targets_of(post.stdout).values()} == {1}
+
+
+def revisions_of(fleet: Fleet) -> list[str | None]:
+    return [database.revision() for database in fleet.databases] + [
+        fleet.schema_revision(schema) for schema in fleet.schemas
+    ]
+
+
 def test_the_first_failure_stops_new_targets_by_default(
     make_fleet: Callable[[int, int], Fleet],
 ) -> None:
