@@ -16,12 +16,15 @@ import kubernetes_validate
 import pytest
 import yaml
 from conftest import (
+    IMAGE_TAG,
     PASSWORD,
     PYTHON_IMAGE,
     ROLE,
     ROOT,
     Database,
     assert_no_password,
+    docker_build,
+    run_migrator,
 )
 
 import migrator
@@ -936,3 +939,87 @@ def test_a_release_of_its_own_runs_one_phase_through_extra_env() -> None:
         names = [item["name"] for item in container(job)["env"]]
         assert names.count("MIGRATOR_PHASE") == 1 and phase_env(job) == phase
         assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+
+
+# examples/phases: the example application's rename of cars.colour to cars.color, its pre
+# revision adding color (and copying colour), its post revision copying the rest and dropping
+# colour; both on the application's head, c3f9b7d21a58.
+PHASES_IMAGE = f"migrator-phases-example:{IMAGE_TAG}"
+BEFORE, PRE, POST = "c3f9b7d21a58", "5e1f0a2b7c39", "9a4d6c8e2f15"
+
+
+@pytest.fixture(scope="session")
+def phases_image(example_image: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The example application's image with examples/phases added, built FROM it as a team
+    builds its own: its alembic.ini (/project/examples/phases) reaches the application's
+    revisions and models at /project (version_locations, prepend_sys_path)."""
+    context = tmp_path_factory.mktemp("phases-image")
+    shutil.copytree(
+        ROOT / "examples" / "phases",
+        context / "phases",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    (context / "Dockerfile").write_text(
+        f"FROM {example_image}\n"
+        "USER 0\n"
+        "COPY phases/ /project/examples/phases/\n"
+        "RUN python3 -m compileall -q /project/examples\n"
+        "USER 10001:0\n"
+    )
+    docker_build(PHASES_IMAGE, context)
+    return PHASES_IMAGE
+
+
+def car_columns(database: Database) -> set[str]:
+    rows = database.query(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'cars'"
+    )
+    return {row[0] for row in rows}
+
+
+def test_the_two_phase_jobs_run_for_real_pre_then_post_against_one_database(
+    phases_image: str, database: Database, tmp_path: Path
+) -> None:
+    """The chart rendered with migrator.phases, its two hook Jobs run under Docker as the
+    kubelet runs them, against one database at the release before (c3f9b7d21a58, a car in
+    it): the post Job first is refused (exit 2, one line naming the post revision and the
+    pre one it depends on; nothing ran); the pre Job adds cars.color beside colour; the old
+    release, still serving, writes colour alone; the post Job copies it and drops colour."""
+    values = {
+        **database_values(database),
+        "migrator": {"phases": True, "config": "/project/examples/phases/alembic.ini"},
+    }
+    manifests = render_documents(values)
+    pre_job, post_job = jobs_of(manifests)
+    secret = one(manifests, "Secret")["stringData"]
+    for version in KUBERNETES:
+        for manifest in manifests:
+            kubernetes_validate.validate(manifest, version, strict=True)
+
+    def run(job: dict[str, Any], name: str) -> subprocess.CompletedProcess[str]:
+        return run_rendered_job(phases_image, {"Job": job}, secret, tmp_path / name)
+
+    before = run_migrator("upgrade", BEFORE, env=database.env)
+    assert before.status == 0, before.output
+    database.query("INSERT INTO cars (make, model, colour) VALUES ('Saab', '900', 'green')")
+
+    post_first = run(post_job, "post-first")
+    after_refusal = (database.revision(), car_columns(database))
+    pre = run(pre_job, "pre")
+    after_pre = (database.revision(), car_columns(database))
+    copied = database.query("SELECT model, color, colour FROM cars")
+    # The old release, still serving during the rollout, writes colour alone.
+    database.query("INSERT INTO cars (make, model, colour) VALUES ('Volvo', '240', 'red')")
+    post = run(post_job, "post")
+    after_post = (database.revision(), car_columns(database))
+    colors = dict(database.query("SELECT model, color FROM cars"))
+
+    assert post_first.returncode == 2, post_first.stderr
+    assert [line for line in post_first.stderr.splitlines() if PRE in line and POST in line]
+    assert after_refusal == (BEFORE, {"id", "make", "model", "colour", "fuel_type"})
+    assert pre.returncode == 0, pre.stderr
+    assert after_pre == (PRE, {"id", "make", "model", "colour", "color", "fuel_type"})
+    assert [tuple(row) for row in copied] == [("900", "green", "green")]
+    assert post.returncode == 0, post.stderr
+    assert after_post == (POST, {"id", "make", "model", "color", "fuel_type"})
+    assert colors == {"900": "green", "240": "red"}
