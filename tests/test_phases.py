@@ -67,6 +67,8 @@ def test_pre_then_post_renames_a_column_while_the_old_release_keeps_writing(
 
     again = run_migrator("upgrade", "--phase", "post", env=env)
     assert again.status == 0 and "nothing to do" in again.stderr, again.output
+    current = json.loads(run_migrator("current", "--json", env=env).stdout)
+    assert (current["current"], current["at_head"], current["pending"]) == ([POST], True, 0)
 
 
 def test_the_post_phase_before_the_pre_phase_is_refused_naming_both(database: Database) -> None:
