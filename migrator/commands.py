@@ -123,7 +123,9 @@ def current(settings: Settings, summary: Summary, as_json: bool = False) -> None
     with _database(settings, config) as session:
         state = _inspect(session, config, script, "upgrade", "heads")
     heads = script.get_heads()
-    at_head = set(state.heads) == set(heads)
+    # Not `state.heads == heads`: a head that a later revision depends on (a phased
+    # project's pre head) leaves the version table with that revision's row.
+    at_head = not state.unknown and not state.steps
     summary.from_revision = run.heads_name(state.heads)
     if state.unknown:
         where = f"unknown to this project ({', '.join(state.unknown)}: a newer release?)"

@@ -111,6 +111,11 @@ RUN_HERE = {
 # Run elsewhere: (page, first line) -> the test or CI step that runs what it shows.
 RUN_ELSEWHERE = {
     (
+        "docs/phases.md",
+        'alembic revision -m "add cars.color, copied from colour" --head c3f9b7d21a58 '
+        "--branch-label pre --rev-id 5e1f0a2b7c39",
+    ): "tests/test_phases.py::test_the_documented_alembic_commands_make_a_phased_project",
+    (
         "README.md",
         "scripts/demo.sh     # the main job: a throwaway PostgreSQL, `migrator upgrade "
         "head`, `migrator current`",
@@ -208,6 +213,23 @@ NOT_RUN = {
     ): (
         "a summary file's ledger row; its keys are asserted in tests/test_ledger.py::"
         "test_the_summary_file_carries_the_ledgers_newest_row_on_every_path"
+    ),
+    ("README.md", "$ migrator plan upgrade heads"): (
+        "output of plan on examples/phases; its lines are asserted in "
+        "tests/test_phases.py::test_plan_shows_each_pending_revisions_phase"
+    ),
+    ("docs/phases.md", "$ migrator plan upgrade heads"): (
+        "output of plan, then of the post phase refused and the pre phase; asserted in "
+        "tests/test_phases.py (test_plan_shows_each_pending_revisions_phase, "
+        "test_the_post_phase_before_the_pre_phase_is_refused_naming_both, "
+        "test_pre_then_post_renames_a_column_while_the_old_release_keeps_writing)"
+    ),
+    ("docs/phases.md", "$ migrator upgrade --phase post"): (
+        "output of the post phase and the renamed column's rows; asserted in "
+        "tests/test_phases.py::test_pre_then_post_renames_a_column_while_the_old_release_keeps_writing"
+    ),
+    ("docs/phases.md", 'alembic revision -m "add orders.placed_at" --head pre@head'): (
+        "the pattern of a developer's next change: plain Alembic, untouched by the migrator"
     ),
     ("docs/development.md", 'alembic revision --autogenerate -m "add mileage"'): (
         "a developer's own change to the models: plain Alembic, untouched by the migrator"

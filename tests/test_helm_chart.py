@@ -15,7 +15,17 @@ import helm_python
 import kubernetes_validate
 import pytest
 import yaml
-from conftest import PASSWORD, PYTHON_IMAGE, ROLE, ROOT, Database, assert_no_password
+from conftest import (
+    IMAGE_TAG,
+    PASSWORD,
+    PYTHON_IMAGE,
+    ROLE,
+    ROOT,
+    Database,
+    assert_no_password,
+    docker_build,
+    run_migrator,
+)
 
 import migrator
 from migrator import errors
@@ -135,6 +145,30 @@ def render(values: dict[str, Any], revision: int = 1) -> dict[str, dict[str, Any
             for document in yaml.safe_load_all(text):
                 if document:
                     manifests[document["kind"]] = document
+    return manifests
+
+
+def render_documents(values: dict[str, Any], revision: int = 1) -> list[dict[str, Any]]:
+    """Every manifest, in the order rendered, for release `shop` in namespace `prod`."""
+    chart = helm_python.Chart.load(str(CHART))
+    rendered = chart.render(
+        values, name="shop", namespace="prod", revision=revision, is_install=True
+    )
+    return [
+        document
+        for path, text in sorted(rendered.items())
+        if path.endswith(".yaml")
+        for document in yaml.safe_load_all(text)
+        if document
+    ]
+
+
+def render_all(values: dict[str, Any]) -> dict[str, Any]:
+    """Every manifest, by name (a hook Job and its Secret share one: the Secret's wins)."""
+    manifests = {}
+    for document in render_documents(values):
+        if document["metadata"]["name"] not in manifests or document["kind"] == "Secret":
+            manifests[document["metadata"]["name"]] = document
     return manifests
 
 
@@ -700,3 +734,292 @@ def test_the_job_names_its_deploy_for_the_ledger() -> None:
     assert deploy_id(PARTS, revision=3) == f"helm shop revision 3 image {image}"
     assert deploy_id({**PARTS, "job": {"hook": False}}, revision=3) == f"helm shop image {image}"
     assert deploy_id({**PARTS, "migrator": {"deployId": "shop 2026.12.06"}}) == "shop 2026.12.06"
+
+
+# Deploy phases (migrator.phases): the project's revisions in two Alembic branches, pre and
+# post (examples/phases); the pre phase's Job before the rollout, the post phase's after it.
+PHASES = {**PARTS, "migrator": {"phases": True}}
+PHASE_VALUE_SETS: dict[str, dict[str, Any]] = {
+    "Helm hooks, database parts": PHASES,
+    "database url": {**URL, "migrator": {"phases": True}},
+    "existing secret": {
+        **VALUE_SETS["existing secret, url key"],
+        "migrator": {"phases": True, "target": "heads"},
+    },
+    "Argo CD": {**PHASES, "job": {"hook": False, "argocd": True}},
+    "service account and scheduling": {
+        **VALUE_SETS["service account and scheduling"],
+        "migrator": {"phases": True},
+    },
+}
+
+
+def jobs_of(manifests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [m for m in manifests if m["kind"] == "Job"]
+
+
+def one(manifests: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    (found,) = [m for m in manifests if m["kind"] == kind]
+    return found
+
+
+def without_phase(job: dict[str, Any]) -> dict[str, Any]:
+    """The Job's pod template with MIGRATOR_PHASE taken out of its environment."""
+    template = yaml.safe_load(yaml.safe_dump(job["spec"]["template"]))
+    migrator = template["spec"]["containers"][0]
+    migrator["env"] = [item for item in migrator["env"] if item["name"] != "MIGRATOR_PHASE"]
+    return dict(template)
+
+
+def phase_env(job: dict[str, Any]) -> str | None:
+    env = {item["name"]: item.get("value") for item in container(job)["env"]}
+    return env.get("MIGRATOR_PHASE")
+
+
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=list(VALUE_SETS))
+def test_without_phases_the_chart_renders_one_job_and_no_post_hook(
+    values: dict[str, Any],
+) -> None:
+    """migrator.phases is off by default: the single Job, no MIGRATOR_PHASE, nothing after
+    the rollout, the Secret a pre-install/pre-upgrade hook only (as before the value)."""
+    explicit = {**values, "migrator": {**values.get("migrator", {}), "phases": False}}
+    manifests = render_documents(values)
+    text = yaml.safe_dump_all(manifests)
+
+    assert render_documents(explicit) == manifests
+    (job,) = jobs_of(manifests)
+    assert phase_env(job) is None
+    assert not re.search(r"MIGRATOR_PHASE|--phase|post-install|post-upgrade|PostSync", text)
+    assert "-post" not in job["metadata"]["name"]
+    for manifest in manifests:
+        hook = manifest["metadata"].get("annotations", {}).get("helm.sh/hook")
+        assert hook in (None, "pre-install,pre-upgrade")
+
+
+@pytest.mark.parametrize("values", PHASE_VALUE_SETS.values(), ids=list(PHASE_VALUE_SETS))
+def test_with_phases_two_jobs_valid_from_1_29_to_1_37_differ_only_in_their_phase(
+    values: dict[str, Any],
+) -> None:
+    manifests = render_documents(values)
+    pre, post = jobs_of(manifests)
+    single = render({**values, "migrator": {**values["migrator"], "phases": False}})["Job"]
+
+    for version in KUBERNETES:
+        for manifest in manifests:
+            kubernetes_validate.validate(manifest, version, strict=True)
+    assert (phase_env(pre), phase_env(post)) == ("pre", "post")
+    # The pod of each is the single Job's (its hardening, Secret, resources), but the phase.
+    assert without_phase(pre) == without_phase(post) == without_phase(single)
+    assert pre["spec"]["podFailurePolicy"] == post["spec"]["podFailurePolicy"]
+    assert pre["spec"]["podFailurePolicy"] == single["spec"]["podFailurePolicy"]
+    assert post["metadata"]["name"].startswith("shop-migrator-post")
+    assert pre["metadata"]["name"].startswith("shop-migrator")
+    assert not pre["metadata"]["name"].startswith("shop-migrator-post")
+    for job in (pre, post):
+        assert container(job)["command"] == ["migrator"] and "args" not in container(job)
+        assert_no_password(yaml.safe_dump(job))
+
+
+def annotations(manifest: dict[str, Any]) -> dict[str, str]:
+    return dict(manifest["metadata"]["annotations"])
+
+
+def test_with_phases_pre_is_a_pre_hook_post_a_post_hook_and_the_secret_is_there_for_both() -> None:
+    """Helm deletes a hook-succeeded resource once every hook of the event has succeeded: the
+    Secret, deleted after the pre hooks, is a post hook too, so Helm creates it again before
+    the post phase's Job (and deletes it again after). The ServiceAccount is never deleted on
+    success: it is still there for the post Job."""
+    values = {**PHASES, "serviceAccount": {"create": True}, "job": {"hookWeight": 10}}
+    manifests = render_documents(values)
+    pre, post = jobs_of(manifests)
+    secret, account = one(manifests, "Secret"), one(manifests, "ServiceAccount")
+
+    assert [pre["metadata"]["name"], post["metadata"]["name"]] == [
+        "shop-migrator",
+        "shop-migrator-post",
+    ]
+    assert annotations(pre) == {
+        "helm.sh/hook": "pre-install,pre-upgrade",
+        "helm.sh/hook-weight": "10",
+        "helm.sh/hook-delete-policy": "before-hook-creation",
+    }
+    assert annotations(post) == {
+        "helm.sh/hook": "post-install,post-upgrade",
+        "helm.sh/hook-weight": "10",
+        "helm.sh/hook-delete-policy": "before-hook-creation",
+    }
+    assert annotations(secret)["helm.sh/hook"].split(",") == [
+        "pre-install",
+        "pre-upgrade",
+        "post-install",
+        "post-upgrade",
+    ]
+    assert annotations(secret)["helm.sh/hook-weight"] == "5"  # before the Job in each event
+    assert annotations(secret)["helm.sh/hook-delete-policy"].split(",") == [
+        "before-hook-creation",
+        "hook-succeeded",
+    ]
+    assert "hook-succeeded" not in annotations(account)["helm.sh/hook-delete-policy"]
+    assert annotations(account)["helm.sh/hook-weight"] == "5"
+    for job in (pre, post):
+        pod = job["spec"]["template"]["spec"]
+        assert pod["serviceAccountName"] == account["metadata"]["name"]
+        volume = next(v for v in pod["volumes"] if v["name"] == "database-secret")
+        assert volume["secret"]["secretName"] == secret["metadata"]["name"]
+
+
+def test_with_phases_under_argo_cd_pre_is_presync_and_post_postsync() -> None:
+    """Argo CD runs PostSync hooks once the sync's resources are healthy. Its hooks stay until
+    the next sync replaces them (BeforeHookCreation): the PreSync Secret is there for the
+    PostSync Job. Each Job is named after what it runs, the post phase's with -post."""
+    manifests = render_documents({**PHASES, "job": {"hook": False, "argocd": True}})
+    pre, post = jobs_of(manifests)
+    secret = one(manifests, "Secret")
+
+    assert annotations(pre)["argocd.argoproj.io/hook"] == "PreSync"
+    assert annotations(post)["argocd.argoproj.io/hook"] == "PostSync"
+    assert annotations(pre)["argocd.argoproj.io/sync-wave"] == "0"
+    assert annotations(post)["argocd.argoproj.io/sync-wave"] == "0"
+    assert annotations(secret) == {
+        "argocd.argoproj.io/hook": "PreSync",
+        "argocd.argoproj.io/sync-wave": "-5",
+        "argocd.argoproj.io/hook-delete-policy": "BeforeHookCreation",
+    }
+    for manifest in (pre, post, secret):
+        assert not any(key.startswith("helm.sh/") for key in annotations(manifest))
+    assert re.fullmatch(r"shop-migrator-[0-9a-f]{8}", pre["metadata"]["name"])
+    assert re.fullmatch(r"shop-migrator-post-[0-9a-f]{8}", post["metadata"]["name"])
+    long = render_documents(
+        {**PHASES, "job": {"hook": False, "argocd": True}, "fullnameOverride": "x" * 80}
+    )
+    assert all(len(m["metadata"]["name"]) <= 63 for m in long)
+
+
+def test_with_phases_notes_say_both_jobs_and_that_post_waits_only_under_wait() -> None:
+    chart = helm_python.Chart.load(str(CHART))
+    notes = chart.render(PHASES, name="shop", namespace="prod")["migrator/templates/NOTES.txt"]
+    prose = " ".join(notes.split())
+
+    assert "shop-migrator-post" in prose and "--phase pre" in prose
+    assert "only under `--wait`" in prose
+
+
+PHASE_BAD_COMBINATIONS = {
+    "a downgrade": (
+        {**PHASES, "migrator": {"phases": True, "command": "downgrade", "target": "base"}},
+        "only an upgrade runs in phases, migrator.command must be upgrade",
+    ),
+    "a revision as the target": (
+        {**PHASES, "migrator": {"phases": True, "target": "c3f9b7d21a58"}},
+        "migrator.target must be head",
+    ),
+    "a plain Job, which nothing runs after the rollout": (
+        {**PHASES, "job": {"hook": False}},
+        "migrator.phases needs job.hook",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", PHASE_BAD_COMBINATIONS.values(), ids=list(PHASE_BAD_COMBINATIONS))
+def test_phases_with_values_that_cannot_work_fail_the_render_saying_why(
+    case: tuple[dict[str, Any], str],
+) -> None:
+    values, message = case
+    chart = helm_python.Chart.load(str(CHART))
+    with pytest.raises(helm_python.HelmError, match=re.escape(message)):
+        chart.render(values, name="shop", namespace="prod")
+
+
+def test_a_release_of_its_own_runs_one_phase_through_extra_env() -> None:
+    """The chart README's pipeline without --wait: phases off, each phase a run of the chart
+    of its own, MIGRATOR_PHASE set through extraEnv, once, on the single pre-upgrade Job."""
+    for phase in ("pre", "post"):
+        values = {**PARTS, "extraEnv": [{"name": "MIGRATOR_PHASE", "value": phase}]}
+        (job,) = jobs_of(render_documents(values))
+        names = [item["name"] for item in container(job)["env"]]
+        assert names.count("MIGRATOR_PHASE") == 1 and phase_env(job) == phase
+        assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+
+
+# examples/phases: the example application's rename of cars.colour to cars.color, its pre
+# revision adding color (and copying colour), its post revision copying the rest and dropping
+# colour; both on the application's head, c3f9b7d21a58.
+PHASES_IMAGE = f"migrator-phases-example:{IMAGE_TAG}"
+BEFORE, PRE, POST = "c3f9b7d21a58", "5e1f0a2b7c39", "9a4d6c8e2f15"
+
+
+@pytest.fixture(scope="session")
+def phases_image(example_image: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The example application's image with examples/phases added, built FROM it as a team
+    builds its own: its alembic.ini (/project/examples/phases) reaches the application's
+    revisions and models at /project (version_locations, prepend_sys_path)."""
+    context = tmp_path_factory.mktemp("phases-image")
+    shutil.copytree(
+        ROOT / "examples" / "phases",
+        context / "phases",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    (context / "Dockerfile").write_text(
+        f"FROM {example_image}\n"
+        "USER 0\n"
+        "COPY phases/ /project/examples/phases/\n"
+        "RUN python3 -m compileall -q /project/examples\n"
+        "USER 10001:0\n"
+    )
+    docker_build(PHASES_IMAGE, context)
+    return PHASES_IMAGE
+
+
+def car_columns(database: Database) -> set[str]:
+    rows = database.query(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'cars'"
+    )
+    return {row[0] for row in rows}
+
+
+def test_the_two_phase_jobs_run_for_real_pre_then_post_against_one_database(
+    phases_image: str, database: Database, tmp_path: Path
+) -> None:
+    """The chart rendered with migrator.phases, its two hook Jobs run under Docker as the
+    kubelet runs them, against one database at the release before (c3f9b7d21a58, a car in
+    it): the post Job first is refused (exit 2, one line naming the post revision and the
+    pre one it depends on; nothing ran); the pre Job adds cars.color beside colour; the old
+    release, still serving, writes colour alone; the post Job copies it and drops colour."""
+    values = {
+        **database_values(database),
+        "migrator": {"phases": True, "config": "/project/examples/phases/alembic.ini"},
+    }
+    manifests = render_documents(values)
+    pre_job, post_job = jobs_of(manifests)
+    secret = one(manifests, "Secret")["stringData"]
+    for version in KUBERNETES:
+        for manifest in manifests:
+            kubernetes_validate.validate(manifest, version, strict=True)
+
+    def run(job: dict[str, Any], name: str) -> subprocess.CompletedProcess[str]:
+        return run_rendered_job(phases_image, {"Job": job}, secret, tmp_path / name)
+
+    before = run_migrator("upgrade", BEFORE, env=database.env)
+    assert before.status == 0, before.output
+    database.query("INSERT INTO cars (make, model, colour) VALUES ('Saab', '900', 'green')")
+
+    post_first = run(post_job, "post-first")
+    after_refusal = (database.revision(), car_columns(database))
+    pre = run(pre_job, "pre")
+    after_pre = (database.revision(), car_columns(database))
+    copied = database.query("SELECT model, color, colour FROM cars")
+    # The old release, still serving during the rollout, writes colour alone.
+    database.query("INSERT INTO cars (make, model, colour) VALUES ('Volvo', '240', 'red')")
+    post = run(post_job, "post")
+    after_post = (database.revision(), car_columns(database))
+    colors = dict(database.query("SELECT model, color FROM cars"))
+
+    assert post_first.returncode == 2, post_first.stderr
+    assert [line for line in post_first.stderr.splitlines() if PRE in line and POST in line]
+    assert after_refusal == (BEFORE, {"id", "make", "model", "colour", "fuel_type"})
+    assert pre.returncode == 0, pre.stderr
+    assert after_pre == (PRE, {"id", "make", "model", "colour", "color", "fuel_type"})
+    assert [tuple(row) for row in copied] == [("900", "green", "green")]
+    assert post.returncode == 0, post.stderr
+    assert after_post == (POST, {"id", "make", "model", "color", "fuel_type"})
+    assert colors == {"900": "green", "240": "red"}

@@ -28,6 +28,7 @@ from test_helm_chart import (
     database_values,
     pod_command,
     render,
+    render_all,
 )
 
 TENANTS = ["tenant_acme", "tenant_globex", "tenant_initech", "tenant_umbrella", "schema=trial"]
@@ -37,19 +38,6 @@ HEAD = "c3f9b7d21a58"  # the example application's head
 
 def with_fleet(values: dict[str, Any], **fleet: Any) -> dict[str, Any]:
     return {**values, "fleet": {**values["fleet"], **fleet}}
-
-
-def render_all(values: dict[str, Any]) -> dict[str, Any]:
-    """Every manifest, by name, as Helm renders them for release `shop` in namespace `prod`."""
-    chart = helm_python.Chart.load(str(CHART))
-    rendered = chart.render(values, name="shop", namespace="prod", is_install=True)
-    manifests = {}
-    for path, text in rendered.items():
-        if path.endswith(".yaml"):
-            for document in yaml.safe_load_all(text):
-                if document:
-                    manifests[document["metadata"]["name"]] = document
-    return manifests
 
 
 def env_of(job: dict[str, Any]) -> dict[str, str]:
@@ -311,6 +299,10 @@ BAD_COMBINATIONS = {
         with_fleet({**FLEET, "job": {"hook": False}}, canary=1),
         "fleet.canary needs job.hook",
     ),
+    "phases that nothing orders": (
+        {**FLEET, "migrator": {"phases": True}, "job": {"hook": False}},
+        "migrator.phases needs job.hook",
+    ),
 }
 
 
@@ -322,6 +314,74 @@ def test_values_that_cannot_work_fail_the_render_saying_why(
     chart = helm_python.Chart.load(str(CHART))
     with pytest.raises(helm_python.HelmError, match=message):
         chart.render(values, name="shop", namespace="prod")
+
+
+PHASED_FLEET = with_fleet({**FLEET, "migrator": {"phases": True}}, canary=1)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [PHASED_FLEET, {**PHASED_FLEET, "fleet": {**FLEET["fleet"], "canary": 0}}],
+    ids=["canary", "no canary"],
+)
+def test_with_phases_each_phase_runs_over_every_target_before_the_next_starts(
+    values: dict[str, Any],
+) -> None:
+    """The fleet's Jobs twice: `--phase pre` as pre-install/pre-upgrade hooks, `--phase
+    post` (named -post) as post-install/post-upgrade hooks, so Helm starts the post phase on
+    any target only once every pre hook (every target's pre phase) has succeeded, and the
+    release's resources are applied between. The canary goes first in each phase; the
+    Secrets (database and targets) are hooks of both phases, made again for the post one."""
+    manifests = render_all(values)
+    jobs = {name: m for name, m in manifests.items() if m["kind"] == "Job"}
+    canary = bool(values["fleet"]["canary"])
+    pre = ["shop-migrator-canary", "shop-migrator-fleet"][0 if canary else 1 :]
+    post = [f"{name}-post" for name in pre]
+
+    for version in KUBERNETES:
+        for manifest in manifests.values():
+            kubernetes_validate.validate(manifest, version, strict=True)
+    assert sorted(jobs) == sorted(pre + post)
+    for names, phase, events in (
+        (pre, "pre", "pre-install,pre-upgrade"),
+        (post, "post", "post-install,post-upgrade"),
+    ):
+        for name in names:
+            job = jobs[name]
+            args = container(job)["args"]
+            assert args[:3] == ["fleet", "upgrade", "head"] and args[-2:] == ["--phase", phase]
+            assert ("--canary-only" in args) == ("canary" in name)
+            assert job["metadata"]["annotations"]["helm.sh/hook"] == events
+            assert "MIGRATOR_PHASE" not in env_of(job)  # the arguments say it
+        weights = [hook_weight(jobs[name]) for name in names]
+        assert weights == sorted(weights) and weights[-1] == 0
+    for name in pre:  # the same pods, but the phase
+        pre_spec, post_spec = jobs[name]["spec"], jobs[f"{name}-post"]["spec"]
+        assert container(jobs[f"{name}-post"])["args"][:-1] == container(jobs[name])["args"][:-1]
+        assert {k: v for k, v in pre_spec.items() if k != "template"} == {
+            k: v for k, v in post_spec.items() if k != "template"
+        }
+        assert env_of(jobs[name]) == env_of(jobs[f"{name}-post"])
+    for secret in ("shop-migrator", "shop-migrator-fleet-targets"):
+        annotations = manifests[secret]["metadata"]["annotations"]
+        assert annotations["helm.sh/hook"] == ("pre-install,pre-upgrade,post-install,post-upgrade")
+        assert hook_weight(manifests[secret]) < min(hook_weight(job) for job in jobs.values())
+
+
+def test_with_phases_under_argo_cd_the_fleet_is_presync_then_postsync() -> None:
+    manifests = render_all({**PHASED_FLEET, "job": {"hook": False, "argocd": True}})
+    jobs = {name: m for name, m in manifests.items() if m["kind"] == "Job"}
+
+    def hook(prefix: str) -> tuple[str, str]:
+        (job,) = [m for n, m in jobs.items() if re.fullmatch(rf"{prefix}-[0-9a-f]{{8}}", n)]
+        found = job["metadata"]["annotations"]
+        return found["argocd.argoproj.io/hook"], found["argocd.argoproj.io/sync-wave"]
+
+    assert len(jobs) == 4
+    assert hook("shop-migrator-canary") == ("PreSync", "-1")
+    assert hook("shop-migrator-fleet") == ("PreSync", "0")
+    assert hook("shop-migrator-canary-post") == ("PostSync", "-1")
+    assert hook("shop-migrator-fleet-post") == ("PostSync", "0")
 
 
 @pytest.fixture

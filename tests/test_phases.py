@@ -6,11 +6,16 @@ as before; the safety report strict about a contraction in the pre phase."""
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 from pathlib import Path
 
 import pytest
+from alembic.config import Config
+from alembic.script import ScriptDirectory
 from conftest import ROOT, Database, run_alembic, run_migrator
+
+from migrator import phases
 
 pytestmark = pytest.mark.both_drivers
 
@@ -62,6 +67,8 @@ def test_pre_then_post_renames_a_column_while_the_old_release_keeps_writing(
 
     again = run_migrator("upgrade", "--phase", "post", env=env)
     assert again.status == 0 and "nothing to do" in again.stderr, again.output
+    current = json.loads(run_migrator("current", "--json", env=env).stdout)
+    assert (current["current"], current["at_head"], current["pending"]) == ([POST], True, 0)
 
 
 def test_the_post_phase_before_the_pre_phase_is_refused_naming_both(database: Database) -> None:
@@ -153,13 +160,21 @@ def test_a_phase_that_cannot_work_is_refused_before_anything_runs(
 
 
 @pytest.fixture
-def contracting_too_soon(tmp_path: Path) -> Path:
-    """examples/phases with a pre revision that drops cars.make: a contraction in the pre
-    phase, while the old release still reads the column."""
+def example(tmp_path: Path) -> Path:
+    """A copy of examples/phases (for a test that writes beside it: its manifest), its
+    alembic.ini."""
     copy = tmp_path / "phases"
-    shutil.copytree(EXAMPLE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(EXAMPLE, copy, ignore=shutil.ignore_patterns("__pycache__", "*.json"))
     ini = copy / "alembic.ini"
     ini.write_text(ini.read_text().replace("%(here)s/../..", str(ROOT)))
+    return ini
+
+
+@pytest.fixture
+def contracting_too_soon(example: Path) -> Path:
+    """examples/phases with a pre revision that drops cars.make: a contraction in the pre
+    phase, while the old release still reads the column."""
+    copy, ini = example.parent, example
     (copy / "alembic" / "versions" / "7b7b7b7b7b7b_drop_cars_make.py").write_text(
         '"""drop cars.make"""\n\n'
         "from alembic import op\n\n"
@@ -198,12 +213,39 @@ def test_a_drop_in_the_pre_phase_is_an_error_and_the_same_drop_after_it_is_not(
     assert database.revision() == TRUNK
 
 
-def test_verify_climbs_both_phases_heads_and_the_models_match(database: Database) -> None:
+def test_verify_climbs_both_phases_heads_and_the_models_match(
+    database: Database, example: Path
+) -> None:
     """A phased project has two heads by design: verify takes them as one whole."""
-    result = run_migrator("verify", "--json", env=env_for(database))
+    result = run_migrator("verify", "--json", env=env_for(database, example))
 
     assert result.status == 0, result.output
     report = json.loads(result.stdout)
     assert sorted(report["heads"]) == sorted([PRE, POST])
     assert [stair["revision"] for stair in report["stairs"]][-2:] == [PRE, POST]
     assert report["models"] == []
+
+
+def test_the_documented_alembic_commands_make_a_phased_project(tmp_path: Path) -> None:
+    """docs/phases.md's `alembic revision` lines, run on a copy of the example application,
+    make the example's two revisions, phased as the migrator reads them."""
+    project = tmp_path / "project"
+    for part in ("alembic", "persistence"):
+        shutil.copytree(ROOT / part, project / part, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "alembic.ini", project / "alembic.ini")
+    block = (ROOT / "docs" / "phases.md").read_text().split("```\nalembic revision", 1)[1]
+    lines = ("alembic revision" + block.split("```", 1)[0]).splitlines()
+
+    for line in lines:
+        ran = run_alembic(*shlex.split(line)[1:], cwd=project)
+        assert ran.returncode == 0, ran.stderr
+
+    config = Config(str(project / "alembic.ini"))
+    config.set_main_option("script_location", str(project / "alembic"))
+    script = ScriptDirectory.from_config(config)
+    pre, post = script.get_revision(PRE), script.get_revision(POST)
+    assert pre is not None and post is not None
+    assert phases.phased(script) and phases.two_phase_heads(script)
+    assert (phases.phase_of(pre), phases.phase_of(post)) == ("pre", "post")
+    assert post.dependencies == PRE and post.down_revision == TRUNK
+    assert phases.phase_of(script.get_revision(TRUNK)) == "pre"  # the history before the split

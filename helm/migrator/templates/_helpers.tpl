@@ -17,30 +17,35 @@
 {{- end }}
 {{- end }}
 
-{{/* The Job's name. A hook Job is replaced by Helm on every release (before-hook-creation).
+{{/* The Job's name; argument (list root phase), phase "" (migrator.phases off), "pre" or
+     "post". A hook Job is replaced by Helm on every release (before-hook-creation).
      A plain Job is named after what it runs, a short hash of its rendered spec (image and pod
      spec included): a release that changes it brings a new Job, one that does not leaves the
      old Job alone, and a Job, immutable, is never patched. Release.Revision would not do:
-     `helm template` (Argo CD) always renders revision 1. */}}
+     `helm template` (Argo CD) always renders revision 1. The post phase's Job has -post
+     after the release's name; the pre phase's keeps the single Job's name. */}}
 {{- define "migrator.jobName" -}}
-{{- if .Values.job.hook }}
-{{- include "migrator.fullname" . }}
+{{- $root := index . 0 }}
+{{- $suffix := ternary "-post" "" (eq (index . 1) "post") }}
+{{- if $root.Values.job.hook }}
+{{- printf "%s%s" (include "migrator.fullname" $root | trunc (int (sub 63 (len $suffix))) | trimSuffix "-") $suffix }}
 {{- else }}
-{{- printf "%s-%s" (include "migrator.fullname" . | trunc 54 | trimSuffix "-") (include "migrator.jobSpec" . | sha256sum | trunc 8) }}
+{{- printf "%s%s-%s" (include "migrator.fullname" $root | trunc (int (sub 54 (len $suffix))) | trimSuffix "-") $suffix (include "migrator.jobSpec" . | sha256sum | trunc 8) }}
 {{- end }}
 {{- end }}
 
-{{/* A tenant fleet's Job name; argument (list root mode), mode "canary" or "shard". Named
-     like the single Job: the release's name plus -canary or -fleet as a hook, and a hash of
-     the spec as a plain Job. */}}
+{{/* A tenant fleet's Job name; argument (list root mode phase), mode "canary" or "shard",
+     phase "", "pre" or "post". Named like the single Job: the release's name plus -canary or
+     -fleet (then -post for the post phase) as a hook, and a hash of the spec as a plain Job. */}}
 {{- define "migrator.fleetJobName" -}}
 {{- $root := index . 0 }}
 {{- $mode := index . 1 }}
-{{- $suffix := ternary "canary" "fleet" (eq $mode "canary") }}
+{{- $post := ternary "-post" "" (eq (index . 2) "post") }}
+{{- $suffix := printf "%s%s" (ternary "canary" "fleet" (eq $mode "canary")) $post }}
 {{- if $root.Values.job.hook }}
-{{- printf "%s-%s" (include "migrator.fullname" $root | trunc 56 | trimSuffix "-") $suffix }}
+{{- printf "%s-%s" (include "migrator.fullname" $root | trunc (int (sub 56 (len $post))) | trimSuffix "-") $suffix }}
 {{- else }}
-{{- printf "%s-%s-%s" (include "migrator.fullname" $root | trunc 47 | trimSuffix "-") $suffix (include "migrator.fleetJobSpec" . | sha256sum | trunc 8) }}
+{{- printf "%s-%s-%s" (include "migrator.fullname" $root | trunc (int (sub 47 (len $post))) | trimSuffix "-") $suffix (include "migrator.fleetJobSpec" . | sha256sum | trunc 8) }}
 {{- end }}
 {{- end }}
 
@@ -61,6 +66,17 @@
 {{- end }}
 {{- if and .Values.job.hook .Values.job.argocd }}
 {{- fail "job.argocd needs job.hook=false: Argo CD ignores Helm hooks once its own are present" }}
+{{- end }}
+{{- if .Values.migrator.phases }}
+{{- if ne .Values.migrator.command "upgrade" }}
+{{- fail "migrator.phases runs `upgrade --phase pre`, then `upgrade --phase post`: only an upgrade runs in phases, migrator.command must be upgrade" }}
+{{- end }}
+{{- if not (has .Values.migrator.target (list "head" "heads")) }}
+{{- fail "migrator.phases upgrades each phase to its own head: migrator.target must be head" }}
+{{- end }}
+{{- if not (or .Values.job.hook .Values.job.argocd) }}
+{{- fail "migrator.phases needs job.hook (or job.argocd): plain Jobs are applied together, so the post phase would not wait for the rollout" }}
+{{- end }}
 {{- end }}
 {{- if .Values.fleet.enabled }}
 {{- if ne .Values.migrator.command "upgrade" }}
@@ -131,18 +147,26 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- else if .Values.database.url }}true{{ end }}
 {{- end }}
 
-{{/* Annotations that make a resource run before the Job: a Helm hook, an Argo CD PreSync
-     hook, or nothing (a plain resource). `weight` is relative to the Job's. */}}
+{{/* Annotations that make a resource a hook: a Helm hook, an Argo CD hook, or nothing (a
+     plain resource). Argument (list root offset policy [when]); `offset` is the weight (the
+     sync wave) relative to the Job's; `when` is "pre" (the default: before the release's
+     resources, Argo CD's PreSync), "post" (after them: post-install,post-upgrade, Argo CD's
+     PostSync) or "both" (a Secret the Jobs of both phases mount: created again for the post
+     hooks when hook-succeeded deleted it after the pre hooks; under Argo CD a PreSync hook,
+     which stays until the next sync replaces it, so the PostSync Job finds it). */}}
 {{- define "migrator.hookAnnotations" -}}
 {{- $root := index . 0 }}
 {{- $offset := index . 1 }}
 {{- $policy := index . 2 }}
+{{- $when := "pre" }}
+{{- if gt (len .) 3 }}{{ $when = index . 3 }}{{ end }}
+{{- $helm := dict "pre" "pre-install,pre-upgrade" "post" "post-install,post-upgrade" "both" "pre-install,pre-upgrade,post-install,post-upgrade" }}
 {{- if $root.Values.job.hook }}
-helm.sh/hook: pre-install,pre-upgrade
+helm.sh/hook: {{ get $helm $when }}
 helm.sh/hook-weight: {{ add $root.Values.job.hookWeight $offset | quote }}
 helm.sh/hook-delete-policy: {{ $policy }}
 {{- else if $root.Values.job.argocd }}
-argocd.argoproj.io/hook: PreSync
+argocd.argoproj.io/hook: {{ ternary "PostSync" "PreSync" (eq $when "post") }}
 argocd.argoproj.io/sync-wave: {{ $offset | quote }}
 argocd.argoproj.io/hook-delete-policy: BeforeHookCreation
 {{- end }}

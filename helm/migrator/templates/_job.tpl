@@ -1,13 +1,17 @@
-{{/* The Job's spec, indented for `spec:`. A plain Job (job.hook=false) is named after a
-     hash of it (migrator.jobName), so it is rendered once for the name, once for the Job. */}}
+{{/* The Job's spec, indented for `spec:`; argument (list root phase), phase "" (no
+     MIGRATOR_PHASE), "pre" or "post". A plain Job (job.hook=false) is named after a hash of
+     it (migrator.jobName), so it is rendered once for the name, once for the Job. */}}
 {{- define "migrator.jobSpec" }}
+{{- $phase := index . 1 }}
+{{- with index . 0 }}
   backoffLimit: {{ .Values.job.backoffLimit }}
   activeDeadlineSeconds: {{ .Values.job.activeDeadlineSeconds }}
   {{- if not (kindIs "invalid" .Values.job.ttlSecondsAfterFinished) }}
   ttlSecondsAfterFinished: {{ .Values.job.ttlSecondsAfterFinished }}
   {{- end }}
 {{- include "migrator.podFailurePolicy" "FailJob" }}
-{{- include "migrator.podTemplate" (dict "root" . "mode" "") }}
+{{- include "migrator.podTemplate" (dict "root" . "mode" "" "phase" $phase) }}
+{{- end }}
 {{- end }}
 
 {{/* The podFailurePolicy, indented for `spec:`; its argument is the action for the exit
@@ -31,11 +35,14 @@
 {{- end }}
 
 {{/* The pod template, indented for `spec:`, shared by every Job the chart renders. Its
-     argument is a dict: root (the chart's context) and mode: "" for the single Job (the
+     argument is a dict: root (the chart's context), mode: "" for the single Job (the
      environment says what runs), "canary" or "shard" for the tenant fleet's Jobs (arguments
-     `fleet upgrade TARGET`, the targets file, the fleet's settings). */}}
+     `fleet upgrade TARGET`, the targets file, the fleet's settings), and phase: "" (every
+     pending revision, as without phases), "pre" or "post" (MIGRATOR_PHASE for the single
+     Job, `--phase` for the fleet's). */}}
 {{- define "migrator.podTemplate" }}
 {{- $mode := .mode }}
+{{- $phase := .phase }}
 {{- with .root }}
 {{- $usesUrl := include "migrator.usesUrl" . }}
   template:
@@ -82,7 +89,7 @@
           imagePullPolicy: {{ .Values.image.pullPolicy }}
           {{- if $mode }}
           command: ["migrator"]
-          args: ["fleet", "upgrade", {{ .Values.migrator.target | quote }}{{ if eq $mode "canary" }}, "--canary-only"{{ end }}]
+          args: ["fleet", "upgrade", {{ .Values.migrator.target | quote }}{{ if eq $mode "canary" }}, "--canary-only"{{ end }}{{ if $phase }}, "--phase", {{ $phase | quote }}{{ end }}]
           {{- else }}
           # The entrypoint alone, no arguments: the environment below decides what runs
           # (the image's CMD would otherwise count as arguments).
@@ -94,6 +101,11 @@
               value: {{ .Values.migrator.command | quote }}
             - name: MIGRATOR_TARGET
               value: {{ .Values.migrator.target | quote }}
+            {{- if $phase }}
+            # The deploy phase (migrator.phases): pre before the rollout, post after it.
+            - name: MIGRATOR_PHASE
+              value: {{ $phase | quote }}
+            {{- end }}
             {{- end }}
             - name: MIGRATOR_ALLOW_DOWNGRADE
               value: {{ .Values.migrator.allowDowngrade | quote }}
@@ -237,13 +249,14 @@
 {{- end }}
 {{- end }}
 
-{{/* A tenant fleet's Job spec, indented for `spec:`; its argument is (list root mode).
+{{/* A tenant fleet's Job spec, indented for `spec:`; its argument is (list root mode phase).
      "canary": a plain Job that upgrades the first fleet.canary targets, run before the rest.
      "shard": an Indexed Job of fleet.pods pods, each upgrading its share of the targets;
      a failed index is retried on its own (backoffLimitPerIndex), and one that a retry
      cannot fix fails at once (FailIndex) without failing the others. */}}
 {{- define "migrator.fleetJobSpec" }}
 {{- $mode := index . 1 }}
+{{- $phase := index . 2 }}
 {{- with index . 0 }}
   {{- if eq $mode "shard" }}
   completionMode: Indexed
@@ -261,6 +274,6 @@
   ttlSecondsAfterFinished: {{ .Values.job.ttlSecondsAfterFinished }}
   {{- end }}
 {{- include "migrator.podFailurePolicy" (ternary "FailIndex" "FailJob" (eq $mode "shard")) }}
-{{- include "migrator.podTemplate" (dict "root" . "mode" $mode) }}
+{{- include "migrator.podTemplate" (dict "root" . "mode" $mode "phase" $phase) }}
 {{- end }}
 {{- end }}
