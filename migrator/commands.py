@@ -74,13 +74,13 @@ def plan(
     built), weighed with this database's table sizes."""
     config, script = run.alembic_project(settings)
     phase_target = _phase_target(settings, script, direction, target)
-    if phase_target is None:
-        return
-    target = phase_target
+    target = phase_target or target
     run.refuse_unresolvable_target(script, target)
     report = None
     with _database(settings, config) as session:
         state = _inspect(session, config, script, direction, target)
+        if phase_target is None:  # no revision in that phase: an empty plan, said as one
+            state = replace(state, steps=())
         _accept(state, direction, settings, summary, script)
         if safety:
             measured = _measured_at_deploy(settings, state, direction, target, session)

@@ -66,37 +66,27 @@ def target(script: ScriptDirectory, phase: str, asked: str) -> str | None:
 def refuse_the_other_phase(script: ScriptDirectory, steps: Sequence[Script], phase: str) -> None:
     """A phase runs only its own revisions: a pending revision of the other phase among the
     steps is one that a revision of this phase depends on (its down revision or
-    depends_on), not applied yet. Refused, naming both; nothing runs."""
-    strays = [step for step in steps if phase_of(step) != phase]
+    depends_on), not applied yet. Refused, naming a revision of this phase and the one of
+    the other it needs directly; nothing runs."""
+    strays = {step.revision: step for step in steps if phase_of(step) != phase}
     if not strays:
         return
-    stray = strays[0]
-    needing = next(
-        (step for step in steps if phase_of(step) == phase and _needs(script, step, stray)),
-        None,
+    needing, needed = next(
+        (
+            (step, strays[below])
+            for step in steps
+            if phase_of(step) == phase
+            for below in (*_names(step.dependencies), *_names(step.down_revision))
+            if below in strays
+        ),
+        (None, next(iter(strays.values()))),
     )
-    other = phase_of(stray)
+    other = phase_of(needed)
     needed_by = f"{phase} revision {needing.revision}" if needing else f"the {phase} phase"
     raise UsageError(
-        f"MIGRATOR_PHASE={phase}: {needed_by} depends on {other} revision {stray.revision}, "
+        f"MIGRATOR_PHASE={phase}: {needed_by} depends on {other} revision {needed.revision}, "
         f"not applied yet: run the {other} phase first (upgrade --phase {other}); nothing ran"
     )
-
-
-def _needs(script: ScriptDirectory, revision: Script, wanted: Script) -> bool:
-    """Whether `wanted` is below `revision`, through down revisions and depends_on."""
-    seen: set[str] = set()
-    below = [revision]
-    while below:
-        current = below.pop()
-        for name in (*_names(current.down_revision), *_names(current.dependencies)):
-            if name == wanted.revision:
-                return True
-            found = script.get_revision(name)
-            if name not in seen and found is not None:
-                seen.add(name)
-                below.append(found)
-    return False
 
 
 def _names(revisions: str | Sequence[str] | None) -> tuple[str, ...]:

@@ -249,3 +249,18 @@ def test_the_documented_alembic_commands_make_a_phased_project(tmp_path: Path) -
     assert (phases.phase_of(pre), phases.phase_of(post)) == ("pre", "post")
     assert post.dependencies == PRE and post.down_revision == TRUNK
     assert phases.phase_of(script.get_revision(TRUNK)) == "pre"  # the history before the split
+
+
+def test_an_empty_database_is_told_the_pre_revision_the_post_phase_needs(
+    database: Database,
+) -> None:
+    result = run_migrator("upgrade", "--phase", "post", env=env_for(database))
+    empty = run_migrator(
+        "plan", "upgrade", "head", "--phase", "post", "--json", env=database.env
+    )  # the example application: nothing is labelled post
+
+    assert result.status == 2, result.output
+    assert f"post revision {POST} depends on pre revision {PRE}, not applied yet" in result.stderr
+    assert empty.status == 0, empty.output
+    assert json.loads(empty.stdout)["revisions"] == []
+    assert database.revision() is None
