@@ -599,6 +599,7 @@ def _run_locked(
     measured = _measured_for_upgrade(
         settings, state, migration.direction, migration.target, session
     )
+    recorder.hash_ahead(step.revision for step in state.steps)  # for their ledger rows
 
     def still_needed() -> bool:
         # Queued behind another run: has it done the work meanwhile?
