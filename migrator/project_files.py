@@ -123,4 +123,20 @@ def revision_checksum(path: str | Path) -> str:
             and isinstance(body[0].value.value, str)
         ):
             node.body = body[1:] or [ast.Pass()]
-    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()
+    return hashlib.sha256(_canonical(tree).encode()).hexdigest()
+
+
+def _canonical(node: object) -> str:
+    """The tree as text, the same on every Python: each node's type and the fields it sets.
+    Not ast.dump, whose text changes between versions (3.13 leaves out empty fields; 3.12
+    added `type_params`, empty unless a revision declares type parameters)."""
+    if isinstance(node, list):
+        return "[" + ", ".join(_canonical(item) for item in node) + "]"
+    if not isinstance(node, ast.AST):
+        return repr(node)
+    fields = [
+        f"{name}={_canonical(value)}"
+        for name, value in ast.iter_fields(node)
+        if value is not None and value != []
+    ]
+    return f"{type(node).__name__}({', '.join(fields)})"

@@ -201,7 +201,7 @@ NOT_RUN = {
         "docs/ledger.md",
         "ERROR   revision 0d25ea6c8183 was changed after it was applied (2026-12-06 02:16:34 "
         "UTC by helm shop revision 41 image ghcr.io/acme/shop-migrations:2026.12.01): its "
-        "checksum was 590666862792, the file's is a304d0bc17e8; nothing ran. Review it, then "
+        "checksum was d4a7802a9683, the file's is 2be1ef94388f; nothing ran. Review it, then "
         "`migrator accept 0d25ea6c8183`, or set MIGRATOR_ON_CHANGED_REVISION=warn",
     ): (
         "the error line; asserted in tests/test_ledger.py::"
