@@ -129,9 +129,14 @@ class Tools:
         self.dbmate_npm = dbmate_npm
         self.dbmate_go = dbmate_go
 
+    def url(self, database: str) -> str:
+        """Both Python tools on one driver, psycopg2 (what the floor imports), so that the
+        comparison is of the tools: SQLAlchemy 2.1 reads postgresql:// as psycopg 3."""
+        return self.server.url(database).replace("postgresql://", "postgresql+psycopg2://")
+
     def migrator(self, ini: Path, database: str, *arguments: str, **env: str) -> Command:
         return [str(BIN / "migrator"), *(arguments or ("upgrade", "head"))], {
-            "DATABASE_URL": self.server.url(database),
+            "DATABASE_URL": self.url(database),
             "MIGRATOR_CONFIG": str(ini),
             **env,
         }
@@ -140,9 +145,7 @@ class Tools:
         """Plain Alembic reads its URL from alembic.ini: a copy of the project's, per database."""
         copy = ini.with_name(f"{ini.stem}-{database}.ini")
         if not copy.exists():
-            # SQLAlchemy 2.1 reads postgresql:// as psycopg 3; the migrator runs psycopg2.
-            url = self.server.url(database).replace("postgresql://", "postgresql+psycopg2://")
-            chain.write_url(ini, copy, url)
+            chain.write_url(ini, copy, self.url(database))
         return [str(BIN / "alembic"), "-c", str(copy), *(arguments or ("upgrade", "head"))], {}
 
     def dbmate(self, migrations: Path, database: str, *flags: str, npm: bool = False) -> Command:
