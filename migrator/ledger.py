@@ -109,32 +109,11 @@ def entries(connection: Connection, ledger: Table) -> dict[str, Entry]:
 
 
 def write(
-    connection: Connection,
-    ledger: Table,
-    who: Who,
-    *,
-    revision: str,
-    direction: str,
-    outcome: str,
-    checksum: str | None,
-    started_at: datetime | None = None,
-    detail: str | None = None,
-    cleanup: bool = False,
+    connection: Connection, row: tuple[str, dict[str, Any]], cleanup: bool = False
 ) -> dict[str, Any]:
-    """One row, on `connection`, in its transaction, returned as the summary shows it (the
-    ledger's newest row). Without `started_at` the row times the transaction it is written
-    in (a revision's own: it started with the revision)."""
-    statement, parameters = row(
-        connection,
-        ledger,
-        who,
-        revision=revision,
-        direction=direction,
-        outcome=outcome,
-        checksum=checksum,
-        started_at=started_at,
-        detail=detail,
-    )
+    """One row (Recorder.row), on `connection`, in its transaction, returned as the summary
+    shows it (the ledger's newest row)."""
+    statement, parameters = row
     written: dict[str, Any] = connection.execute(
         text(f"{statement} RETURNING {catalog.literal_colons(catalog.LEDGER_ROW_JSON)}"),
         parameters,
@@ -150,34 +129,6 @@ def newest(connection: Connection, ledger: Table) -> dict[str, Any] | None:
     last = text(catalog.literal_colons(catalog.ledger_last_row(ledger.schema)))
     found: dict[str, Any] | None = connection.execute(last).scalar()
     return found
-
-
-def row(
-    connection: Connection,
-    ledger: Table,
-    who: Who,
-    *,
-    revision: str,
-    direction: str,
-    outcome: str,
-    checksum: str | None,
-    started_at: datetime | None = None,
-    detail: str | None = None,
-) -> tuple[str, dict[str, Any]]:
-    """The INSERT of one row and its parameters: `write` runs it alone; the lock's fence
-    runs a revision's in its own statement (one round trip)."""
-    table = catalog.literal_colons(connection.dialect.identifier_preparer.format_table(ledger))
-    return _row_insert(table), {
-        "ledger_revision": revision,
-        "ledger_direction": direction,
-        "ledger_outcome": outcome,
-        "ledger_checksum": checksum,
-        "ledger_started_at": started_at,
-        "ledger_version": __version__,
-        "ledger_host": who.host,
-        "ledger_deploy": who.deploy,
-        "ledger_detail": detail,
-    }
 
 
 def history(connection: Connection, ledger: Table) -> list[dict[str, Any]]:
@@ -225,20 +176,41 @@ class Recorder:
     # it and the revision's own row all ask (files do not change during a run).
     checksums: dict[str, str | None] = field(default_factory=dict, compare=False)
 
-    def row_for(self, connection: Connection, step: MigrationInfo) -> tuple[str, dict[str, Any]]:
-        """The INSERT of a revision's row and its parameters, for the lock's fence to run in
-        the same round trip, inside the revision's transaction (after the version table's
-        update): the row commits with the revision or not at all."""
-        revision = str(step.up_revision_id)  # on a downgrade too: the revision reverted
-        return row(
-            connection,
-            self.table,
-            self.who,
-            revision=revision,
-            direction="upgrade" if step.is_upgrade else "downgrade",
-            outcome="applied" if step.is_upgrade else "reverted",
-            checksum=self.checksum_of(revision),
+    def row(
+        self,
+        connection: Connection,
+        revision: str,
+        direction: str,
+        outcome: str,
+        started_at: datetime | None = None,
+        detail: str | None = None,
+    ) -> tuple[str, dict[str, Any]]:
+        """The INSERT of one row, with the revision file's checksum and who this run is, and
+        its parameters: `write` runs it alone; the lock's fence runs a revision's in its own
+        statement (one round trip). Without `started_at` the row times the transaction it is
+        written in (a revision's own: it started with the revision)."""
+        table = catalog.literal_colons(
+            connection.dialect.identifier_preparer.format_table(self.table)
         )
+        return _row_insert(table), {
+            "ledger_revision": revision,
+            "ledger_direction": direction,
+            "ledger_outcome": outcome,
+            "ledger_checksum": self.checksum_of(revision),
+            "ledger_started_at": started_at,
+            "ledger_version": __version__,
+            "ledger_host": self.who.host,
+            "ledger_deploy": self.who.deploy,
+            "ledger_detail": detail,
+        }
+
+    def row_for(self, connection: Connection, step: MigrationInfo) -> tuple[str, dict[str, Any]]:
+        """A revision's row, for the lock's fence to run inside the revision's transaction
+        (after the version table's update): the row commits with the revision or not at all."""
+        revision = str(step.up_revision_id)  # on a downgrade too: the revision reverted
+        if step.is_upgrade:
+            return self.row(connection, revision, "upgrade", "applied")
+        return self.row(connection, revision, "downgrade", "reverted")
 
     def failed(
         self,
@@ -254,18 +226,8 @@ class Recorder:
         try:
             if connection.in_transaction():
                 connection.rollback()
-            written = write(
-                connection,
-                self.table,
-                self.who,
-                revision=revision,
-                direction=direction,
-                outcome=outcome,
-                checksum=self.checksum_of(revision),
-                started_at=started_at,
-                detail=detail,
-                cleanup=True,
-            )
+            failure = self.row(connection, revision, direction, outcome, started_at, detail)
+            written = write(connection, failure, cleanup=True)
             connection.commit()
             return written
         except (DBAPIError, MigratorError) as error:  # the failure itself is what to report
@@ -288,15 +250,7 @@ class Recorder:
                 *[(revision, "reverted") for revision in reversed(was) if revision not in now],
                 *[(revision, "stamped") for revision in now if revision not in was],
             ]:
-                write(
-                    ctx.connection,
-                    self.table,
-                    self.who,
-                    revision=revision,
-                    direction="stamp",
-                    outcome=outcome,
-                    checksum=self.checksum_of(revision),
-                )
+                write(ctx.connection, self.row(ctx.connection, revision, "stamp", outcome))
 
         return hook
 
@@ -382,15 +336,7 @@ def settle(connection: Connection, recorder: Recorder, seen: Look) -> None:
             create(connection, recorder.table)
         outcome, direction = ("outside", "upgrade") if seen.exists else ("adopted", "adopt")
         for revision in seen.unrecorded:
-            write(
-                connection,
-                recorder.table,
-                recorder.who,
-                revision=revision,
-                direction=direction,
-                outcome=outcome,
-                checksum=recorder.checksum_of(revision),
-            )
+            write(connection, recorder.row(connection, revision, direction, outcome))
         connection.commit()
     except DBAPIError as error:
         connection.rollback()
@@ -430,15 +376,7 @@ def accept(
     if entry is not None and entry.checksum == now:
         connection.commit()
         return False
-    write(
-        connection,
-        recorder.table,
-        recorder.who,
-        revision=revision,
-        direction="accept",
-        outcome="accepted",
-        checksum=now,
-        detail=None if entry is None else f"was {entry.checksum}",
-    )
+    was = None if entry is None else f"was {entry.checksum}"
+    write(connection, recorder.row(connection, revision, "accept", "accepted", detail=was))
     connection.commit()
     return True
