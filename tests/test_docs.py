@@ -215,8 +215,10 @@ NOT_RUN = {
         "test_the_summary_file_carries_the_ledgers_newest_row_on_every_path"
     ),
     ("README.md", "$ migrator plan upgrade heads"): (
-        "output of plan on examples/phases; its lines are asserted in "
-        "tests/test_phases.py::test_plan_shows_each_pending_revisions_phase"
+        "the expand/contract deploy of examples/phases, as docs/phases.md shows it whole; "
+        "asserted in tests/test_phases.py (the plan's lines, the refusal, each phase), run "
+        "under the chart by tests/test_helm_chart.py and by the action in "
+        "tests/test_github_actions.py"
     ),
     ("docs/phases.md", "$ migrator plan upgrade heads"): (
         "output of plan, then of the post phase refused and the pre phase; asserted in "
