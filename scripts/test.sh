@@ -42,7 +42,7 @@ if [ $# -gt 0 ]; then
   exec "${pytest[@]}" "$@"  # what was asked for, in one run
 fi
 # Two stages, as CI runs them side by side: every test runs, none is skipped.
-echo "test: stage 1 of 2, the main suite: pytest, one line per test (about 14 min on 2 cores)," \
+echo "test: stage 1 of 2, the main suite: pytest, one line per test (about 16 min on 2 cores)," \
   "the 10 slowest at the end" >&2
 "${pytest[@]}" -m "not slow"
 echo "test: stage 2 of 2, the slow end-to-end tests: stalls, timeouts, the bench" \
