@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from alembic.config import Config
 from alembic.script import Script, ScriptDirectory
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import SQLAlchemyError
 from tenacity import RetryCallState, retry_if_exception_type, wait_random_exponential
 
 from migrator import errors, fleet, logs, phases, retry, run, signals
@@ -753,10 +753,15 @@ def _settle_ledger(session: Session, recorder: deploy_ledger.Recorder, now: Stat
 
 def _note_ledger(summary: Summary, session: Session, recorder: deploy_ledger.Recorder) -> None:
     """The ledger's newest row into the summary, once the work is done: a failure to read it
-    is said, and is not the run's."""
+    is said, and is not the run's. A session that ended after the work (the lock's release
+    found it gone) is not made again for it: the summary then has no row."""
     try:
-        summary.ledger = deploy_ledger.newest(_connected(session), recorder.table)
-    except (DBAPIError, MigratorError) as error:
+        connection = _connected(session)
+        if connection.invalidated:
+            log.warning("ledger: its newest row was not read for the summary (the session ended)")
+            return
+        summary.ledger = deploy_ledger.newest(connection, recorder.table)
+    except (SQLAlchemyError, MigratorError) as error:
         log.warning(
             "ledger: its newest row was not read for the summary (%s)", errors.reason(error)
         )
