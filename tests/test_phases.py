@@ -14,6 +14,7 @@ import pytest
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from conftest import ROOT, Database, run_alembic, run_migrator
+from test_projects import alembic_init_project
 
 from migrator import phases
 
@@ -264,3 +265,36 @@ def test_an_empty_database_is_told_the_pre_revision_the_post_phase_needs(
     assert empty.status == 0, empty.output
     assert json.loads(empty.stdout)["revisions"] == []
     assert database.revision() is None
+
+
+def test_phases_on_an_unchanged_alembic_init_project(database: Database, tmp_path: Path) -> None:
+    """Not our example: `alembic init`'s env.py as written, the branches made with Alembic's
+    own commands, an expand (pre) and a contract (post) a developer wrote."""
+    ini = alembic_init_project(tmp_path)  # revision w1 creates widgets (id)
+    made = {
+        "p1": ("--head", "w1", "--branch-label", "pre"),
+        "q1": ("--head", "w1", "--branch-label", "post", "--splice", "--depends-on", "p1"),
+    }
+    upgrades = {  # the expand adds a column; the contract drops the one it replaces
+        "p1": 'op.add_column("widgets", sa.Column("title", sa.String()))',
+        "q1": 'op.drop_column("widgets", "id")',
+    }
+    for revision, arguments in made.items():
+        run_alembic("revision", "-m", revision, *arguments, "--rev-id", revision, cwd=tmp_path)
+        (path,) = (tmp_path / "migrations" / "versions").glob(f"{revision}_*.py")
+        body = f"def upgrade() -> None:\n    {upgrades[revision]}\n"
+        path.write_text(path.read_text().replace("def upgrade() -> None:\n", body, 1))
+    env = {**database.env, "MIGRATOR_CONFIG": str(ini)}
+
+    too_soon = run_migrator("upgrade", "--phase", "post", env=env)
+    pre = run_migrator("upgrade", "--phase", "pre", env=env)
+    post = run_migrator("upgrade", "--phase", "post", env=env)
+
+    assert too_soon.status == 2, too_soon.output
+    assert "post revision q1 depends on pre revision p1, not applied yet" in too_soon.stderr
+    assert pre.status == 0 and post.status == 0, pre.output + post.output
+    columns = database.query(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'widgets'"
+    )
+    assert {row[0] for row in columns} == {"title"}
+    assert database.revision() == "q1"
